@@ -1,0 +1,79 @@
+"""Model zoo: the original project's 4-block CNN and a short-chunk residual CNN.
+
+Both end in global pooling over time and frequency, so they accept any number of frames: the
+same weights classify 3 s training crops and windows cut from whole songs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class BaselineCNN(nn.Module):
+    """The original project's net: 4 conv blocks (64/128/256/512, BatchNorm, max-pool)."""
+
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (64, 128, 256, 512), dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+        c_in = 1
+        for c in channels:
+            layers += _conv_bn(c_in, c) + [nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # avg + max pooling
+        return self.head(h)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int = 2):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = (nn.Sequential() if stride == 1 and c_in == c_out else
+                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class ShortChunkResNet(nn.Module):
+    """Residual CNN after Won et al. 2020 ("short-chunk CNN + residual"), sized for 3-4 s crops."""
+
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (32, 64, 128, 128, 256, 256), dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm2d(1), *_conv_bn(1, channels[0])]
+        c_in = channels[0]
+        for c in channels:
+            layers.append(ResBlock(c_in, c, stride=2))
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Linear(2 * c_in, c_in), nn.BatchNorm1d(c_in), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(c_in, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.head(h)
+
+
+MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet}
+
+
+def build_model(name: str, n_classes: int) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}' (choose from {', '.join(MODELS)})")
+    return MODELS[name](n_classes)
+
+
+def count_parameters(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())

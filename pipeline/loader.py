@@ -1,0 +1,81 @@
+"""A rank's view of one split: the DALI graph wrapped in an iterator of torch batches.
+
+Every rank gets the same number of full batches per epoch, so DDP's collectives never wait on a
+rank that ran out of data. DALI shards a split by sample count (rank r reads samples
+[r*N/W, (r+1)*N/W)), pads the shorter shards by repeating their last sample and fills the last
+batch the same way. Those repeats carry weight 0: each sample counts exactly once per epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.spec import FeatureSpec
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor        # (B, 1, mels, frames) float32
+    y: torch.Tensor        # (B,) int64 class index
+    uid: torch.Tensor      # (B,) int64 sample id (manifest "uid")
+    n_samples: torch.Tensor  # (B,) audio length of the track, before cropping/padding
+    weight: torch.Tensor   # (B,) 1.0 for a sample's first appearance this epoch, else 0.0
+
+
+def read_manifest(shard_dir: str) -> dict:
+    path = os.path.join(shard_dir, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no manifest; run preprocess/make_shards.py first")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def split_files(shard_dir: str, manifest: dict, split: str) -> tuple[list[str], list[str]]:
+    names = manifest["splits"][split]["shards"]
+    tars = [os.path.join(shard_dir, n) for n in names]
+    return tars, [t[:-4] + ".idx" for t in tars]
+
+
+class DaliLoader:
+    def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
+                 rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
+                 num_threads: int = 2, seed: int = 0, prefetch: int = 2):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        from pipeline.dali_graph import READER_NAME, audio_pipeline
+
+        manifest = read_manifest(shard_dir)
+        files, index_files = split_files(shard_dir, manifest, split)
+        if not files:
+            raise ValueError(f"{shard_dir}: split '{split}' has no shards")
+        self.split, self.size = split, manifest["splits"][split]["count"]
+        on_gpu = device.type == "cuda"
+        self.pipe = audio_pipeline(
+            files=files, index_files=index_files, spec=spec, train=train, shard_id=rank, num_shards=world_size,
+            on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
+            device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch)
+        self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
+                                      last_batch_policy=LastBatchPolicy.FILL,
+                                      auto_reset=True)
+        self.batches = math.ceil(math.ceil(self.size / world_size) / batch_size)
+        self.device = device
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        seen: set[int] = set()
+        for out in self.it:
+            d = out[0]
+            uid = d["uid"].view(-1).cpu()
+            weight = torch.zeros(len(uid))
+            for i, u in enumerate(uid.tolist()):
+                if u not in seen:
+                    seen.add(u)
+                    weight[i] = 1.0
+            yield Batch(d["x"].unsqueeze(1), d["y"].view(-1).long().to(self.device), uid,
+                        d["n"].view(-1).cpu(), weight.to(self.device))

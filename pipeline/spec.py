@@ -1,0 +1,58 @@
+"""The one source of truth for feature parameters.
+
+The same FeatureSpec is written into the shard manifest and into every checkpoint, so the DALI
+training graph and the torchaudio prediction path compute identical log-mels.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    sample_rate: int = 22_050      # audio is resampled to this rate once, in make_shards
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: float | None = None     # None: Nyquist
+    mel_scale: str = "slaney"      # mel formula and filter normalisation, as librosa's defaults
+    mel_norm: str = "slaney"
+    clip_seconds: float = 3.0      # length of one model input window
+    db_floor: float = -100.0       # 10*log10(max(power, 1e-10)), librosa's amin
+    norm_mean: float = -20.0       # fixed affine normalisation of dB values: (db - mean) / std
+    norm_std: float = 15.0
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames in one window (centred STFT: 1 + samples // hop)."""
+        return 1 + self.clip_samples // self.hop_length
+
+    @property
+    def floor_value(self) -> float:
+        """The normalised value of silence (zero padding)."""
+        return (self.db_floor - self.norm_mean) / self.norm_std
+
+    def valid_frames(self, n_samples: int) -> int:
+        return 1 + n_samples // self.hop_length
+
+    @property
+    def fmax(self) -> float:
+        return float(self.f_max) if self.f_max is not None else self.sample_rate / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)}")
+        return cls(**d)

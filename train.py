@@ -1,0 +1,256 @@
+"""Train a genre classifier on DALI log-mels with DistributedDataParallel and mixed precision.
+
+    torchrun --nproc-per-node 4 train.py --amp       # 4 ranks (GPUs if present, else CPU/gloo)
+    python train.py --nproc 4 --amp                  # the same: launches 4 ranks itself
+    python train.py                                  # one process
+
+Reads shards/ (preprocess/make_shards.py). Writes RUN_DIR/{last,best}.pt, metrics.json,
+curves.png, confusion.png; rank 0 shows the progress bar and logs.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from model import MODELS, build_model, count_parameters  # noqa: E402
+from pipeline.loader import DaliLoader, read_manifest  # noqa: E402
+from pipeline.spec import FeatureSpec  # noqa: E402
+from training import checkpoint, distributed, report  # noqa: E402
+from training.amp import Amp  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", default="shards", help="folder written by make_shards (default: shards/)")
+    p.add_argument("--run-dir", default=None, help="output folder (default: runs/<timestamp>/)")
+    p.add_argument("--model", default="resnet", choices=sorted(MODELS))
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32, help="per rank")
+    p.add_argument("--eval-batch-size", type=int, default=8, help="whole tracks per rank and batch")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--clip-seconds", type=float, default=FeatureSpec.clip_seconds, help="training crop length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
+    p.add_argument("--nproc", type=int, default=1, help="launch N local ranks (like torchrun --nproc-per-node N)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (default: newest run)")
+    p.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
+    return p.parse_args(argv)
+
+
+def newest_run(pattern_file: str) -> str | None:
+    runs = [os.path.join("runs", d) for d in os.listdir("runs")] if os.path.isdir("runs") else []
+    runs = [r for r in runs if os.path.isfile(os.path.join(r, pattern_file))]
+    return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, pattern_file))) if runs else None
+
+
+def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:
+    """Every rank must agree on the folder: rank 0 decides and broadcasts it."""
+    run_dir = args.run_dir
+    if run_dir is None and env.is_main:
+        run_dir = (newest_run("last.pt") if args.resume else None) or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if env.distributed:
+        box = [run_dir]
+        torch.distributed.broadcast_object_list(box, src=0)
+        run_dir = box[0]
+    return run_dir
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
+        return 0
+    try:
+        manifest = read_manifest(args.shards)
+    except FileNotFoundError as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
+
+    env = distributed.setup(force_cpu=args.cpu)
+    torch.manual_seed(args.seed)
+    log = print if env.is_main else (lambda *a, **k: None)
+    run_dir = resolve_run_dir(args, env)
+    os.makedirs(run_dir, exist_ok=True)
+    classes = manifest["classes"]
+    spec = FeatureSpec.from_dict({**manifest["feature_spec"], "clip_seconds": args.clip_seconds})
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    loader_kw = dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed)
+    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size, train=True, **loader_kw)
+    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw)
+
+    model = build_model(args.model, len(classes)).to(env.device)
+    if env.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        if env.distributed:  # SyncBatchNorm has no CPU implementation
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.distributed else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
+    amp = Amp.create(env.device, args.amp)
+    log(f"model {args.model}: {count_parameters(model):,} parameters | {env.world_size} rank(s) on {env.device.type} "
+        f"| precision {amp.name} | {manifest['splits']['train']['count']} training tracks, {steps} steps/epoch "
+        f"| run dir {run_dir}")
+
+    start_epoch, best, history = 1, -1.0, []
+    last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    if args.resume:
+        try:
+            state = checkpoint.load(last_path, map_location=env.device)
+            check_compatible(state, classes, spec, args, last_path)
+            checkpoint.load_model_weights(model, state, last_path)
+        except checkpoint.CheckpointError as e:
+            log(f"train: error: {e}", file=sys.stderr)
+            distributed.teardown(env)
+            return 2
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        amp.load_state_dict(state["scaler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best_metric"], state["history"]
+        log(f"resumed from {last_path} at epoch {state['epoch']}")
+
+    uid_to_key = {s["uid"]: s["key"] for s in manifest["samples"]}
+    for epoch in range(start_epoch, args.epochs + 1):
+        ddp.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss*n, correct, n
+        wait, t0 = 0.0, time.perf_counter()
+        bar = _bar(env, steps, f"epoch {epoch}/{args.epochs}")
+        it = iter(train_loader)
+        for step in range(steps):
+            tw = time.perf_counter()
+            b = next(it)
+            wait += time.perf_counter() - tw
+            x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
+            with amp.autocast():
+                logits = ddp(x)
+            per_sample = F.cross_entropy(logits.float(), b.y, reduction="none", label_smoothing=args.label_smoothing)
+            n = b.weight.sum()
+            loss = (per_sample * b.weight).sum() / n.clamp(min=1.0)
+            check_finite(loss, amp, env, epoch, step, b.uid, uid_to_key)
+            amp.step(loss, optimizer)
+            scheduler.step()
+            sums += torch.stack([(per_sample.detach() * b.weight).sum(), ((logits.argmax(1) == b.y) * b.weight).sum(), n]).double()
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        for _ in it:  # let DALI close the epoch; FILL policy gives exactly `steps` batches
+            raise RuntimeError("DALI delivered more batches than expected")
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        distributed.all_reduce_sum(sums, env)
+        wait_t = distributed.all_reduce_sum(torch.tensor([wait / elapsed], device=env.device), env).item() / env.world_size
+        val = evaluate(ddp, val_loader, spec, env, amp, len(classes))
+        h = {"epoch": epoch, "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
+             "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
+             "lr": scheduler.get_last_lr()[0], "samples_per_s": sums[2].item() / elapsed, "data_wait": wait_t,
+             "epoch_seconds": elapsed}
+        history.append(h)
+        log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
+            f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
+            f"| data wait {100 * wait_t:.1f}%")
+        if env.is_main:
+            state = {"model_name": args.model, "model": model.state_dict(), "classes": classes,
+                     "feature_spec": spec.to_dict(), "args": vars(args), "epoch": epoch, "history": history,
+                     "best_metric": max(best, val.track_acc), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": amp.state_dict()}
+            checkpoint.save(last_path, state)
+            if val.track_acc > best:
+                checkpoint.save(best_path, state)
+            report.plot_curves(history, os.path.join(run_dir, "curves.png"))
+        best = max(best, val.track_acc)
+        distributed.barrier(env)
+
+    result = finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_path, loader_kw, manifest)
+    distributed.teardown(env)
+    return result
+
+
+def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: argparse.Namespace, path: str) -> None:
+    if state["classes"] != classes:
+        raise checkpoint.CheckpointError(f"{path}: classes {state['classes']} differ from the shards' {classes}")
+    if state["feature_spec"] != spec.to_dict():
+        diff = [k for k, v in spec.to_dict().items() if state["feature_spec"].get(k) != v]
+        raise checkpoint.CheckpointError(f"{path}: FeatureSpec differs from this run's in {', '.join(diff)}")
+    if state["model_name"] != args.model:
+        raise checkpoint.CheckpointError(f"{path}: holds model '{state['model_name']}', this run asks for '{args.model}'")
+
+
+def check_finite(loss: torch.Tensor, amp: Amp, env, epoch: int, step: int, uid: torch.Tensor, uid_to_key: dict) -> None:
+    """fp16 overflow is the GradScaler's job; any other non-finite loss stops every rank with a reason."""
+    if amp.scaler is not None:
+        return
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=env.device)
+    if distributed.all_reduce_sum(bad, env).item() > 0:
+        keys = [uid_to_key.get(int(u), str(int(u))) for u in uid.tolist()]
+        raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (rank {env.rank} batch: {', '.join(keys[:8])}"
+                                 f"{'...' if len(keys) > 8 else ''})")
+
+
+def finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_path, loader_kw, manifest) -> int:
+    """Test-split accuracy of the best checkpoint, metrics.json, confusion matrix, summary."""
+    metrics: dict = {"history": history, "classes": classes, "args": vars(args), "world_size": env.world_size,
+                     "device": env.device.type, "precision": amp.name}
+    if os.path.exists(best_path):
+        checkpoint.load_model_weights(model, checkpoint.load(best_path, map_location=env.device), best_path)
+        metrics["best_epoch"] = checkpoint.load(best_path)["epoch"]
+    if manifest["splits"]["test"]["count"]:
+        test_loader = DaliLoader(args.shards, "test", spec, args.eval_batch_size, train=False, **loader_kw)
+        test = evaluate(ddp, test_loader, spec, env, amp, len(classes))
+        metrics["test"] = {"track_acc": test.track_acc, "segment_acc": test.segment_acc, "loss": test.loss,
+                           "tracks": test.tracks, "per_class": test.per_class(classes),
+                           "confusion": test.confusion.tolist()}
+        if env.is_main:
+            report.plot_confusion(test.confusion, classes, os.path.join(run_dir, "confusion.png"))
+    if env.is_main:
+        report.write_json(os.path.join(run_dir, "metrics.json"), metrics)
+        last = history[-1] if history else {}
+        print(f"\n== {run_dir} ==")
+        print(f"best val acc {max((h['val_track_acc'] for h in history), default=float('nan')):.3f} "
+              f"(epoch {metrics.get('best_epoch', '-')}), last train acc {last.get('train_acc', float('nan')):.3f}, "
+              f"{last.get('samples_per_s', 0):.1f} samples/s, data wait {100 * last.get('data_wait', 0):.1f}%")
+        if "test" in metrics:
+            t = metrics["test"]
+            print(f"test acc {t['track_acc']:.3f} on {t['tracks']} tracks (windows {t['segment_acc']:.3f})")
+            worst = sorted(t["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
+            print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
+        print(f"checkpoints: {best_path}, {os.path.join(run_dir, 'last.pt')} | reports: metrics.json, curves.png, confusion.png")
+    return 0
+
+
+def _bar(env, total: int, desc: str):
+    if not env.is_main:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training machinery: rank/DDP setup, the AMP step, checkpoints, evaluation and reports."""

@@ -1,0 +1,97 @@
+"""Rank and process-group setup from torchrun's environment, and `--nproc N` self-launch.
+
+torchrun (or torch's elastic launcher, which `--nproc` calls) sets RANK, WORLD_SIZE and
+LOCAL_RANK. Without them the script is a single process with world size 1. NCCL with one GPU per
+rank when CUDA is present, gloo on CPU.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+# A rank that stops answering must not leave the others waiting forever.
+PG_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("PT_PG_TIMEOUT_S", "600")))
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(force_cpu: bool = False) -> DistEnv:
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and not force_cpu
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        device = torch.device("cuda", local % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=PG_TIMEOUT,
+                                device_id=device if use_cuda else None)
+    return DistEnv(rank, world, local, device)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum a tensor over ranks (in place, returned for chaining). NCCL needs it on the GPU."""
+    if env.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "GROUP_WORLD_SIZE", "ROLE_NAME")
+
+
+def launch_local(nproc: int, script: str, args: list[str], max_restarts: int = 0) -> None:
+    """Run `python script args` as `nproc` ranks on this machine with torch's elastic launcher.
+
+    This is what `torchrun --nproc-per-node N` does; it lets `python train.py --nproc 4` and a
+    one-process `torchrun train.py --nproc 4` start N ranks too.
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for k in _LAUNCH_VARS:  # we may be rank 0 of a one-process torchrun: start a fresh group
+        os.environ.pop(k, None)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                       rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+                       max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn")
+    elastic_launch(cfg, entrypoint=sys.executable)(script, *args)

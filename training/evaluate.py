@@ -1,0 +1,79 @@
+"""Evaluation gathered over all ranks: segment and track accuracy, loss, confusion matrix.
+
+A track is judged by the mean of its windows' logits (pipeline.windows), as predict.py does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.spec import FeatureSpec
+from pipeline.windows import cut_windows
+from training.distributed import DistEnv, all_reduce_sum
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    track_acc: float
+    segment_acc: float
+    tracks: int
+    confusion: np.ndarray  # (true, predicted) counts
+
+    def per_class(self, classes: list[str]) -> dict[str, dict[str, float]]:
+        c = self.confusion.astype(float)
+        out = {}
+        for i, name in enumerate(classes):
+            tp, fp, fn = c[i, i], c[:, i].sum() - c[i, i], c[i, :].sum() - c[i, i]
+            p = tp / (tp + fp) if tp + fp else 0.0
+            r = tp / (tp + fn) if tp + fn else 0.0
+            out[name] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
+                         "support": int(c[i, :].sum())}
+        return out
+
+
+def track_logits(model: torch.nn.Module, feats: torch.Tensor, n_samples: torch.Tensor, spec: FeatureSpec,
+                 max_windows: int = 256) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(B, 1, mels, frames) whole tracks -> (B, classes) mean window logits, and each track's window logits."""
+    windows, counts = [], []
+    for i in range(feats.shape[0]):
+        valid = min(spec.valid_frames(int(n_samples[i])), feats.shape[-1])
+        w = cut_windows(feats[i], valid, spec.clip_frames, spec.floor_value)
+        windows.append(w)
+        counts.append(len(w))
+    allw = torch.cat(windows)
+    logits = torch.cat([model(allw[j:j + max_windows]) for j in range(0, len(allw), max_windows)]).float()
+    per_track = list(torch.split(logits, counts))
+    return torch.stack([t.mean(0) for t in per_track]), per_track
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, spec: FeatureSpec, env: DistEnv, amp, n_classes: int) -> EvalResult:
+    model.eval()
+    dev = env.device
+    conf = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=dev)
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, tracks, correct segments, segments
+    for b in loader:
+        keep = b.weight > 0
+        if not keep.any():
+            continue
+        with amp.autocast():
+            mean_logits, per_track = track_logits(model, b.x[keep.to(b.x.device)], b.n_samples[keep.cpu()], spec)
+        y = b.y[keep]
+        sums[0] += F.cross_entropy(mean_logits, y, reduction="sum").double()
+        sums[1] += len(y)
+        for t, yi in zip(per_track, y):
+            sums[2] += (t.argmax(1) == yi).sum()
+            sums[3] += len(t)
+        pred = mean_logits.argmax(1)
+        conf.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+    all_reduce_sum(sums, env)
+    all_reduce_sum(conf, env)
+    conf_np = conf.cpu().numpy().astype(np.int64)
+    n = max(sums[1].item(), 1.0)
+    return EvalResult(loss=sums[0].item() / n, track_acc=float(np.trace(conf_np)) / n,
+                      segment_acc=sums[2].item() / max(sums[3].item(), 1.0), tracks=int(sums[1].item()),
+                      confusion=conf_np)

@@ -1,0 +1,73 @@
+"""Run reports written by rank 0: metrics.json and PNGs people would rather look at than read."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+
+def write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(history: list[dict], path: str) -> None:
+    """Learning curves (loss, accuracy) and throughput per epoch."""
+    plt = _plt()
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    ax[0].set_title("loss")
+    ax[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train (crops)")
+    ax[1].plot(ep, [h["val_track_acc"] for h in history], "o-", label="val (tracks)")
+    ax[1].plot(ep, [h["val_segment_acc"] for h in history], "o--", label="val (windows)")
+    ax[1].set_ylim(0, 1.02)
+    ax[1].set_title("accuracy")
+    ax[2].bar(ep, [h["samples_per_s"] for h in history], color="tab:green")
+    ax2 = ax[2].twinx()
+    ax2.plot(ep, [100 * h["data_wait"] for h in history], "o-", color="tab:red")
+    ax2.set_ylabel("data wait (% of step time)", color="tab:red")
+    ax[2].set_title("training throughput (samples/s)")
+    for a in ax:
+        a.set_xlabel("epoch")
+    ax[0].legend()
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(conf: np.ndarray, classes: list[str], path: str, title: str = "test confusion") -> None:
+    """Row-normalised colours, counts written in the cells."""
+    plt = _plt()
+    rows = conf.sum(1, keepdims=True)
+    norm = conf / np.maximum(rows, 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 1.0 + 0.55 * n))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if conf[i, j]:
+                ax.text(j, i, f"{conf[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = np.trace(conf) / max(conf.sum(), 1)
+    ax.set_title(f"{title}: {acc:.1%} of {conf.sum()} tracks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -57,8 +57,7 @@ class ShortChunkResNet(nn.Module):
             layers.append(ResBlock(c_in, c, stride=2))
             c_in = c
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Linear(2 * c_in, c_in), nn.BatchNorm1d(c_in), nn.ReLU(inplace=True),
-                                  nn.Dropout(dropout), nn.Linear(c_in, n_classes))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)

@@ -24,3 +24,24 @@ class LogMel(torch.nn.Module):
         power = self.mel(audio.float())
         db = 10.0 * torch.log10(torch.clamp(power, min=10.0 ** (self.spec.db_floor / 10.0)))
         return (db - self.spec.norm_mean) / self.spec.norm_std
+
+    def long(self, audio: torch.Tensor, chunk_frames: int = 4096) -> torch.Tensor:
+        """Log-mel of a 1-D signal of any length in bounded memory; equals forward(audio).
+
+        A centred frame t only sees samples within n_fft/2 of t*hop, so chunks that overlap by a
+        few frames and drop their edge frames reproduce the whole-signal result.
+        """
+        hop, n = self.spec.hop_length, audio.shape[-1]
+        total = 1 + n // hop
+        if total <= chunk_frames:
+            return self(audio)
+        margin = self.spec.n_fft // hop + 1
+        out = []
+        for f0 in range(0, total, chunk_frames):
+            f1 = min(total, f0 + chunk_frames)
+            a0 = max(0, f0 - margin) * hop  # chunk starts on a frame boundary
+            a1 = min(n, (f1 + margin) * hop)
+            feats = self(audio[a0:a1])
+            lo = f0 - a0 // hop
+            out.append(feats[..., lo:lo + (f1 - f0)])
+        return torch.cat(out, dim=-1)

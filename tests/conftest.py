@@ -1,0 +1,36 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from preprocess.make_shards import make_shards  # noqa: E402
+from preprocess.synth import generate  # noqa: E402
+
+TRAIN_GENRES = ["classical", "disco", "metal", "reggae"]
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory):
+    """4 genres x 16 tracks of 6 s: small enough to train in seconds, big enough to learn."""
+    base = tmp_path_factory.mktemp("train_data")
+    generate(str(base / "src"), per_class=16, seconds=6.0, seed=1, genres=TRAIN_GENRES, progress=False)
+    m = make_shards(str(base / "src"), str(base / "shards"), val=0.2, test=0.2, seed=0, workers=2,
+                    min_shards=2, progress=False)
+    return str(base / "shards"), str(base / "src"), m
+
+
+@pytest.fixture(scope="session")
+def trained_run(train_shards, tmp_path_factory):
+    """One real 2-rank torchrun training run, shared by the training and prediction tests."""
+    import subprocess
+    shards, src, _ = train_shards
+    run_dir = str(tmp_path_factory.mktemp("run") / "r")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", os.path.join(ROOT, "train.py"),
+           "--shards", shards, "--run-dir", run_dir, "--epochs", "8", "--batch-size", "4", "--clip-seconds", "2",
+           "--amp", "--lr", "2e-3"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return run_dir, p

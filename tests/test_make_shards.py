@@ -1,0 +1,140 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audio_files import sine, write
+from conftest import ROOT
+from pipeline.audio import decode
+from preprocess.make_shards import make_shards
+from preprocess.synth import generate
+
+
+@pytest.fixture()
+def messy(tmp_path):
+    """Good clips plus one of each kind of bad input; returns (src, expected reason per path)."""
+    src = tmp_path / "src"
+    generate(str(src), per_class=3, seconds=3.0, genres=["blues", "rock"], progress=False)
+    (src / "rock" / "empty.wav").write_bytes(b"")
+    (src / "rock" / "notes.txt").write_text("not audio")
+    write(src / "rock" / "silent.wav", np.zeros(22050 * 2), 22050)
+    nan = sine(440, 2, 22050)
+    nan[100] = np.nan
+    write(src / "rock" / "nan.wav", nan, 22050, subtype="FLOAT")
+    write(src / "blues" / "short.wav", sine(440, 0.3, 22050), 22050)
+    shutil.copy(src / "blues" / "blues.00000.wav", src / "blues" / "copy of blues.00000.wav")
+    os.makedirs(src / "rock" / "sub dir")
+    shutil.copy(src / "blues" / "blues.00001.wav", src / "rock" / "sub dir" / "stolen.wav")
+    write(src / "loose.wav", sine(440, 2, 22050), 22050)
+    os.makedirs(src / "jazz")  # empty class folder
+    write(src / "blues" / "Café (live) - take.2.v1.wav", sine(330, 2, 22050), 22050)
+    expected = {"rock/empty.wav": "empty_file", "rock/notes.txt": "not_audio", "rock/silent.wav": "silent",
+                "rock/nan.wav": "non_finite", "blues/short.wav": "too_short",
+                "blues/copy of blues.00000.wav": "duplicate", "blues/blues.00001.wav": "label_conflict",
+                "rock/sub dir/stolen.wav": "label_conflict", "loose.wav": "no_class_folder"}
+    return src, expected
+
+
+def all_files(src) -> set[str]:
+    out = set()
+    for root, _, files in os.walk(src):
+        out |= {os.path.relpath(os.path.join(root, f), src) for f in files}
+    return out
+
+
+def test_every_input_file_is_sharded_or_rejected_with_reason(messy, tmp_path):
+    src, expected = messy
+    m = make_shards(str(src), str(tmp_path / "out"), val=0.2, test=0.2, workers=2, progress=False)
+    sharded = [s["source"] for s in m["samples"]]
+    rejected = {r["path"]: r["reason"] for r in m["rejects"]}
+    assert len(sharded) == len(set(sharded))
+    assert set(sharded).isdisjoint(rejected)
+    assert set(sharded) | set(rejected) == all_files(src)  # nothing silently lost
+    assert rejected == expected
+    assert all(r["message"] for r in m["rejects"])
+    assert m["empty_class_folders"] == ["jazz"]
+    assert m["classes"] == ["blues", "rock"]
+    assert "blues/Café (live) - take.2.v1.wav" in sharded  # odd names survive intact
+    # the shards hold exactly the accepted samples, with dot-free keys
+    keys = []
+    for s in ("train", "val", "test"):
+        for name in m["splits"][s]["shards"]:
+            with tarfile.open(tmp_path / "out" / name) as tf:
+                keys += [n.split(".", 1)[0] for n in tf.getnames() if n.endswith(".wav")]
+            assert os.path.exists(tmp_path / "out" / (name[:-4] + ".idx"))
+    assert sorted(keys) == sorted(s["key"] for s in m["samples"])
+    assert all("." not in k for k in keys)
+    assert sum(m["splits"][s]["count"] for s in ("train", "val", "test")) == len(sharded)
+    assert not os.path.exists(tmp_path / "out" / ".work")
+
+
+def test_splits_are_stratified_whole_tracks_and_seeded(tmp_path):
+    src = tmp_path / "src"
+    generate(str(src), per_class=10, seconds=1.5, genres=["blues", "pop", "rock"], progress=False)
+    m1 = make_shards(str(src), str(tmp_path / "a"), val=0.2, test=0.2, seed=3, workers=1, progress=False)
+    for s, n in (("train", 6), ("val", 2), ("test", 2)):
+        assert m1["splits"][s]["per_class"] == {"blues": n, "pop": n, "rock": n}
+    split_of = {}
+    for smp in m1["samples"]:
+        assert split_of.setdefault(smp["source"], smp["split"]) == smp["split"]
+    m2 = make_shards(str(src), str(tmp_path / "b"), val=0.2, test=0.2, seed=3, workers=2, progress=False)
+    for name in m1["splits"]["train"]["shards"]:  # same inputs and seed: byte-identical shards
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    m3 = make_shards(str(src), str(tmp_path / "c"), val=0.2, test=0.2, seed=4, workers=1, progress=False)
+    assert {s["source"] for s in m3["samples"] if s["split"] == "test"} != \
+           {s["source"] for s in m1["samples"] if s["split"] == "test"}
+
+
+def _level_db(x: np.ndarray, rate: int, freq: float) -> float:
+    w = np.hanning(len(x))
+    spec = np.abs(np.fft.rfft(x * w)) / (w.sum() / 2)
+    f = np.fft.rfftfreq(len(x), 1 / rate)
+    band = (f > freq - 20) & (f < freq + 20)
+    return 20 * np.log10(spec[band].max() + 1e-12)
+
+
+def test_resampling_is_anti_aliased(tmp_path):
+    """A 15 kHz tone at 44.1 kHz must vanish at 22.05 kHz, not fold down to 7,050 Hz."""
+    path = write(tmp_path / "tone.wav", sine(15_000, 2, 44_100) + sine(1_000, 2, 44_100), 44_100, subtype="PCM_24")
+    y = decode(path, 22_050).samples
+    ref = _level_db(y, 22_050, 1_000)
+    alias = _level_db(y, 22_050, 7_050)
+    assert ref > -7.0  # the 1 kHz tone passes (0.5 amplitude: -6 dB)
+    assert alias - ref < -60.0, f"alias at 7,050 Hz only {alias - ref:.1f} dB below the 1 kHz tone"
+
+
+@pytest.mark.parametrize("subtype,fmt", [("PCM_U8", "WAV"), ("PCM_16", "WAV"), ("PCM_24", "WAV"), ("PCM_32", "WAV"),
+                                         ("FLOAT", "WAV"), ("PCM_16", "FLAC"), ("VORBIS", "OGG"), ("MPEG_LAYER_III", "MP3")])
+def test_formats_decode_at_full_scale(tmp_path, subtype, fmt):
+    """Every encoding decodes, downmixes and keeps its level (format found by content, not name)."""
+    rate = 44_100 if fmt in ("MP3", "OGG") else 48_000
+    x = sine(1_000, 2, rate, amp=0.99)
+    stereo = np.stack([x, x], axis=1)
+    path = write(tmp_path / "clip.bin", stereo, rate, subtype=subtype, fmt=fmt)
+    d = decode(path, 22_050)
+    assert d.channels == 2 and d.source_rate == rate
+    peak_db = 20 * np.log10(np.sqrt(2) * np.sqrt(np.mean(d.samples[4000:-4000] ** 2)))
+    tol = 0.1 if fmt in ("WAV", "FLAC") else 0.5  # lossy codecs move the level slightly
+    assert abs(peak_db - 20 * np.log10(0.99)) < tol, f"{subtype}: {peak_db:.2f} dBFS"
+
+
+def test_cli_reports_summary_and_bad_source(messy, tmp_path):
+    src, _ = messy
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), str(src), str(out),
+                        "--workers", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("accepted 6 ") and "rejected 9" in last and "too_short 1" in last
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["sample_rate"] == 22050 and m["feature_spec"]["n_mels"] == 128
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), str(tmp_path / "nope"),
+                          str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr

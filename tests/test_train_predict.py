@@ -1,0 +1,97 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TRAIN_GENRES
+from training import checkpoint
+
+
+def run(args, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
+
+
+def test_torchrun_two_ranks_learns_and_writes_checkpoints(trained_run):
+    run_dir, p = trained_run
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert m["world_size"] == 2 and m["precision"] == "bf16"
+    assert len(m["history"]) == 8
+    best_val = max(h["val_track_acc"] for h in m["history"])
+    assert best_val >= 0.6, f"best val acc {best_val:.2f} (chance 0.25)"
+    assert m["test"]["tracks"] == 12 and m["test"]["track_acc"] >= 0.5
+    for f in ("best.pt", "last.pt", "curves.png", "confusion.png"):
+        assert os.path.getsize(os.path.join(run_dir, f)) > 0
+    state = checkpoint.load(os.path.join(run_dir, "best.pt"))
+    assert state["classes"] == TRAIN_GENRES and state["feature_spec"]["clip_seconds"] == 2.0
+    assert "samples/s" in p.stdout and "data wait" in p.stdout
+
+
+def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
+    run_dir, _ = trained_run
+    shards = train_shards[0]
+    import shutil
+    copy = str(tmp_path / "resumed")
+    shutil.copytree(run_dir, copy)
+    p = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--epochs", "9",
+             "--batch-size", "4", "--clip-seconds", "2", "--amp", "--lr", "2e-3"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resumed from" in p.stdout and "at epoch 8" in p.stdout
+    m = json.load(open(os.path.join(copy, "metrics.json")))
+    assert [h["epoch"] for h in m["history"]] == list(range(1, 10))
+    # a run that asks for a different model than the checkpoint holds gets one line, exit 2
+    bad = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--model", "baseline",
+               "--clip-seconds", "2"])
+    assert bad.returncode == 2 and "holds model 'resnet'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_predict_known_class_and_errors(trained_run, train_shards, tmp_path):
+    run_dir, _ = trained_run
+    _, src, m = train_shards
+    ckpt = os.path.join(run_dir, "best.pt")
+    train_tracks = [s for s in m["samples"] if s["split"] == "train"]
+    picks = [next(s for s in train_tracks if s["label"] == g) for g in ("classical", "metal")]
+    paths = [os.path.join(src, s["source"]) for s in picks]
+    p = run([os.path.join(ROOT, "predict.py"), "--checkpoint", ckpt, "--json", *paths])
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)["results"]
+    assert [r["genre"] for r in out] == ["classical", "metal"]
+    assert abs(sum(out[0]["probabilities"].values()) - 1) < 0.05 or len(out[0]["probabilities"]) == 3
+
+    missing = run([os.path.join(ROOT, "predict.py"), "--checkpoint", ckpt, str(tmp_path / "nope.wav"), paths[0]])
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"predict: error: {tmp_path / 'nope.wav'}: cannot read file: No such file or directory"]
+    assert "classical" in missing.stdout  # the other file is still predicted
+
+    nockpt = run([os.path.join(ROOT, "predict.py"), "--checkpoint", str(tmp_path / "none.pt"), paths[0]])
+    assert nockpt.returncode == 2 and len(nockpt.stderr.strip().splitlines()) == 1 and "not found" in nockpt.stderr
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "parallel-tunes", "version": 1, "x": _Payload(str(target))}, str(evil))
+    p = run([os.path.join(ROOT, "predict.py"), "--checkpoint", str(evil), os.path.join(ROOT, "README.md")])
+    assert p.returncode == 2
+    assert "refused to load" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not target.exists()
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    path = str(tmp_path / "c.pt")
+    checkpoint.save(path, {"model": {"w": torch.ones(2)}})
+    assert os.listdir(tmp_path) == ["c.pt"]
+    with open(path, "r+b") as f:  # a truncated file is reported, not half-loaded
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        checkpoint.load(path)

@@ -523,6 +523,40 @@ def child_main(job_path: str) -> int:
     return 0
 
 
+# ============================================================== other load on the machine
+
+def cpu_busy_s() -> float:
+    """CPU-seconds all cores spent busy since boot (/proc/stat; 0 where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def children_cpu_s() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_idle(max_wait: float, threshold: float = 0.25) -> tuple[float, float]:
+    """Wait (at most max_wait s) until other processes use < threshold cores, measured over 1 s.
+
+    Timings on a shared 2-core machine are meaningless while something else runs.
+    Returns (seconds waited, last measured load in cores).
+    """
+    t0 = time.perf_counter()
+    while True:
+        b0, t = cpu_busy_s(), time.perf_counter()
+        time.sleep(1.0)
+        load = (cpu_busy_s() - b0) / (time.perf_counter() - t)
+        waited = time.perf_counter() - t0
+        if load < threshold or waited >= max_wait:
+            return waited, load
+
+
 # ============================================================== host description
 
 def host_info() -> dict:
@@ -576,19 +610,19 @@ def _f(v: float | None, fmt: str) -> str:
 
 def markdown_table(results: list[dict]) -> str:
     head = ("| method | clips/s median (min–max) | audio s/s | × librosa 1-proc | peak RSS MB | peak PSS MB "
-            "| peak GPU MB | max abs ΔdB vs librosa | timed passes |")
+            "| peak GPU MB | max abs ΔdB vs librosa | timed passes | other load, cores |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         if "clips_per_s" not in r:
             why = r.get("skipped") or r.get("error") or "not run"
-            lines.append(f"| {r['method']} | {'skipped' if 'skipped' in r else 'FAILED'}: {why} |" + " |" * 7)
+            lines.append(f"| {r['method']} | {'skipped' if 'skipped' in r else 'FAILED'}: {why} |" + " |" * 8)
             continue
         c, a = r["clips_per_s"], r["audio_s_per_s"]
         lines.append(
             f"| {r['method']} | {c['median']:.1f} ({c['min']:.1f}–{c['max']:.1f}) | {a['median']:.0f} "
             f"| {_f(r.get('ratio_to_librosa'), '.2f')} | {_f(r.get('peak_rss_mb'), '.0f')} "
             f"| {_f(r.get('peak_pss_mb'), '.0f')} | {_f(r.get('peak_gpu_mb'), '.0f')} "
-            f"| {_f(r.get('max_abs_db'), '.4f')} | {r['repeats']} |")
+            f"| {_f(r.get('max_abs_db'), '.4f')} | {r['repeats']} | {_f(r.get('other_load_cores'), '.2f')} |")
     return "\n".join(lines)
 
 
@@ -607,17 +641,19 @@ def bar_chart(report: dict, path: str) -> None:
     ax1.barh(y, med, xerr=err, color="tab:blue", capsize=4)
     for yi, m, r in zip(y, med, rows):
         ratio = r.get("ratio_to_librosa")
-        ax1.text(m, yi, f"  {m:.0f}" + (f" (×{ratio:.2f})" if ratio else ""), va="center", fontsize=9)
+        ax1.text(r["clips_per_s"]["max"], yi, f"  {m:.0f}" + (f" (×{ratio:.2f})" if ratio else ""), va="center",
+                 fontsize=9)
     ax1.set_yticks(list(y), names)
     ax1.invert_yaxis()
     ax1.set_xlabel("clips/s (median, bars: min–max)")
-    ax1.set_xlim(0, max(med) * 1.35)
+    ax1.set_xlim(0, max(r["clips_per_s"]["max"] for r in rows) * 1.4)
     rss = [r.get("peak_rss_mb") or 0 for r in rows]
     pss = [r.get("peak_pss_mb") or 0 for r in rows]
     ax2.barh([v - 0.2 for v in y], rss, height=0.4, color="tab:orange", label="peak RSS (sum of high-water marks)")
     ax2.barh([v + 0.2 for v in y], pss, height=0.4, color="tab:green", label="peak PSS (shared pages once)")
     ax2.set_xlabel("peak host memory, MB")
-    ax2.legend(fontsize=8, loc="lower right")
+    ax2.set_xlim(0, max(rss + pss) * 1.15)
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.3 / len(rows)), ncol=2)
     d, h = report["data"], report["host"]
     fig.suptitle(f"log-mel features: {d['clips']} clips, {d['total_seconds'] / d['clips']:.0f} s each on average — "
                  f"{h['kind']} ({h['cpu_model'] or '?'}{', ' + h['gpu'] if h['gpu'] else ''}), {report['date']}",
@@ -639,6 +675,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parity-clips", type=int, default=4, help="clips compared with librosa (default 4)")
     p.add_argument("--budget", type=float, default=90.0,
                    help="seconds of timed passes per method at most; fewer repeats if the warm-up says so")
+    p.add_argument("--wait-idle", type=float, default=60.0,
+                   help="before each method, wait up to this many seconds for other processes to go quiet")
     p.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS))
     p.add_argument("--cache", default=os.path.join(BENCH, ".cache"), help="generated data and shards")
     p.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and PNG go")
@@ -717,8 +755,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "librosa-dataloader":
             # One single-threaded worker per core: BLAS threads inside workers would oversubscribe.
             env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        if a.wait_idle > 0:
+            waited, load = wait_idle(a.wait_idle)
+            if load >= 0.25:
+                notes.append(f"{name}: machine still busy ({load:.1f} cores) after waiting {waited:.0f} s")
         log(f"running {name} in a fresh process ...")
-        t = time.perf_counter()
+        t, busy0, own0 = time.perf_counter(), cpu_busy_s(), children_cpu_s()
         try:
             subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", job_path], env=env, cwd=ROOT,
                            stdout=sys.stderr, timeout=max(600.0, 10 * a.budget), check=False)
@@ -731,11 +773,16 @@ def main(argv: list[str] | None = None) -> int:
         with open(out_path, encoding="utf-8") as f:
             r = json.load(f)
         r["process_wall_s"] = time.perf_counter() - t
+        # CPU time the rest of the machine used meanwhile, in cores: > ~0.2 means contended timings.
+        r["other_load_cores"] = max(0.0, (cpu_busy_s() - busy0) - (children_cpu_s() - own0)) / r["process_wall_s"]
         results.append(r)
         state = r.get("skipped") and "skipped" or r.get("error") and "FAILED" or "done"
         log(f"  {name}: {state} in {r['process_wall_s']:.0f} s")
 
     summarise(results, total_seconds, len(items))
+    busy = [f"{r['method']} {r['other_load_cores']:.2f}" for r in results if r.get("other_load_cores", 0) > 0.2]
+    if busy:
+        notes.append("OTHER PROCESSES used CPU during: " + ", ".join(busy) + " cores on average: those timings are low")
     for r in results:
         if "repeats" in r and r["repeats"] < a.repeats:
             notes.append(f"{r['method']}: {r['repeats']} timed pass(es) instead of {a.repeats} (--budget {a.budget:g} s)")

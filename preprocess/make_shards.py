@@ -1,6 +1,7 @@
 """Pack a folder-per-class audio collection into WebDataset tar shards for DALI.
 
     python preprocess/make_shards.py SRC OUT [--val 0.1] [--test 0.1] [--seed 0] [--workers N]
+    python preprocess/make_shards.py --verify OUT     # re-read shards, check against the manifest
 
 SRC is GTZAN's layout or any folder-per-class tree (SRC/<class>/**/<file>; a single
 `genres_original/` or `genres/` folder inside SRC is entered). Every file is decoded (format
@@ -25,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -322,6 +324,62 @@ class UsageError(Exception):
     pass
 
 
+def verify(out: str) -> list[str]:
+    """Re-read every shard and index; compare keys, counts and PCM checksums with the manifest."""
+    import soundfile as sf
+
+    path = os.path.join(out, "manifest.json")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no manifest")
+    with open(path, encoding="utf-8") as f:
+        m = json.load(f)
+    expected = defaultdict(dict)
+    for smp in m["samples"]:
+        expected[smp["shard"]][smp["key"]] = smp
+    problems = []
+    for split in SPLITS:
+        seen = 0
+        for name in m["splits"][split]["shards"]:
+            tar, idx = os.path.join(out, name), os.path.join(out, name[:-4] + ".idx")
+            if not os.path.isfile(tar) or not os.path.isfile(idx):
+                problems.append(f"{name}: tar or index file missing")
+                continue
+            try:
+                found = _read_shard(tar)
+            except (tarfile.TarError, OSError, EOFError) as e:
+                problems.append(f"{name}: unreadable tar ({e})")
+                continue
+            want = expected.get(name, {})
+            for key in sorted(set(want) ^ set(found)):
+                problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
+            for key in sorted(set(want) & set(found)):
+                try:
+                    pcm, _ = sf.read(io.BytesIO(found[key]["wav"]), dtype="int16")
+                except (sf.LibsndfileError, RuntimeError, KeyError) as e:
+                    problems.append(f"{name}: sample {key} audio unreadable ({e})")
+                    continue
+                if hashlib.sha256(pcm.tobytes()).hexdigest() != want[key]["pcm_sha256"]:
+                    problems.append(f"{name}: sample {key} audio checksum differs from the manifest")
+            idx_lines = open(idx, encoding="utf-8").read().split("\n")
+            header = idx_lines[0].split()
+            if len(header) != 2 or int(header[1]) != len(found):
+                problems.append(f"{name[:-4]}.idx: index lists {header[1:] or '?'} samples, tar holds {len(found)}")
+            seen += len(found)
+        if seen != m["splits"][split]["count"]:
+            problems.append(f"{split}: {seen} samples in shards, manifest says {m['splits'][split]['count']}")
+    return problems
+
+
+def _read_shard(tar: str) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+    with tarfile.open(tar) as tf:
+        for member in tf:
+            if member.isfile():
+                key, ext = member.name.split(".", 1)
+                samples[key][ext] = tf.extractfile(member).read()
+    return samples
+
+
 def summary_line(m: dict) -> str:
     n_ok = sum(m["splits"][s]["count"] for s in SPLITS)
     reasons = Counter(r["reason"] for r in m["rejects"])
@@ -333,6 +391,21 @@ def summary_line(m: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--verify"]:
+        if len(argv) != 2:
+            print("usage: make_shards.py --verify OUT", file=sys.stderr)
+            return 2
+        try:
+            problems = verify(argv[1])
+        except UsageError as e:
+            print(f"make_shards: error: {e}", file=sys.stderr)
+            return 2
+        for line in problems:
+            print(f"verify: {line}", file=sys.stderr)
+        print(f"verify: {argv[1]}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
     p.add_argument("src", help="folder of class folders (or GTZAN's genres_original/)")
     p.add_argument("out", nargs="?", default="shards", help="output folder (default: shards/)")
     p.add_argument("--val", type=float, default=0.1, help="fraction of each class for validation")

@@ -138,3 +138,25 @@ def test_cli_reports_summary_and_bad_source(messy, tmp_path):
                           str(out)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_verify_detects_a_flipped_byte(tmp_path):
+    src = tmp_path / "src"
+    generate(str(src), per_class=4, seconds=1.5, genres=["pop", "rock"], progress=False)
+    out = tmp_path / "out"
+    m = make_shards(str(src), str(out), val=0.25, test=0.25, workers=1, min_shards=2, progress=False)
+    cli = [sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), "--verify", str(out)]
+    ok = subprocess.run(cli, capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    shard = out / m["splits"]["train"]["shards"][0]
+    with tarfile.open(shard) as tf:
+        wav = next(mb for mb in tf.getmembers() if mb.name.endswith(".wav"))
+    data = bytearray(shard.read_bytes())
+    data[wav.offset_data + wav.size // 2] ^= 0xFF  # inside a sample's PCM
+    shard.write_bytes(bytes(data))
+    bad = subprocess.run(cli, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "checksum differs" in bad.stderr and shard.name in bad.stderr
+    (out / m["splits"]["val"]["shards"][0]).unlink()
+    worse = subprocess.run(cli, capture_output=True, text=True)
+    assert worse.returncode == 1 and "missing" in worse.stderr

@@ -95,3 +95,12 @@ def test_checkpoint_save_is_atomic(tmp_path):
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):
         checkpoint.load(path)
+
+
+def test_one_process_torchrun_with_nproc_launches_ranks(train_shards, tmp_path):
+    """`torchrun -- train.py --nproc 2`: train.py starts the 2 ranks itself through torch's launcher."""
+    run_dir = str(tmp_path / "r")
+    p = run(["-m", "torch.distributed.run", "--", os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards",
+             train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--clip-seconds", "2"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.load(open(os.path.join(run_dir, "metrics.json")))["world_size"] == 2

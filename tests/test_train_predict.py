@@ -104,3 +104,20 @@ def test_one_process_torchrun_with_nproc_launches_ranks(train_shards, tmp_path):
              train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--clip-seconds", "2"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["world_size"] == 2
+
+
+def test_predict_works_without_dali(trained_run, train_shards):
+    """predict.py must run where DALI is not installed (a laptop, macOS): block its import."""
+    run_dir, _ = trained_run
+    _, src, m = train_shards
+    track = next(s for s in m["samples"] if s["label"] == "metal" and s["split"] == "train")
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('nvidia', 'webdataset'): raise ImportError('blocked: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.path.insert(0, {ROOT!r}); sys.argv = ['predict.py'] + sys.argv[1:]\n"
+            "import predict; sys.exit(predict.main())\n")
+    p = run(["-c", code, "--checkpoint", os.path.join(run_dir, "best.pt"), os.path.join(src, track["source"])])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split(": ")[1].startswith("metal")

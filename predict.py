@@ -1,6 +1,7 @@
 """Print the genre of songs: any length, any common format (WAV, FLAC, OGG, MP3, ...).
 
     python predict.py song.mp3 [more.wav dir/ ...] [--checkpoint runs/X/best.pt] [--top 3] [--json]
+    python predict.py song.mp3 --timeline [--hop 1.5] [--plot-dir DIR]   # genre over time
 
 The song is decoded and resampled exactly as make_shards does, turned into log-mels with the
 checkpoint's FeatureSpec (torchaudio; DALI is not needed), cut into windows that cover the whole
@@ -59,22 +60,89 @@ class Predictor:
         self.device = device
         self.torch = torch
 
-    def predict_file(self, path: str, batch_windows: int = 64) -> dict:
+    def _logits(self, feats, hop_frames: int | None, batch_windows: int = 64):
+        from pipeline.windows import cut_windows, window_starts
+
+        torch = self.torch
+        clip = self.spec.clip_frames
+        windows = cut_windows(feats, feats.shape[-1], clip, self.spec.floor_value, hop_frames)
+        logits = torch.cat([self.model(windows[i:i + batch_windows].to(self.device)).float()
+                            for i in range(0, len(windows), batch_windows)])
+        return logits, window_starts(feats.shape[-1], clip, hop_frames)
+
+    def predict_file(self, path: str, timeline_hop: float | None = None) -> dict:
+        """Genre of one song (mean of window logits); with timeline_hop, also per-window probabilities."""
         from pipeline.audio import decode
-        from pipeline.windows import cut_windows
 
         torch = self.torch
         d = decode(path, self.spec.sample_rate)
-        audio = torch.from_numpy(d.samples)
         with torch.inference_mode():
-            feats = self.logmel.long(audio)[None]  # (1, mels, frames)
-            windows = cut_windows(feats, feats.shape[-1], self.spec.clip_frames, self.spec.floor_value)
-            logits = torch.cat([self.model(windows[i:i + batch_windows].to(self.device)).float()
-                                for i in range(0, len(windows), batch_windows)])
+            feats = self.logmel.long(torch.from_numpy(d.samples))[None]  # (1, mels, frames)
+            logits, _ = self._logits(feats, None)
             probs = torch.softmax(logits.mean(0), dim=0)
+            result = {"file": path, "seconds": round(len(d.samples) / self.spec.sample_rate, 2),
+                      "windows": len(logits), **self._ranked(probs)}
+            if timeline_hop:
+                hop = max(1, round(timeline_hop * self.spec.sample_rate / self.spec.hop_length))
+                wl, starts = self._logits(feats, hop)
+                sec = self.spec.hop_length / self.spec.sample_rate
+                result["timeline"] = [{"start": round(s * sec, 2), "end": round(min(s * sec + self.spec.clip_seconds,
+                                                                                    result["seconds"]), 2),
+                                       **self._ranked(torch.softmax(w, 0))} for s, w in zip(starts, wl)]
+                result["timeline"][-1]["end"] = result["seconds"]  # the last window ends the song (frame rounding)
+        return result
+
+    def _ranked(self, probs) -> dict:
         order = probs.argsort(descending=True).tolist()
-        return {"file": path, "genre": self.classes[order[0]], "seconds": round(len(d.samples) / self.spec.sample_rate, 2),
-                "windows": len(windows), "probabilities": {self.classes[i]: round(float(probs[i]), 4) for i in order}}
+        return {"genre": self.classes[order[0]],
+                "probabilities": {self.classes[i]: round(float(probs[i]), 4) for i in order}}
+
+
+def timeline_segments(timeline: list[dict], seconds: float) -> list[tuple[float, float, str, float]]:
+    """Merge consecutive windows with the same top genre: (start, end, genre, mean probability).
+
+    Windows overlap; each owns the time closer to its centre than to its neighbours', so the
+    segments tile [0, seconds] without gaps or overlaps.
+    """
+    centres = [(w["start"] + w["end"]) / 2 for w in timeline]
+    bounds = [0.0] + [(a + b) / 2 for a, b in zip(centres, centres[1:])] + [seconds]
+    segs: list[list] = []
+    for i, w in enumerate(timeline):
+        p = w["probabilities"][w["genre"]]
+        if segs and segs[-1][2] == w["genre"]:
+            segs[-1][1] = bounds[i + 1]
+            segs[-1][3].append(p)
+        else:
+            segs.append([bounds[i], bounds[i + 1], w["genre"], [p]])
+    return [(round(a, 2), round(b, 2), g, sum(p) / len(p)) for a, b, g, p in segs]
+
+
+def plot_timeline(result: dict, classes: list[str], path: str) -> None:
+    """Genre probabilities over time as a stacked area chart."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tl = result["timeline"]
+    t = [(w["start"] + w["end"]) / 2 for w in tl]
+    fig, ax = plt.subplots(figsize=(12, 3.5))
+    ax.stackplot(t, [[w["probabilities"][c] for w in tl] for c in classes], labels=classes,
+                 colors=plt.cm.tab10.colors[: len(classes)] if len(classes) <= 10 else None)
+    ax.set_xlim(0, result["seconds"])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_title(f"{os.path.basename(result['file'])}: {result['genre']}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _mmss(s: float) -> str:
+    return f"{int(s // 60)}:{s % 60:04.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=3, help="probabilities to show per file")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--timeline", action="store_true", help="genre of each window over the whole song")
+    p.add_argument("--hop", type=float, default=1.5, help="timeline hop in seconds (window: the clip length)")
+    p.add_argument("--plot-dir", default=None, help="with --timeline: write <file>.timeline.png here")
     a = p.parse_args(argv)
 
     from pipeline.audio import AudioError
@@ -101,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     results, failed = [], 0
     for path in expand(a.paths):
         try:
-            r = predictor.predict_file(path)
+            r = predictor.predict_file(path, a.hop if a.timeline else None)
         except AudioError as e:
             print(f"predict: error: {path}: {e.message}", file=sys.stderr)
             failed += 1
@@ -110,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         if not a.json:
             top = list(r["probabilities"].items())[: a.top]
             print(f"{path}: {r['genre']}  ({', '.join(f'{g} {pr:.1%}' for g, pr in top)})")
+            if a.timeline:
+                for s0, s1, g, pr in timeline_segments(r["timeline"], r["seconds"]):
+                    print(f"  {_mmss(s0)}-{_mmss(s1)}  {g} ({pr:.0%})")
+        if a.timeline and a.plot_dir:
+            os.makedirs(a.plot_dir, exist_ok=True)
+            plot_timeline(r, predictor.classes, os.path.join(a.plot_dir, os.path.basename(path) + ".timeline.png"))
     if a.json:
         for r in results:
             r["probabilities"] = dict(list(r["probabilities"].items())[: a.top])

@@ -121,3 +121,27 @@ def test_predict_works_without_dali(trained_run, train_shards):
     p = run(["-c", code, "--checkpoint", os.path.join(run_dir, "best.pt"), os.path.join(src, track["source"])])
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split(": ")[1].startswith("metal")
+
+
+def test_timeline_covers_the_whole_song(trained_run, train_shards, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    run_dir, _ = trained_run
+    _, src, m = train_shards
+    parts = []
+    for g in ("classical", "metal"):
+        s = next(s for s in m["samples"] if s["label"] == g and s["split"] == "train")
+        x, sr = sf.read(os.path.join(src, s["source"]))
+        parts.append(x)
+    song = str(tmp_path / "medley.flac")
+    sf.write(song, np.concatenate(parts), sr)
+    p = run([os.path.join(ROOT, "predict.py"), "--checkpoint", os.path.join(run_dir, "best.pt"), song,
+             "--timeline", "--hop", "1", "--json", "--plot-dir", str(tmp_path / "plots")])
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)["results"][0]
+    tl = r["timeline"]
+    assert tl[0]["start"] == 0 and tl[-1]["end"] == r["seconds"] == 12.0
+    assert all(b["start"] <= a["end"] for a, b in zip(tl, tl[1:]))  # no gaps between windows
+    assert {"classical", "metal"} <= {w["genre"] for w in tl}
+    assert tl[0]["genre"] == "classical" and tl[-1]["genre"] == "metal"
+    assert os.path.getsize(tmp_path / "plots" / "medley.flac.timeline.png") > 0

@@ -145,3 +145,15 @@ def test_timeline_covers_the_whole_song(trained_run, train_shards, tmp_path):
     assert {"classical", "metal"} <= {w["genre"] for w in tl}
     assert tl[0]["genre"] == "classical" and tl[-1]["genre"] == "metal"
     assert os.path.getsize(tmp_path / "plots" / "medley.flac.timeline.png") > 0
+
+
+def test_same_seed_gives_identical_metrics(train_shards, tmp_path):
+    """Two CPU runs of 2 ranks with the same --seed: identical losses and accuracies."""
+    histories = []
+    for name in ("a", "b"):
+        p = run([os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards", train_shards[0], "--run-dir",
+                 str(tmp_path / name), "--epochs", "2", "--batch-size", "8", "--clip-seconds", "2", "--seed", "7"])
+        assert p.returncode == 0, p.stderr[-2000:]
+        h = json.load(open(tmp_path / name / "metrics.json"))["history"]
+        histories.append([(e["train_loss"], e["train_acc"], e["val_loss"], e["val_track_acc"]) for e in h])
+    assert histories[0] == histories[1]

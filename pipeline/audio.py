@@ -3,15 +3,21 @@
 Shared by make_shards (offline, once per file) and predict.py, so both see the same samples.
 DALI's own resampler aliases (../shared/FACTS.md); we resample here with a windowed-sinc
 (Kaiser) filter instead and store audio already at the feature rate.
+
+Truncated files (a WAV whose header promises more frames than the file holds, e.g. an
+interrupted copy) are decoded as far as they go and reported in `Decoded.warnings`
+("truncated: header says X frames, file holds Y"); callers decide whether the rest suffices.
+libsndfile silently shrinks its frame count to what is present, so the WAV header's data size
+is read directly (`wav_header_frames`).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
-import torch
 
 # torchaudio's "kaiser_best" settings: > 100 dB stop-band rejection.
 _RESAMPLE_KW = dict(lowpass_filter_width=64, rolloff=0.9475937167399596,
@@ -36,13 +42,56 @@ class Decoded:
     channels: int
     source_format: str       # e.g. "WAV/PCM_24", detected from content, not the file name
     source_frames: int       # frames in the file (before any truncation to max_seconds)
+    warnings: list[str] = field(default_factory=list)  # usable but suspect, e.g. truncated
+
+
+def wav_header_frames(path: str) -> tuple[int, int] | None:
+    """(frames the RIFF/RF64 header declares, frames the file's bytes can hold), or None.
+
+    None when the file is not a little-endian WAV or its header gives no usable size (streaming
+    writers put 0 or 0xFFFFFFFF there). Reads only the chunk headers, never the audio.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RF64"):
+                return None
+            block_align, ds64_data = 0, None
+            while True:
+                hdr = f.read(8)
+                if len(hdr) < 8:
+                    return None
+                cid, csize = hdr[:4], struct.unpack("<I", hdr[4:])[0]
+                start = f.tell()
+                if cid == b"fmt ":
+                    fmt = f.read(16)
+                    if len(fmt) < 16:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif cid == b"ds64":  # RF64: the real data size lives here
+                    ds = f.read(16)
+                    if len(ds) < 16:
+                        return None
+                    ds64_data = struct.unpack("<Q", ds[8:16])[0]
+                elif cid == b"data":
+                    if ds64_data is not None and csize == 0xFFFFFFFF:
+                        csize = ds64_data
+                    if block_align <= 0 or csize in (0, 0xFFFFFFFF):
+                        return None
+                    return csize // block_align, max(0, size - start) // block_align
+                f.seek(start + csize + (csize & 1))  # chunks are padded to even sizes
+    except (OSError, struct.error):
+        return None
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """Band-limited resampling of a 1-D float signal (anti-aliased)."""
     if orig_rate == new_rate:
         return x.astype(np.float32, copy=False)
-    import torchaudio.functional as AF  # imported lazily: make_shards workers import it once each
+    # imported lazily: collections already at the feature rate (GTZAN) never pay torch's start-up
+    import torch
+    import torchaudio.functional as AF
     y = AF.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                     orig_rate, new_rate, **_RESAMPLE_KW)
     return y.numpy()
@@ -80,6 +129,16 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
                 got += len(block)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError("decode_error", f"decoding failed after {got} frames: {e}") from None
+    warnings = []
+    # only where block_align is one frame (not e.g. ADPCM, where it is a block of many frames)
+    container, subtype = fmt.split("/", 1)
+    pcm_like = (container in ("WAV", "WAVEX", "RF64")
+                and subtype.startswith(("PCM", "FLOAT", "DOUBLE", "ULAW", "ALAW")))
+    header = wav_header_frames(path) if pcm_like else None
+    if header and header[0] > max(header[1], frames):
+        warnings.append(f"truncated: header says {header[0]} frames, file holds {frames}")
+    elif got < limit:  # any format: the decoder ran out before the length it announced
+        warnings.append(f"truncated: header says {frames} frames, file holds {got}")
     mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     if mono.size == 0:
         raise AudioError("zero_samples", "file holds no audio samples")
@@ -88,8 +147,9 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
     if np.abs(mono).max() < SILENCE_PEAK:
         raise AudioError("silent", "audio is digital silence")
     out = np.clip(resample(mono, rate, target_rate), -1.0, 1.0)
-    return Decoded(out, rate, channels, fmt, frames)
+    return Decoded(out, rate, channels, fmt, frames, warnings)
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float [-1, 1] to 16-bit PCM, rounded (what make_shards stores)."""
     return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)

@@ -43,7 +43,7 @@ def split_files(shard_dir: str, manifest: dict, split: str) -> tuple[list[str], 
 class DaliLoader:
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
-                 num_threads: int = 2, seed: int = 0, prefetch: int = 2):
+                 num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import READER_NAME, audio_pipeline
@@ -57,18 +57,27 @@ class DaliLoader:
         self.pipe = audio_pipeline(
             files=files, index_files=index_files, spec=spec, train=train, shard_id=rank, num_shards=world_size,
             on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
-            device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch)
+            device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
+            enable_checkpointing=True, checkpoint=state["dali"] if state else None)
         self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
                                       last_batch_policy=LastBatchPolicy.FILL,
                                       auto_reset=True)
         self.batches = math.ceil(math.ceil(self.size / world_size) / batch_size)
         self.device = device
+        self._seen: set[int] = set(state["seen"]) if state else set()
 
     def __len__(self) -> int:
         return self.batches
 
+    def state(self) -> dict:
+        """Where this rank's data stream is: DALI's reader/RNG checkpoint and this epoch's seen ids.
+
+        Passing it back as `state=` to a new loader continues with exactly the next batch.
+        """
+        return {"dali": self.it.checkpoints()[0], "seen": sorted(self._seen)}
+
     def __iter__(self):
-        seen: set[int] = set()
+        seen = self._seen
         for out in self.it:
             d = out[0]
             uid = d["uid"].view(-1).cpu()
@@ -79,3 +88,4 @@ class DaliLoader:
                     weight[i] = 1.0
             yield Batch(d["x"].unsqueeze(1), d["y"].view(-1).long().to(self.device), uid,
                         d["n"].view(-1).cpu(), weight.to(self.device))
+        seen.clear()  # the epoch is over

@@ -1,23 +1,57 @@
-"""Pack a folder-per-class audio collection into WebDataset tar shards for DALI.
+"""Pack an audio collection into WebDataset tar shards for DALI.
 
     python preprocess/make_shards.py SRC OUT [--val 0.1] [--test 0.1] [--seed 0] [--workers N]
+    python preprocess/make_shards.py --list FILE [SRC] OUT [--split list|random|gtzan-filtered]
+    python preprocess/make_shards.py SRC OUT --split gtzan-filtered
     python preprocess/make_shards.py --verify OUT     # re-read shards, check against the manifest
 
-SRC is GTZAN's layout or any folder-per-class tree (SRC/<class>/**/<file>; a single
-`genres_original/` or `genres/` folder inside SRC is entered). Every file is decoded (format
-detected by content), validated, downmixed, resampled to the feature rate with an anti-aliasing
-filter and stored as 16-bit PCM WAV. Output:
+Inputs. SRC is GTZAN's layout or any folder-per-class tree (SRC/<class>/**/<file>; a single
+`genres_original/` or `genres/` folder inside SRC is entered; OUT is skipped if it lies inside
+SRC). Or `--list FILE`: a CSV or TSV (delimiter detected: a tab in the first row means TSV) of
+`path,label[,split]` rows, with or without a header row (`path,label,split`; with a header the
+columns may come in any order and extra columns are ignored). Relative paths are relative to the
+list file's folder, or to SRC when SRC is given; `#` lines and blank lines are skipped. Labels are
+free text: every label seen becomes a class.
+
+Splits (`--split`): `random` (the default without a split column) is stratified by class, whole
+tracks, seeded (--val/--test/--seed). `list` (the default when the list has a split column) takes
+each row's split: train, val or test (any case); a row with anything else is rejected as
+`bad_split`. `gtzan-filtered` is the published fault-filtered GTZAN split (Kereliuk & Sturm,
+torchaudio's lists, see preprocess/gtzan_splits.py), matched by file stem (`blues.00012`); files
+in none of its lists are rejected as `not_in_split`. The method goes into the manifest's options.
+
+Every file is decoded (format detected by content), validated, downmixed, resampled to the
+feature rate with an anti-aliasing filter and stored as 16-bit PCM WAV. Output:
 
     OUT/{train,val,test}-NNNNNN.tar   samples <key>.wav/.cls/.lab/.uid/.json
     OUT/{train,val,test}-NNNNNN.idx   DALI index for each shard
-    OUT/manifest.json                 classes, counts, FeatureSpec, samples, rejects
+    OUT/manifest.json                 classes, counts, FeatureSpec, options, samples, rejects
 
-Each input file ends up either in one shard or in the manifest's reject list with a reason.
-Decoded clips are staged in OUT/.work/ first, so an interrupted run continues where it stopped.
+Each input file (or list row) ends up either in one shard or in the manifest's reject list with
+a reason: empty_file, not_audio, unreadable, decode_error, zero_samples, too_short, non_finite,
+silent, duplicate, label_conflict, no_class_folder (folder mode), missing_file (list mode),
+bad_split (--split list), not_in_split (--split gtzan-filtered). A path listed twice is a
+`duplicate` (same label) or a `label_conflict` (all its rows rejected).
+
+Truncated files: a WAV whose header promises more frames than the file holds (an interrupted
+copy or download) is accepted with what it holds, with a warning in its manifest sample record
+(`"warnings": ["truncated: header says X frames, file holds Y"]`), unless less than
+--min-seconds remains (then `too_short`). A truncated file usually still holds real music, and
+the warning keeps it findable; the run's summary line counts samples with warnings.
+
+Resume. Decoded clips are staged in OUT/.work/ (one .wav and one .json per input, each written
+atomically), so rerunning the same command after a crash or SIGKILL decodes only what is
+missing and produces the same bytes as an uninterrupted run. A cached record is reused only if
+the options that affect decoding (sample rate, --min-seconds, --max-seconds, decoder version)
+and the source file's size and mtime are unchanged. The shard stage first deletes
+manifest.json and every old shard, index and `.partial` file, writes each tar as `.partial`
+(renamed after its index is complete) and writes manifest.json last: a folder with a manifest is
+complete, one without is not. The manifest holds no absolute OUT path and no timestamps.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import io
 import json
@@ -39,27 +73,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipeline.spec import FeatureSpec  # noqa: E402
 
 SPLITS = ("train", "val", "test")
+SPLIT_METHODS = ("random", "list", "gtzan-filtered")
 MANIFEST_VERSION = 1
+DECODER_VERSION = 2  # bump when decode_one's output changes: cached .work records become stale
+
+
+class UsageError(Exception):
+    """Bad input for the whole run: reported as one line, exit 2."""
 
 
 @dataclass
 class Item:
-    path: str            # absolute path
-    rel: str             # path relative to SRC, as shown to users
+    path: str                # absolute (or as resolved from the list)
+    rel: str                 # path as shown to users: relative to SRC, or as written in the list
     label: str | None
+    split: str | None = None  # fixed split (list column / gtzan-filtered); None: random split
 
 
-def find_inputs(src: str) -> tuple[list[Item], list[str], list[dict]]:
-    """Walk SRC. Returns (items with a class folder, empty class folders, rejects)."""
+def find_inputs(src: str, exclude: str | None = None) -> tuple[list[Item], list[str], list[dict]]:
+    """Walk SRC. Returns (items with a class folder, empty class folders, rejects).
+
+    `exclude` (OUT) is skipped, so shards written inside SRC are not read back as inputs."""
     root = src
     subdirs = [d for d in os.listdir(src) if not d.startswith(".")]
     for name in ("genres_original", "genres"):
         if subdirs == [name] and os.path.isdir(os.path.join(src, name)):
             root = os.path.join(src, name)
+    skip = os.path.realpath(exclude) if exclude else None
     items, empty, rejects = [], [], []
     for entry in sorted(os.listdir(root)):
         full = os.path.join(root, entry)
-        if entry.startswith("."):
+        if entry.startswith(".") or os.path.realpath(full) == skip:
             continue
         if os.path.isfile(full):
             rejects.append(_reject(os.path.relpath(full, src), "no_class_folder",
@@ -67,7 +111,8 @@ def find_inputs(src: str) -> tuple[list[Item], list[str], list[dict]]:
             continue
         found = []
         for dirpath, dirnames, filenames in os.walk(full):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and os.path.realpath(os.path.join(dirpath, d)) != skip)
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
@@ -77,6 +122,116 @@ def find_inputs(src: str) -> tuple[list[Item], list[str], list[dict]]:
             empty.append(entry)
         items.extend(found)
     return items, empty, rejects
+
+
+_PATH_COLS = {"path", "file", "filename", "filepath", "file_path", "audio"}
+_LABEL_COLS = {"label", "class", "genre", "category"}
+_SPLIT_COLS = {"split", "subset", "set", "fold"}
+
+
+def read_list(list_file: str, base: str | None = None) -> tuple[list[Item], list[dict], bool]:
+    """Parse a `path,label[,split]` CSV/TSV. Returns (items, rejects, has_split_column).
+
+    Item.split holds the raw split text; its meaning depends on --split (see the docstring).
+    Rows that cannot be understood at all raise UsageError naming FILE:LINE."""
+    try:
+        with open(list_file, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise UsageError(f"{list_file}: not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"{list_file}: cannot read list ({e.strerror or e})") from None
+    first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    delimiter = "\t" if "\t" in first else ","  # paths may hold commas, hardly ever tabs
+    base = base if base is not None else os.path.dirname(os.path.abspath(list_file))
+
+    rows: list[tuple[int, list[str]]] = []
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    for row in reader:
+        cells = [c.strip() for c in row]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        rows.append((reader.line_num, cells))
+    if not rows:
+        raise UsageError(f"{list_file}: list has no rows")
+    cols = {"path": 0, "label": 1}
+    head = [c.lower() for c in rows[0][1]]
+    header = head[0] in _PATH_COLS or bool(_PATH_COLS & set(head) and _LABEL_COLS & set(head))
+    if header:  # columns by name, any order, extra columns ignored
+        cols = {}
+        for i, name in enumerate(head):
+            for key, names in (("path", _PATH_COLS), ("label", _LABEL_COLS), ("split", _SPLIT_COLS)):
+                if name in names and key not in cols:
+                    cols[key] = i
+        if "path" not in cols or "label" not in cols:
+            raise UsageError(f"{list_file}:{rows[0][0]}: header needs path and label columns, got {','.join(head)}")
+        rows = rows[1:]
+        if not rows:
+            raise UsageError(f"{list_file}: list has a header but no rows")
+    elif any(len(cells) >= 3 for _, cells in rows):
+        cols["split"] = 2
+    has_split = "split" in cols
+    need = max(cols.values()) + 1
+    seen: dict[str, list[tuple[int, Item]]] = defaultdict(list)
+    for line, cells in rows:
+        if len(cells) < need or (not header and len(cells) > 3):
+            raise UsageError(f"{list_file}:{line}: expected path,label[,split], got {len(cells)} field(s)")
+        path, label = cells[cols["path"]], cells[cols["label"]]
+        if not path or not label:
+            raise UsageError(f"{list_file}:{line}: empty {'path' if not path else 'label'}")
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+        split = cells[cols["split"]] if has_split else None
+        seen[full].append((line, Item(full, os.path.normpath(path), label, split)))
+
+    items, rejects = [], []
+    for full, entries in seen.items():
+        first_line, item = entries[0]
+        labels = sorted({it.label for _, it in entries})
+        if len(labels) > 1:  # one file, two labels: no label can be trusted
+            for line, it in entries:
+                rejects.append(_reject(it.rel, "label_conflict",
+                                       f"listed with labels {', '.join(labels)} (line {line})"))
+            continue
+        for line, it in entries[1:]:
+            rejects.append(_reject(it.rel, "duplicate", f"listed again at line {line} (first at line {first_line})"))
+        if not os.path.exists(full):
+            rejects.append(_reject(item.rel, "missing_file", f"no such file (list line {first_line})"))
+        elif os.path.isdir(full):
+            rejects.append(_reject(item.rel, "unreadable", f"is a folder, not a file (list line {first_line})"))
+        else:
+            items.append(item)
+    return items, rejects, has_split
+
+
+def apply_split_method(items: list[Item], method: str) -> tuple[list[Item], list[dict]]:
+    """Give each item its fixed split (or None for `random`); reject items the method cannot place."""
+    keep, rejects = [], []
+    if method == "random":
+        for it in items:
+            it.split = None
+        return items, rejects
+    if method == "list":
+        for it in items:
+            value = (it.split or "").strip().lower()
+            if value in SPLITS:
+                it.split = value
+                keep.append(it)
+            else:
+                rejects.append(_reject(it.rel, "bad_split", f"split {it.split!r} is not train, val or test"))
+        return keep, rejects
+    from preprocess.gtzan_splits import SplitUnavailable, gtzan_filtered, gtzan_id
+    try:
+        table = gtzan_filtered()
+    except SplitUnavailable as e:
+        raise UsageError(str(e)) from None
+    for it in items:
+        track = gtzan_id(it.rel)
+        if track in table:
+            it.split = table[track]
+            keep.append(it)
+        else:
+            rejects.append(_reject(it.rel, "not_in_split", f"{track} is in none of the gtzan-filtered lists"))
+    return keep, rejects
 
 
 def _reject(rel: str, reason: str, message: str) -> dict:
@@ -107,34 +262,59 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def _init_worker() -> None:
-    import torch
-    torch.set_num_threads(1)
+    # one thread per worker: the pool already uses every core. Set before torch is imported
+    # (only resampling imports it), so its thread pool starts at that size.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
-def decode_one(job: tuple[Item, str, str, float, float | None, int]) -> dict:
-    """Decode one input into OUT/.work (or reuse a previous run's result). Returns its record."""
-    item, key, work, min_seconds, max_seconds, rate = job
+def _cache_id(item: Item, options: dict) -> dict:
+    """What a cached .work record must match to be reused: decoding options and the source file."""
+    try:
+        st = os.stat(item.path)
+        source = [item.rel, st.st_size, st.st_mtime_ns]
+    except OSError:
+        source = [item.rel, None, None]
+    return {"options": options, "source": source}
+
+
+def decode_one(job: tuple[Item, str, str, dict]) -> dict:
+    """Decode one input into OUT/.work (or reuse a previous run's result). Returns its record.
+
+    options: sample_rate, min_seconds, max_seconds, decoder (all that changes the result)."""
+    item, key, work, options = job
     wav_path, meta_path = _work_paths(work, key)
-    if os.path.exists(meta_path):  # finished by an earlier, interrupted run
-        with open(meta_path, encoding="utf-8") as f:
-            return json.load(f)
+    cache_id = _cache_id(item, options)
+    if os.path.exists(meta_path):  # finished by an earlier, interrupted run?
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                cached = json.load(f)
+            if cached.get("cache") == cache_id and (not cached["ok"] or os.path.exists(wav_path)):
+                cached["label"] = item.label
+                return cached
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: decode again
     import soundfile as sf
     from pipeline.audio import AudioError, decode, to_pcm16
 
-    record: dict = {"key": key, "source": item.rel, "label": item.label}
+    rate, min_seconds, max_seconds = options["sample_rate"], options["min_seconds"], options["max_seconds"]
+    record: dict = {"key": key, "source": item.rel, "label": item.label, "cache": cache_id}
     try:
         d = decode(item.path, rate, max_seconds)
         pcm = to_pcm16(d.samples)
         duration = len(pcm) / rate
         if duration < min_seconds:
-            raise AudioError("too_short", f"{duration:.2f} s is shorter than --min-seconds {min_seconds:g}")
+            why = f" ({d.warnings[0]})" if d.warnings else ""
+            raise AudioError("too_short", f"{duration:.2f} s is shorter than --min-seconds {min_seconds:g}{why}")
         buf = io.BytesIO()
         sf.write(buf, pcm, rate, format="WAV", subtype="PCM_16")
         _atomic_write(wav_path, buf.getvalue())
         record.update(ok=True, duration=round(duration, 4), frames=len(pcm),
                       pcm_sha256=hashlib.sha256(pcm.tobytes()).hexdigest(),
                       source_rate=d.source_rate, source_channels=d.channels, source_format=d.source_format,
-                      clipped=max_seconds is not None and d.source_frames > int(max_seconds * d.source_rate))
+                      clipped=max_seconds is not None and d.source_frames > int(max_seconds * d.source_rate),
+                      warnings=d.warnings)
     except AudioError as e:
         record.update(ok=False, reason=e.reason, message=e.message)
     except Exception as e:  # noqa: BLE001 - a library failure on one file must not stop the run
@@ -161,7 +341,17 @@ def split_tracks(records: list[dict], classes: list[str], val: float, test: floa
         for rank, i in enumerate(order):
             split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             out[split].append(rs[i])
-    for s in SPLITS:  # interleave classes: DALI shards by sample position across ranks
+    return _interleave(out, seed)
+
+
+def fixed_splits(records: list[dict], seed: int) -> dict[str, list[dict]]:
+    """Splits given per record (r["fixed_split"]: from the list or the gtzan-filtered table)."""
+    return _interleave({s: [r for r in records if r["fixed_split"] == s] for s in SPLITS}, seed)
+
+
+def _interleave(out: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
+    """Mix classes within each split (seeded): DALI shards by sample position across ranks."""
+    for s in SPLITS:
         rs = sorted(out[s], key=lambda r: r["key"])
         out[s] = [rs[i] for i in np.random.default_rng([seed, 99, SPLITS.index(s)]).permutation(len(rs))]
     return out
@@ -179,7 +369,7 @@ def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str
     from wds2idx import IndexCreator
 
     tmp = path + ".partial"
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb") as f:  # "wb" truncates a .partial left by a killed run
         tw = wds.TarWriter(f, user="", group="", mode=0o444, mtime=0)
         for r in samples:
             wav_path, _ = _work_paths(work, r["key"])
@@ -200,24 +390,71 @@ def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str
     os.replace(tmp, path)  # the tar appears last: a .tar present means its .idx is complete
 
 
+_OUTPUT_FILE = re.compile(r"(?:(?:train|val|test)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\d+)?)")
+
+
+def _clear_outputs(out: str) -> None:
+    """Remove the manifest first, then shards, indexes and leftovers of a killed run.
+
+    Without a manifest the folder reads as incomplete (loader and --verify refuse it) until this
+    run writes its own manifest at the very end."""
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest):
+        os.remove(manifest)
+    for name in sorted(os.listdir(out)):
+        if _OUTPUT_FILE.fullmatch(name):
+            os.remove(os.path.join(out, name))
+
+
 # ---------------------------------------------------------------- main
 
-def make_shards(src: str, out: str, *, val: float = 0.1, test: float = 0.1, seed: int = 0,
+SAMPLE_FIELDS = ("uid", "key", "source", "label", "split", "shard", "duration", "pcm_sha256", "source_rate",
+                 "source_channels", "source_format", "clipped")
+
+
+def make_shards(src: str | None, out: str, *, list_file: str | None = None, split: str | None = None,
+                val: float = 0.1, test: float = 0.1, seed: int = 0,
                 workers: int | None = None, min_seconds: float = 1.0, max_seconds: float | None = 600.0,
                 max_per_shard: int = 256, min_shards: int = 8, spec: FeatureSpec | None = None,
                 progress: bool = True) -> dict:
-    """Build the shards and manifest; returns the manifest. Raises SystemExit(2) if nothing usable."""
+    """Build the shards and manifest; returns the manifest. Raises UsageError on unusable input.
+
+    src: folder of class folders, or (with list_file) the base for the list's relative paths.
+    split: "random" | "list" | "gtzan-filtered"; None picks "list" if the list has a split column."""
     from tqdm import tqdm
 
     spec = spec or FeatureSpec()
-    if not os.path.isdir(src):
+    if split is not None and split not in SPLIT_METHODS:
+        raise UsageError(f"--split {split}: choose one of {', '.join(SPLIT_METHODS)}")
+    if src is not None and not os.path.isdir(src):
         raise UsageError(f"{src}: not a directory")
-    items, empty_classes, rejects = find_inputs(src)
-    os.makedirs(out, exist_ok=True)
-    work = os.path.join(out, ".work")
-    os.makedirs(work, exist_ok=True)
+    if list_file is not None:
+        items, rejects, has_split_column = read_list(list_file, base=src)
+        empty_classes: list[str] = []
+        origin = list_file
+    elif src is None:
+        raise UsageError("give a SRC folder or --list FILE")
+    else:
+        items, empty_classes, rejects = find_inputs(src, exclude=out)
+        has_split_column = False
+        origin = src
+    method = split or ("list" if has_split_column else "random")
+    if method == "list" and not has_split_column:
+        raise UsageError(f"{origin}: --split list needs a list file with a split column")
+    n_inputs = len(items) + len(rejects)
+    items, split_rejects = apply_split_method(items, method)
+    rejects.extend(split_rejects)
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        work = os.path.join(out, ".work")
+        os.makedirs(work, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot create output folder ({e.strerror or e})") from None
     keys = [sample_key(it) for it in items]
-    jobs = [(it, k, work, min_seconds, max_seconds, spec.sample_rate) for it, k in zip(items, keys)]
+    options = {"sample_rate": spec.sample_rate, "min_seconds": min_seconds, "max_seconds": max_seconds,
+               "decoder": DECODER_VERSION}
+    jobs = [(it, k, work, options) for it, k in zip(items, keys)]
     workers = workers or os.cpu_count() or 1
     records = []
     bar = tqdm(total=len(jobs), desc="decode", unit="file", disable=not progress)
@@ -233,8 +470,9 @@ def make_shards(src: str, out: str, *, val: float = 0.1, test: float = 0.1, seed
     bar.close()
 
     good = []
-    for r in records:
+    for r, it in zip(records, items):
         if r["ok"]:
+            r["fixed_split"] = it.split
             good.append(r)
         else:
             rejects.append(_reject(r["source"], r["reason"], r["message"]))
@@ -242,16 +480,14 @@ def make_shards(src: str, out: str, *, val: float = 0.1, test: float = 0.1, seed
     rejects.extend(dup_rejects)
     classes = sorted({r["label"] for r in good})
     if not good:
-        raise UsageError(f"{src}: no usable audio found ({len(rejects)} files rejected)")
+        raise UsageError(f"{origin}: no usable audio found ({len(rejects)} files rejected)")
     class_index = {c: i for i, c in enumerate(classes)}
     good.sort(key=lambda r: r["source"])
     for uid, r in enumerate(good):
         r["uid"] = uid
 
-    splits = split_tracks(good, classes, val, test, seed)
-    for name in os.listdir(out):  # shards of an earlier, different run must not mix with these
-        if re.fullmatch(r"(train|val|test)-\d{6}\.(tar|idx)(\.partial)?", name):
-            os.remove(os.path.join(out, name))
+    splits = split_tracks(good, classes, val, test, seed) if method == "random" else fixed_splits(good, seed)
+    _clear_outputs(out)  # shards of an earlier, different or killed run must not mix with these
     split_info = {}
     n_total_shards = sum(shard_count(len(splits[s]), max_per_shard, min_shards) for s in SPLITS)
     sbar = tqdm(total=n_total_shards, desc="shards", unit="shard", disable=not progress)
@@ -273,6 +509,17 @@ def make_shards(src: str, out: str, *, val: float = 0.1, test: float = 0.1, seed
                          "seconds": round(sum(r["duration"] for r in rs), 2)}
     sbar.close()
 
+    opts = {"split": method, "val": val, "test": test, "seed": seed, "min_seconds": min_seconds,
+            "max_seconds": max_seconds, "max_per_shard": max_per_shard, "min_shards": min_shards}
+    if list_file is not None:  # identifies the list without recording where it lived
+        with open(list_file, "rb") as f:
+            opts["list_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    samples = []
+    for r in good:
+        smp = {k: r[k] for k in SAMPLE_FIELDS}
+        if r.get("warnings"):
+            smp["warnings"] = r["warnings"]
+        samples.append(smp)
     manifest = {
         "version": MANIFEST_VERSION,
         "classes": classes,
@@ -281,15 +528,12 @@ def make_shards(src: str, out: str, *, val: float = 0.1, test: float = 0.1, seed
         "storage": "wav/pcm16",
         "splits": split_info,
         "total_seconds": round(sum(r["duration"] for r in good), 2),
-        "options": {"val": val, "test": test, "seed": seed, "min_seconds": min_seconds,
-                    "max_seconds": max_seconds, "max_per_shard": max_per_shard, "min_shards": min_shards},
-        "inputs": len(items) + sum(r["reason"] == "no_class_folder" for r in rejects),
+        "options": opts,
+        "inputs": n_inputs,
         "empty_class_folders": empty_classes,
         "duplicates": duplicates,
-        "samples": [{k: r[k] for k in ("uid", "key", "source", "label", "split", "shard", "duration",
-                                       "pcm_sha256", "source_rate", "source_channels", "source_format", "clipped")}
-                    for r in good],
-        "rejects": sorted(rejects, key=lambda r: r["path"]),
+        "samples": samples,
+        "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"], r["message"])),
     }
     _atomic_write(os.path.join(out, "manifest.json"),
                   json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"))
@@ -318,10 +562,6 @@ def resolve_duplicates(good: list[dict]) -> tuple[list[dict], list[dict], list[d
             for r in rs[1:]:
                 rejects.append(_reject(r["source"], "duplicate", f"same audio as {rs[0]['source']}"))
     return keep, rejects, report
-
-
-class UsageError(Exception):
-    pass
 
 
 def verify(out: str) -> list[str]:
@@ -385,12 +625,22 @@ def summary_line(m: dict) -> str:
     reasons = Counter(r["reason"] for r in m["rejects"])
     rej = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
     counts = " / ".join(f"{m['splits'][s]['count']} {s}" for s in SPLITS)
+    n_warn = sum(bool(smp.get("warnings")) for smp in m["samples"])
+    warn = f", {n_warn} with warnings (see manifest)" if n_warn else ""
     return (f"accepted {n_ok} ({counts}), rejected {len(m['rejects'])} ({rej}), "
-            f"{m['total_seconds'] / 3600:.2f} h of audio, {len(m['classes'])} classes")
+            f"{m['total_seconds'] / 3600:.2f} h of audio, {len(m['classes'])} classes{warn}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other input error
+        print(f"make_shards: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                usage="make_shards.py SRC [OUT] [options]\n       make_shards.py --list FILE [SRC] [OUT] [options]"
+                      "\n       make_shards.py --verify OUT")
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--verify"]:
@@ -406,10 +656,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"verify: {line}", file=sys.stderr)
         print(f"verify: {argv[1]}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
-    p.add_argument("src", help="folder of class folders (or GTZAN's genres_original/)")
-    p.add_argument("out", nargs="?", default="shards", help="output folder (default: shards/)")
-    p.add_argument("--val", type=float, default=0.1, help="fraction of each class for validation")
-    p.add_argument("--test", type=float, default=0.1, help="fraction of each class for test")
+    p.add_argument("paths", nargs="*", metavar="[SRC] OUT",
+                   help="SRC: folder of class folders (or GTZAN's genres_original/); with --list, optional base "
+                        "folder for the list's relative paths. OUT: output folder (default: shards/)")
+    p.add_argument("--list", dest="list_file", metavar="FILE",
+                   help="CSV/TSV of path,label[,split] rows instead of class folders")
+    p.add_argument("--split", choices=SPLIT_METHODS, default=None,
+                   help="random (stratified, seeded; default), list (the list's split column; default when "
+                        "it has one) or gtzan-filtered (the published fault-filtered GTZAN split)")
+    p.add_argument("--val", type=float, default=0.1, help="fraction of each class for validation (--split random)")
+    p.add_argument("--test", type=float, default=0.1, help="fraction of each class for test (--split random)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="reject shorter clips")
@@ -418,16 +674,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-per-shard", type=int, default=256, help="samples per tar at most")
     p.add_argument("--min-shards", type=int, default=8, help="tars per split at least (if enough samples)")
     p.add_argument("--sample-rate", type=int, default=FeatureSpec.sample_rate, help="stored sample rate")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
+    if a.list_file is None and not 1 <= len(a.paths) <= 2:
+        p.error("give SRC [OUT], or --list FILE [SRC] [OUT]")
+    if len(a.paths) > 2:
+        p.error(f"too many paths: {' '.join(a.paths)}")
+    if a.list_file is not None:
+        src, out = (None, "shards") if not a.paths else (None, a.paths[0]) if len(a.paths) == 1 else a.paths
+    else:
+        src, out = a.paths[0], (a.paths[1] if len(a.paths) == 2 else "shards")
     if not (0 <= a.val < 1 and 0 <= a.test < 1 and a.val + a.test < 1):
-        print("make_shards: error: --val and --test must be fractions with val + test < 1", file=sys.stderr)
-        return 2
+        p.error("--val and --test must be fractions with val + test < 1")
+    for name in ("workers", "max_per_shard", "min_shards", "sample_rate"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if a.min_seconds < 0 or a.max_seconds < 0:
+        p.error("--min-seconds and --max-seconds must not be negative")
     try:
-        m = make_shards(a.src, a.out, val=a.val, test=a.test, seed=a.seed, workers=a.workers,
-                        min_seconds=a.min_seconds, max_seconds=a.max_seconds or None,
+        m = make_shards(src, out, list_file=a.list_file, split=a.split, val=a.val, test=a.test, seed=a.seed,
+                        workers=a.workers, min_seconds=a.min_seconds, max_seconds=a.max_seconds or None,
                         max_per_shard=a.max_per_shard, min_shards=a.min_shards,
                         spec=FeatureSpec(sample_rate=a.sample_rate))
     except UsageError as e:
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. disk full or OUT not writable: the message names the file
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     print(summary_line(m))

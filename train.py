@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -45,7 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
     p.add_argument("--nproc", type=int, default=1, help="launch N local ranks (like torchrun --nproc-per-node N)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (default: newest run)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR/last.pt, else prev.pt (default RUN_DIR: newest run); automatic after "
+                        "an elastic restart")
+    p.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
     p.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
     return p.parse_args(argv)
@@ -61,7 +65,8 @@ def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:
     """Every rank must agree on the folder: rank 0 decides and broadcasts it."""
     run_dir = args.run_dir
     if run_dir is None and env.is_main:
-        run_dir = (newest_run("last.pt") if args.resume else None) or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        run_dir = (newest_run("last.pt") if (args.resume or restarted) else None) or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if env.distributed:
         box = [run_dir]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -81,8 +86,7 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
-        return 0
+        return distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
     try:
         manifest = read_manifest(args.shards)
     except FileNotFoundError as e:
@@ -99,52 +103,90 @@ def main(argv: list[str] | None = None) -> int:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
     loader_kw = dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed)
-    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size, train=True, **loader_kw)
-    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw)
 
     model = build_model(args.model, len(classes)).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         if env.distributed:  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.distributed else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
     amp = Amp.create(env.device, args.amp)
-    log(f"model {args.model}: {count_parameters(model):,} parameters | {env.world_size} rank(s) on {env.device.type} "
-        f"| precision {amp.name} | {manifest['splits']['train']['count']} training tracks, {steps} steps/epoch "
-        f"| run dir {run_dir}")
 
-    start_epoch, best, history = 1, -1.0, []
-    last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    if args.resume:
+    # Resume: --resume, or automatically after torchrun restarted the job (--max-restarts).
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    state, rank_state = None, None
+    if args.resume or restarted:
         try:
-            state = checkpoint.load(last_path, map_location=env.device)
-            check_compatible(state, classes, spec, args, last_path)
-            checkpoint.load_model_weights(model, state, last_path)
+            state, path = find_resume_state(run_dir, log)
+            if state is not None:
+                check_compatible(state, classes, spec, args, path)
         except checkpoint.CheckpointError as e:
             log(f"train: error: {e}", file=sys.stderr)
             distributed.teardown(env)
             return 2
+        if state is None and not restarted:
+            log(f"train: error: {run_dir}: no valid checkpoint to resume from", file=sys.stderr)
+            distributed.teardown(env)
+            return 2
+        if state is not None:
+            checkpoint.load_model_weights(model, state, path)
+            amp.load_state_dict(state["scaler"])
+            if len(state["rank_states"]) == env.world_size:
+                rank_state = state["rank_states"][env.rank]
+                torch.set_rng_state(rank_state["torch_rng"].cpu())
+                if env.device.type == "cuda" and "cuda_rng" in rank_state:
+                    torch.cuda.set_rng_state(rank_state["cuda_rng"].cpu())
+            elif state["step"] < state["steps"]:
+                log(f"warning: {path} was written by {len(state['rank_states'])} ranks, this run has "
+                    f"{env.world_size}: epoch {state['epoch']} restarts from its first step")
+                state["step"] = 0
+
+    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size, train=True,
+                              state=rank_state["loader"] if rank_state else None, **loader_kw)
+    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw)
+    ddp = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.distributed else model
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
+    log(f"model {args.model}: {count_parameters(model):,} parameters | {env.world_size} rank(s) on {env.device.type} "
+        f"| precision {amp.name} | {manifest['splits']['train']['count']} training tracks, {steps} steps/epoch "
+        f"| run dir {run_dir}")
+
+    epoch, first_step, best, history = 1, 0, -1.0, []
+    if state is not None:  # after the scheduler's constructor, which overwrites the optimizer's lr
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        amp.load_state_dict(state["scaler"])
-        start_epoch, best, history = state["epoch"] + 1, state["best_metric"], state["history"]
-        log(f"resumed from {last_path} at epoch {state['epoch']}")
+        epoch, first_step, best, history = state["epoch"], state["step"], state["best_metric"], state["history"]
+        if first_step >= state["steps"]:
+            epoch, first_step = epoch + 1, 0
+        log(f"resumed from {path} at epoch {epoch} step {first_step}")
+    best_path = os.path.join(run_dir, "best.pt")
+
+    def save_state(epoch: int, done: int, progress: list[float], **extra) -> None:
+        """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (previous one kept as prev.pt)."""
+        mine = {"loader": train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": progress}
+        if env.device.type == "cuda":
+            mine["cuda_rng"] = torch.cuda.get_rng_state()
+        ranks = distributed.all_gather_object(mine, env)
+        if env.is_main:
+            checkpoint.save_rotating(run_dir, {
+                "model_name": args.model, "model": model.state_dict(), "classes": classes,
+                "feature_spec": spec.to_dict(), "args": vars(args), "epoch": epoch, "step": done, "steps": steps,
+                "history": history, "best_metric": best, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": amp.state_dict(), "rank_states": ranks, **extra})
 
     uid_to_key = {s["uid"]: s["key"] for s in manifest["samples"]}
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in range(epoch, args.epochs + 1):
         ddp.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss*n, correct, n
-        wait, t0 = 0.0, time.perf_counter()
-        bar = _bar(env, steps, f"epoch {epoch}/{args.epochs}")
+        # loss*n, correct, n, data wait seconds, step seconds: carried over a mid-epoch resume
+        acc = list(rank_state["progress"]) if (rank_state and first_step) else [0.0] * 5
+        bar = _bar(env, steps, f"epoch {epoch}/{args.epochs}", first_step)
         it = iter(train_loader)
-        for step in range(steps):
+        t0 = time.perf_counter()
+        for step in range(first_step, steps):
             tw = time.perf_counter()
             b = next(it)
-            wait += time.perf_counter() - tw
+            acc[3] += time.perf_counter() - tw
             x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
             with amp.autocast():
                 logits = ddp(x)
@@ -154,43 +196,59 @@ def main(argv: list[str] | None = None) -> int:
             check_finite(loss, amp, env, epoch, step, b.uid, uid_to_key)
             amp.step(loss, optimizer)
             scheduler.step()
-            sums += torch.stack([(per_sample.detach() * b.weight).sum(), ((logits.argmax(1) == b.y) * b.weight).sum(), n]).double()
+            acc[0] += float((per_sample.detach() * b.weight).sum())
+            acc[1] += float(((logits.argmax(1) == b.y) * b.weight).sum())
+            acc[2] += float(n)
             if bar is not None:
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if args.ckpt_every and (step + 1) % args.ckpt_every == 0 and step + 1 < steps:
+                save_state(epoch, step + 1, acc[:3] + [acc[3], acc[4] + time.perf_counter() - t0])
         for _ in it:  # let DALI close the epoch; FILL policy gives exactly `steps` batches
             raise RuntimeError("DALI delivered more batches than expected")
+        first_step = 0
         if env.device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
+        acc[4] += time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        distributed.all_reduce_sum(sums, env)
-        wait_t = distributed.all_reduce_sum(torch.tensor([wait / elapsed], device=env.device), env).item() / env.world_size
+        tot = distributed.all_reduce_sum(torch.tensor(acc, dtype=torch.float64, device=env.device), env).tolist()
+        elapsed = tot[4] / env.world_size
         val = evaluate(ddp, val_loader, spec, env, amp, len(classes))
-        h = {"epoch": epoch, "train_loss": sums[0].item() / sums[2].item(), "train_acc": sums[1].item() / sums[2].item(),
+        h = {"epoch": epoch, "train_loss": tot[0] / tot[2], "train_acc": tot[1] / tot[2],
              "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
-             "lr": scheduler.get_last_lr()[0], "samples_per_s": sums[2].item() / elapsed, "data_wait": wait_t,
+             "lr": scheduler.get_last_lr()[0], "samples_per_s": tot[2] / elapsed, "data_wait": tot[3] / tot[4],
              "epoch_seconds": elapsed}
         history.append(h)
         log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
             f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
-            f"| data wait {100 * wait_t:.1f}%")
-        if env.is_main:
-            state = {"model_name": args.model, "model": model.state_dict(), "classes": classes,
-                     "feature_spec": spec.to_dict(), "args": vars(args), "epoch": epoch, "history": history,
-                     "best_metric": max(best, val.track_acc), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": amp.state_dict()}
-            checkpoint.save(last_path, state)
-            if val.track_acc > best:
-                checkpoint.save(best_path, state)
-            report.plot_curves(history, os.path.join(run_dir, "curves.png"))
+            f"| data wait {100 * h['data_wait']:.1f}%")
+        improved = val.track_acc > best
         best = max(best, val.track_acc)
+        save_state(epoch, steps, [0.0] * 5)
+        if env.is_main:
+            if improved:
+                shutil.copyfile(os.path.join(run_dir, "last.pt"), best_path + ".tmp")
+                os.replace(best_path + ".tmp", best_path)
+            report.plot_curves(history, os.path.join(run_dir, "curves.png"))
         distributed.barrier(env)
 
     result = finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_path, loader_kw, manifest)
     distributed.teardown(env)
     return result
+
+
+def find_resume_state(run_dir: str, log) -> tuple[dict | None, str | None]:
+    """The newest readable checkpoint: last.pt, else prev.pt. Unreadable ones are skipped with a warning."""
+    for name in ("last.pt", "prev.pt"):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            return checkpoint.load(path), path
+        except checkpoint.CheckpointError as e:
+            log(f"warning: skipping {e}", file=sys.stderr)
+    return None, None
 
 
 def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: argparse.Namespace, path: str) -> None:
@@ -245,12 +303,21 @@ def finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_pat
     return 0
 
 
-def _bar(env, total: int, desc: str):
+def _bar(env, total: int, desc: str, initial: int = 0):
     if not env.is_main:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def cli() -> int:
+    try:
+        return main()
+    except FloatingPointError as e:  # raised on every rank together (check_finite); rank 0 reports
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

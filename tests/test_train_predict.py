@@ -38,7 +38,7 @@ def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
     p = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--epochs", "9",
              "--batch-size", "4", "--clip-seconds", "2", "--amp", "--lr", "2e-3"])
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "resumed from" in p.stdout and "at epoch 8" in p.stdout
+    assert "resumed from" in p.stdout and "at epoch 9 step 0" in p.stdout
     m = json.load(open(os.path.join(copy, "metrics.json")))
     assert [h["epoch"] for h in m["history"]] == list(range(1, 10))
     # a run that asks for a different model than the checkpoint holds gets one line, exit 2

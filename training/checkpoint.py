@@ -2,8 +2,13 @@
 
     {"format": "parallel-tunes", "version": 1,
      "model_name": str, "model": state_dict, "classes": [str], "feature_spec": {...},
-     "args": {...}, "epoch": int, "best_metric": float, "history": [{...}],
-     "optimizer": ..., "scheduler": ..., "scaler": ..., "torch_rng": tensor}
+     "args": {...}, "epoch": int, "step": int (done in that epoch), "steps": int (per epoch),
+     "best_metric": float, "history": [{...}], "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "rank_states": [{"loader": {"dali": str, "seen": [int]}, "torch_rng": tensor,
+                      "progress": [float]}, ...one per rank]}
+
+A checkpoint with step < steps was written inside an epoch: each rank's DALI reader and RNG state
+continue that epoch at the next batch, so no batch is trained twice or skipped.
 
 Loaded with torch.load(weights_only=True): a crafted pickle cannot run code, it is refused.
 """
@@ -32,6 +37,14 @@ def save(path: str, state: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_rotating(run_dir: str, state: dict[str, Any]) -> None:
+    """Write RUN_DIR/last.pt, keeping the one it replaces as prev.pt (the fallback if last.pt is damaged)."""
+    last = os.path.join(run_dir, "last.pt")
+    if os.path.exists(last):
+        os.replace(last, os.path.join(run_dir, "prev.pt"))
+    save(last, state)
 
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -47,8 +47,12 @@ def setup(force_cpu: bool = False) -> DistEnv:
     else:
         device = torch.device("cpu")
     if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=PG_TIMEOUT,
-                                device_id=device if use_cuda else None)
+        # Key the group's store entries by restart: after torchrun restarts the workers, the store
+        # still holds the dead group's addresses, and gloo would try to connect to them.
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=PG_TIMEOUT))
+        store = dist.PrefixStore(f"parallel-tunes/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=PG_TIMEOUT, device_id=device if use_cuda else None)
     return DistEnv(rank, world, local, device)
 
 
@@ -62,6 +66,15 @@ def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     if env.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_gather_object(obj, env: DistEnv) -> list:
+    """Every rank's `obj`, in rank order (a one-element list without a process group)."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(env: DistEnv) -> None:
@@ -80,7 +93,7 @@ _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_R
                 "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "GROUP_WORLD_SIZE", "ROLE_NAME")
 
 
-def launch_local(nproc: int, script: str, args: list[str], max_restarts: int = 0) -> None:
+def launch_local(nproc: int, script: str, args: list[str], max_restarts: int = 0) -> int:
     """Run `python script args` as `nproc` ranks on this machine with torch's elastic launcher.
 
     This is what `torchrun --nproc-per-node N` does; it lets `python train.py --nproc 4` and a
@@ -94,4 +107,11 @@ def launch_local(nproc: int, script: str, args: list[str], max_restarts: int = 0
     cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
                        max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn")
-    elastic_launch(cfg, entrypoint=sys.executable)(script, *args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    try:
+        elastic_launch(cfg, entrypoint=sys.executable)(script, *args)
+    except ChildFailedError as e:  # the ranks have reported their own errors already
+        codes = sorted({f.exitcode for f in e.failures.values()})
+        print(f"{os.path.basename(script)}: error: {len(e.failures)} rank(s) failed (exit codes {codes})", file=sys.stderr)
+        return 1
+    return 0

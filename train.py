@@ -23,11 +23,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import MODELS, build_model, count_parameters  # noqa: E402
+from pipeline.dali_graph import Augment  # noqa: E402
 from pipeline.loader import DaliLoader, read_manifest  # noqa: E402
 from pipeline.spec import FeatureSpec  # noqa: E402
 from training import checkpoint, distributed, report  # noqa: E402
 from training.amp import Amp  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
+from training.mixup import mixup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-seconds", type=float, default=FeatureSpec.clip_seconds, help="training crop length")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gain-db", type=float, default=0.0, help="augment: random gain within +-N dB")
+    p.add_argument("--specaugment", action="store_true", help="augment: 2 frequency and 2 time masks per crop")
+    p.add_argument("--mixup", type=float, default=0.0, help="augment: mixup with Beta(a, a); 0 = off")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
     p.add_argument("--nproc", type=int, default=1, help="launch N local ranks (like torchrun --nproc-per-node N)")
     p.add_argument("--resume", action="store_true",
@@ -141,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"{env.world_size}: epoch {state['epoch']} restarts from its first step")
                 state["step"] = 0
 
-    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size, train=True,
+    augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
+                      time_masks=2 if args.specaugment else 0)
+    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size, train=True, augment=augment,
                               state=rank_state["loader"] if rank_state else None, **loader_kw)
     val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw)
-    ddp = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.distributed else model
+    net = torch.compile(model) if args.compile else model  # checkpoints keep the plain module's weights
+    ddp = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.distributed else net
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
@@ -188,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             b = next(it)
             acc[3] += time.perf_counter() - tw
             x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
+            target = b.y
+            if args.mixup > 0:
+                x, target = mixup(x, b.y, len(classes), args.mixup)
             with amp.autocast():
                 logits = ddp(x)
-            per_sample = F.cross_entropy(logits.float(), b.y, reduction="none", label_smoothing=args.label_smoothing)
+            per_sample = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=args.label_smoothing)
             n = b.weight.sum()
             loss = (per_sample * b.weight).sum() / n.clamp(min=1.0)
             check_finite(loss, amp, env, epoch, step, b.uid, uid_to_key)

@@ -6,6 +6,7 @@ One graph for CPU and GPU. On a GPU the stages after decoding and cropping run o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
@@ -13,6 +14,31 @@ import nvidia.dali.math as dmath
 from pipeline.spec import FeatureSpec
 
 READER_NAME = "reader"
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation, done inside the graph on the features' device. Off in evaluation."""
+    gain_db: float = 0.0        # random gain, uniform in [-gain_db, +gain_db] dB, applied to the audio
+    freq_masks: int = 0         # SpecAugment: number of frequency masks, each up to freq_width mel bands
+    freq_width: int = 16
+    time_masks: int = 0         # SpecAugment: number of time masks, each up to time_width frames
+    time_width: int = 20
+
+    @property
+    def active(self) -> bool:
+        return bool(self.gain_db or self.freq_masks or self.time_masks)
+
+
+def spec_augment(feats, aug: Augment):
+    """Zero (the normalised mean) random bands of mel bins and of frames, per sample (Park et al. 2019)."""
+    for axis, n, width in (("f", aug.freq_masks, aug.freq_width), ("t", aug.time_masks, aug.time_width)):
+        if n:
+            anchor = fn.random.uniform(range=[0.0, 1.0], shape=[n])
+            shape = fn.random.uniform(range=[0.0, float(width)], shape=[n])
+            feats = fn.erase(feats, anchor=anchor, shape=shape, axis_names=axis, normalized_anchor=True,
+                             normalized_shape=False, fill_value=0.0)
+    return feats
 
 
 def periodic_hann(n: int) -> list[float]:
@@ -33,10 +59,12 @@ def log_mel(audio, spec: FeatureSpec):
 
 @pipeline_def(enable_conditionals=False)
 def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, train: bool,
-                   shard_id: int, num_shards: int, on_gpu: bool, shuffle_buffer: int = 1024):
+                   shard_id: int, num_shards: int, on_gpu: bool, shuffle_buffer: int = 1024,
+                   augment: Augment | None = None):
     """Outputs (features, label, uid, n_samples).
 
-    train=True: shuffled, one random crop of spec.clip_samples per track (zero-padded if short).
+    train=True: shuffled, one random crop of spec.clip_samples per track (zero-padded if short),
+    then `augment` (random gain, SpecAugment masks).
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (pipeline.windows) so evaluation covers the whole track.
     """
@@ -55,6 +83,12 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
                          out_of_bounds_policy="pad", fill_values=0.0)
     else:
         audio = fn.pad(audio, axes=[0], fill_value=0.0)
+    aug = augment if (train and augment is not None and augment.active) else None
     if on_gpu:
         audio = audio.gpu()
-    return log_mel(audio, spec), label, uid, n
+    if aug and aug.gain_db:
+        audio = audio * dmath.pow(10.0, fn.random.uniform(range=[-aug.gain_db, aug.gain_db]) / 20.0)
+    feats = log_mel(audio, spec)
+    if aug and (aug.freq_masks or aug.time_masks):
+        feats = spec_augment(feats, aug)
+    return feats, label, uid, n

@@ -43,7 +43,8 @@ def split_files(shard_dir: str, manifest: dict, split: str) -> tuple[list[str], 
 class DaliLoader:
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
-                 num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None):
+                 num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None,
+                 augment=None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import READER_NAME, audio_pipeline
@@ -58,7 +59,7 @@ class DaliLoader:
             files=files, index_files=index_files, spec=spec, train=train, shard_id=rank, num_shards=world_size,
             on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
             device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
-            enable_checkpointing=True, checkpoint=state["dali"] if state else None)
+            enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment)
         self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
                                       last_batch_policy=LastBatchPolicy.FILL,
                                       auto_reset=True)

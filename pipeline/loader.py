@@ -54,16 +54,21 @@ class DaliLoader:
         if not files:
             raise ValueError(f"{shard_dir}: split '{split}' has no shards")
         self.split, self.size = split, manifest["splits"][split]["count"]
+        # DALI needs a sample per shard. With fewer samples than ranks, the extra ranks re-read an
+        # existing shard with weight 0: every rank still steps, each sample still counts once.
+        n_shards = min(world_size, self.size)
+        self.spare = rank >= n_shards
         on_gpu = device.type == "cuda"
         self.pipe = audio_pipeline(
-            files=files, index_files=index_files, spec=spec, train=train, shard_id=rank, num_shards=world_size,
+            files=files, index_files=index_files, spec=spec, train=train, shard_id=rank % n_shards,
+            num_shards=n_shards,
             on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
             device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
             enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment)
         self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
                                       last_batch_policy=LastBatchPolicy.FILL,
                                       auto_reset=True)
-        self.batches = math.ceil(math.ceil(self.size / world_size) / batch_size)
+        self.batches = math.ceil(math.ceil(self.size / n_shards) / batch_size)
         self.device = device
         self._seen: set[int] = set(state["seen"]) if state else set()
 
@@ -84,7 +89,7 @@ class DaliLoader:
             uid = d["uid"].view(-1).cpu()
             weight = torch.zeros(len(uid))
             for i, u in enumerate(uid.tolist()):
-                if u not in seen:
+                if u not in seen and not self.spare:
                     seen.add(u)
                     weight[i] = 1.0
             yield Batch(d["x"].unsqueeze(1), d["y"].view(-1).long().to(self.device), uid,

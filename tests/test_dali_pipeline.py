@@ -87,3 +87,26 @@ def test_dali_matches_torchaudio(train_shards):
     assert err.max() < 0.02, f"max abs difference {err.max():.4f} dB"
     assert torch.quantile(err[::13], 0.999) < 0.003
     print(f"DALI vs torchaudio: max {err.max():.5f} dB, median {err.median():.6f} dB over {err.numel()} bins")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """3 training clips in a single shard: fewer samples than ranks x batch."""
+    base = tmp_path_factory.mktemp("tiny")
+    generate(str(base / "src"), per_class=3, seconds=1.5, genres=["rock"], progress=False)
+    m = make_shards(str(base / "src"), str(base / "shards"), val=0, test=0, min_shards=1, workers=1, progress=False)
+    assert len(m["splits"]["train"]["shards"]) == 1 and m["splits"]["train"]["count"] == 3
+    return str(base / "shards"), m
+
+
+@pytest.mark.parametrize("world,batch", [(2, 4), (2, 1), (4, 2)])
+def test_one_small_shard_on_many_ranks(tiny, world, batch):
+    shards, m = tiny
+    for per_rank in _epochs(shards, world, batch, train=True, spec=FeatureSpec(clip_seconds=1.0)):
+        assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) >= 1
+        counted = Counter()
+        for batches in per_rank:
+            for b in batches:
+                for u, w in zip(b.uid.tolist(), b.weight.tolist()):
+                    counted[u] += w
+        assert counted == Counter({s["uid"]: 1.0 for s in m["samples"]})

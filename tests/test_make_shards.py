@@ -110,10 +110,11 @@ def test_resampling_is_anti_aliased(tmp_path):
 
 
 @pytest.mark.parametrize("subtype,fmt", [("PCM_U8", "WAV"), ("PCM_16", "WAV"), ("PCM_24", "WAV"), ("PCM_32", "WAV"),
-                                         ("FLOAT", "WAV"), ("PCM_16", "FLAC"), ("VORBIS", "OGG"), ("MPEG_LAYER_III", "MP3")])
+                                         ("FLOAT", "WAV"), ("PCM_16", "FLAC"), ("VORBIS", "OGG"), ("OPUS", "OGG"),
+                                         ("MPEG_LAYER_III", "MP3")])
 def test_formats_decode_at_full_scale(tmp_path, subtype, fmt):
     """Every encoding decodes, downmixes and keeps its level (format found by content, not name)."""
-    rate = 44_100 if fmt in ("MP3", "OGG") else 48_000
+    rate = 44_100 if subtype in ("MPEG_LAYER_III", "VORBIS") else 48_000  # Opus runs at 48 kHz
     x = sine(1_000, 2, rate, amp=0.99)
     stereo = np.stack([x, x], axis=1)
     path = write(tmp_path / "clip.bin", stereo, rate, subtype=subtype, fmt=fmt)

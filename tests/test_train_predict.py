@@ -36,7 +36,7 @@ def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
     copy = str(tmp_path / "resumed")
     shutil.copytree(run_dir, copy)
     p = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--epochs", "9",
-             "--batch-size", "4", "--clip-seconds", "2", "--amp", "--lr", "2e-3"])
+             "--batch-size", "4", "--clip-seconds", "2", "--amp", "--lr", "2e-3", "--model", "resnet"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resumed from" in p.stdout and "at epoch 9 step 0" in p.stdout
     m = json.load(open(os.path.join(copy, "metrics.json")))
@@ -101,7 +101,7 @@ def test_one_process_torchrun_with_nproc_launches_ranks(train_shards, tmp_path):
     """`torchrun -- train.py --nproc 2`: train.py starts the 2 ranks itself through torch's launcher."""
     run_dir = str(tmp_path / "r")
     p = run(["-m", "torch.distributed.run", "--", os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards",
-             train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--clip-seconds", "2"])
+             train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--clip-seconds", "2", "--model", "resnet"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["world_size"] == 2
 
@@ -152,7 +152,8 @@ def test_same_seed_gives_identical_metrics(train_shards, tmp_path):
     histories = []
     for name in ("a", "b"):
         p = run([os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards", train_shards[0], "--run-dir",
-                 str(tmp_path / name), "--epochs", "2", "--batch-size", "8", "--clip-seconds", "2", "--seed", "7"])
+                 str(tmp_path / name), "--epochs", "2", "--batch-size", "8", "--clip-seconds", "2", "--seed", "7",
+                 "--model", "resnet"])
         assert p.returncode == 0, p.stderr[-2000:]
         h = json.load(open(tmp_path / name / "metrics.json"))["history"]
         histories.append([(e["train_loss"], e["train_acc"], e["val_loss"], e["val_track_acc"]) for e in h])

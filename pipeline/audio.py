@@ -151,5 +151,9 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """Float [-1, 1] to 16-bit PCM, rounded (what make_shards stores)."""
-    return np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    """Float [-1, 1] to 16-bit PCM, rounded (what make_shards stores).
+
+    Scaled by 32768, the factor soundfile and DALI divide by when they read 16-bit audio back, so
+    a stored clip decodes to the samples it came from (within half a step).
+    """
+    return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)

@@ -161,3 +161,13 @@ def test_verify_detects_a_flipped_byte(tmp_path):
     (out / m["splits"]["val"]["shards"][0]).unlink()
     worse = subprocess.run(cli, capture_output=True, text=True)
     assert worse.returncode == 1 and "missing" in worse.stderr
+
+
+def test_stored_pcm_reads_back_as_the_decoded_samples(tmp_path):
+    """Readers divide 16-bit PCM by 32768: storing must multiply by the same, or loud samples shift."""
+    from pipeline.audio import to_pcm16
+    x = np.linspace(-1.0, 0.99996, 20001).astype(np.float32)
+    path = tmp_path / "x.wav"
+    sf.write(path, to_pcm16(x), 22050, subtype="PCM_16")
+    y, _ = sf.read(path, dtype="float32")
+    assert np.abs(y - x).max() <= 0.5 / 32768 + 1e-7

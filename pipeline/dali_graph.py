@@ -84,10 +84,10 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
     else:
         audio = fn.pad(audio, axes=[0], fill_value=0.0)
     aug = augment if (train and augment is not None and augment.active) else None
+    if aug and aug.gain_db:  # on the CPU, on the short crop: mixing a CPU scalar into GPU arithmetic is avoided
+        audio = audio * dmath.pow(10.0, fn.random.uniform(range=[-aug.gain_db, aug.gain_db]) / 20.0)
     if on_gpu:
         audio = audio.gpu()
-    if aug and aug.gain_db:
-        audio = audio * dmath.pow(10.0, fn.random.uniform(range=[-aug.gain_db, aug.gain_db]) / 20.0)
     feats = log_mel(audio, spec)
     if aug and (aug.freq_masks or aug.time_masks):
         feats = spec_augment(feats, aug)

@@ -12,9 +12,14 @@ import math
 import os
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pipeline.spec import FeatureSpec
+
+if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no DALI never load it
+    from pipeline.dali_graph import Augment
 
 
 @dataclass
@@ -44,7 +49,7 @@ class DaliLoader:
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None,
-                 augment=None):
+                 augment: "Augment | None" = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import READER_NAME, audio_pipeline
@@ -61,13 +66,11 @@ class DaliLoader:
         on_gpu = device.type == "cuda"
         self.pipe = audio_pipeline(
             files=files, index_files=index_files, spec=spec, train=train, shard_id=rank % n_shards,
-            num_shards=n_shards,
-            on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
+            num_shards=n_shards, on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
             device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
             enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment)
         self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
-                                      last_batch_policy=LastBatchPolicy.FILL,
-                                      auto_reset=True)
+                                      last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
         self.batches = math.ceil(math.ceil(self.size / n_shards) / batch_size)
         self.device = device
         self._seen: set[int] = set(state["seen"]) if state else set()

@@ -718,29 +718,33 @@ def bar_chart(report: dict, path: str) -> None:
 
 # ============================================================== driver
 
-def run_in_subprocess(name: str, job: dict, a: argparse.Namespace) -> dict:
-    """Run one method in a fresh interpreter; returns its result plus the machine's other load."""
-    out_path = os.path.join(a.cache, f"result-{name}.json")
-    job_path = os.path.join(a.cache, f"job-{name}.json")
+def run_method_process(script: str, name: str, job: dict, *, cache: str, prefix: str, wait_idle_s: float,
+                       timeout: float, single_thread_blas: bool) -> dict:
+    """Run `script --_child JOB` in a fresh interpreter; returns its result plus the machine's other load.
+
+    Shared by features.py and train_throughput.py. single_thread_blas: one single-threaded worker per
+    core, for DataLoader methods (BLAS threads inside workers would oversubscribe).
+    """
+    out_path = os.path.join(cache, f"{prefix}result-{name}.json")
+    job_path = os.path.join(cache, f"{prefix}job-{name}.json")
     with open(job_path, "w", encoding="utf-8") as f:
         json.dump(dict(job, out_path=out_path), f)
     if os.path.exists(out_path):
         os.remove(out_path)
     env = dict(os.environ)
-    if name == "librosa-dataloader":
-        # One single-threaded worker per core: BLAS threads inside workers would oversubscribe.
+    if single_thread_blas:
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     res: dict[str, Any] = {"method": name}
-    if a.wait_idle > 0:
-        waited, load = wait_idle(a.wait_idle)
+    if wait_idle_s > 0:
+        waited, load = wait_idle(wait_idle_s)
         res["waited_for_idle_s"], res["load_before_cores"] = waited, load
     log(f"running {name} in a fresh process ...")
     t, busy0, own0 = time.perf_counter(), cpu_busy_s(), children_cpu_s()
     try:
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", job_path], env=env, cwd=ROOT,
-                       stdout=sys.stderr, timeout=max(600.0, 10 * a.budget), check=False)
+        subprocess.run([sys.executable, os.path.abspath(script), "--_child", job_path], env=env, cwd=ROOT,
+                       stdout=sys.stderr, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return dict(res, error="timed out")
+        return dict(res, error=f"timed out after {timeout:.0f} s")
     if not os.path.exists(out_path):
         return dict(res, error="the method's process died without a result")
     with open(out_path, encoding="utf-8") as f:
@@ -748,10 +752,17 @@ def run_in_subprocess(name: str, job: dict, a: argparse.Namespace) -> dict:
     res["process_wall_s"] = time.perf_counter() - t
     # CPU time the rest of the machine used meanwhile, in cores: above LOAD_LIMIT the timings are
     # contended (the child's own CPU includes its waited-for DataLoader workers).
-    res["other_load_cores"] = max(0.0, (cpu_busy_s() - busy0) - (children_cpu_s() - own0)) / res["process_wall_s"]
+    own_cpu = children_cpu_s() - own0
+    res["process_cpu_cores"] = own_cpu / res["process_wall_s"]
+    res["other_load_cores"] = max(0.0, (cpu_busy_s() - busy0) - own_cpu) / res["process_wall_s"]
     state = "skipped" if "skipped" in res else "FAILED" if "error" in res else "done"
     log(f"  {name}: {state} in {res['process_wall_s']:.0f} s (other load {res['other_load_cores']:.2f} cores)")
     return res
+
+
+def run_in_subprocess(name: str, job: dict, a: argparse.Namespace) -> dict:
+    return run_method_process(__file__, name, job, cache=a.cache, prefix="", wait_idle_s=a.wait_idle,
+                              timeout=max(600.0, 10 * a.budget), single_thread_blas=name == "librosa-dataloader")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -289,40 +289,11 @@ def child_main(job_path: str) -> int:
 # ============================================================== driver (parent process)
 
 def run_in_subprocess(name: str, job: dict, a: argparse.Namespace) -> dict:
-    import features as fb  # bench/features.py: load measurement helpers
-    out_path = os.path.join(a.cache, f"train-result-{name}.json")
-    job_path = os.path.join(a.cache, f"train-job-{name}.json")
-    with open(job_path, "w", encoding="utf-8") as f:
-        json.dump(dict(job, out_path=out_path), f)
-    if os.path.exists(out_path):
-        os.remove(out_path)
-    env = dict(os.environ)
-    if name == "librosa":
-        # One single-threaded worker per core (BLAS threads inside workers would oversubscribe);
-        # the training process sets torch's threads back to --torch-threads itself.
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    res: dict[str, Any] = {"method": name}
-    if a.wait_idle > 0:
-        waited, load = fb.wait_idle(a.wait_idle)
-        res["waited_for_idle_s"], res["load_before_cores"] = waited, load
-    log(f"running {name} in a fresh process ...")
-    t, busy0, own0 = time.perf_counter(), fb.cpu_busy_s(), fb.children_cpu_s()
-    try:
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", job_path], env=env, cwd=ROOT,
-                       stdout=sys.stderr, timeout=a.method_timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return dict(res, error=f"timed out after {a.method_timeout:.0f} s")
-    if not os.path.exists(out_path):
-        return dict(res, error="the method's process died without a result")
-    with open(out_path, encoding="utf-8") as f:
-        res.update(json.load(f))
-    res["process_wall_s"] = time.perf_counter() - t
-    own_cpu = fb.children_cpu_s() - own0
-    res["process_cpu_cores"] = own_cpu / res["process_wall_s"]
-    res["other_load_cores"] = max(0.0, (fb.cpu_busy_s() - busy0) - own_cpu) / res["process_wall_s"]
-    state = "skipped" if "skipped" in res else "FAILED" if "error" in res else "done"
-    log(f"  {name}: {state} in {res['process_wall_s']:.0f} s (other load {res['other_load_cores']:.2f} cores)")
-    return res
+    import features as fb  # bench/features.py: the shared fresh-process driver
+    # librosa: one single-threaded worker per core; the training process sets torch's threads
+    # back to --torch-threads itself.
+    return fb.run_method_process(__file__, name, job, cache=a.cache, prefix="train-", wait_idle_s=a.wait_idle,
+                                 timeout=a.method_timeout, single_thread_blas=name == "librosa")
 
 
 def summarise(r: dict, batch: int) -> None:

@@ -291,8 +291,9 @@ def finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_pat
     metrics: dict = {"history": history, "classes": classes, "args": vars(args), "world_size": env.world_size,
                      "device": env.device.type, "precision": amp.name}
     if os.path.exists(best_path):
-        checkpoint.load_model_weights(model, checkpoint.load(best_path, map_location=env.device), best_path)
-        metrics["best_epoch"] = checkpoint.load(best_path)["epoch"]
+        best_state = checkpoint.load(best_path, map_location=env.device)
+        checkpoint.load_model_weights(model, best_state, best_path)
+        metrics["best_epoch"] = best_state["epoch"]
     if manifest["splits"]["test"]["count"]:
         test_loader = DaliLoader(args.shards, "test", spec, args.eval_batch_size, train=False, **loader_kw)
         test = evaluate(ddp, test_loader, spec, env, amp, len(classes))

@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="baseline: the original 4-block CNN (default: best validation accuracy on synth --hard); "
                         "resnet: short-chunk residual CNN, 2.5x faster on CPU")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32, help="per rank")
+    p.add_argument("--batch-size", type=int, default=32, help="training crops per rank and step")
+    p.add_argument("--crops-per-track", type=int, default=1,
+                   help="random crops cut from each decoded track per epoch (divides --batch-size)")
     p.add_argument("--eval-batch-size", type=int, default=8, help="whole tracks per rank and batch")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float, default=1e-2)
@@ -60,7 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
     p.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.crops_per_track < 1 or args.batch_size % args.crops_per_track:
+        p.error(f"--crops-per-track {args.crops_per_track} must be >= 1 and divide --batch-size {args.batch_size}")
+    return args
 
 
 def newest_run(pattern_file: str) -> str | None:
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
                       time_masks=2 if args.specaugment else 0)
-    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size, train=True, augment=augment,
+    train_loader = DaliLoader(args.shards, "train", spec, args.batch_size // args.crops_per_track, train=True,
+                              augment=augment, crops=args.crops_per_track,
                               state=rank_state["loader"] if rank_state else None, **loader_kw)
     val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw)
     net = torch.compile(model) if args.compile else model  # checkpoints keep the plain module's weights
@@ -273,6 +279,11 @@ def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: a
         raise checkpoint.CheckpointError(f"{path}: FeatureSpec differs from this run's in {', '.join(diff)}")
     if state["model_name"] != args.model:
         raise checkpoint.CheckpointError(f"{path}: holds model '{state['model_name']}', this run asks for '{args.model}'")
+    for k in ("batch_size", "crops_per_track"):  # they set the steps per epoch, so the schedule and data position
+        was = state["args"].get(k, 1 if k == "crops_per_track" else None)
+        if was != getattr(args, k):
+            flag = "--" + k.replace("_", "-")
+            raise checkpoint.CheckpointError(f"{path}: was trained with {flag} {was}; resume with the same value")
 
 
 def check_finite(loss: torch.Tensor, amp: Amp, env, epoch: int, step: int, uid: torch.Tensor, uid_to_key: dict) -> None:

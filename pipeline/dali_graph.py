@@ -60,11 +60,13 @@ def log_mel(audio, spec: FeatureSpec):
 @pipeline_def(enable_conditionals=False)
 def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, train: bool,
                    shard_id: int, num_shards: int, on_gpu: bool, shuffle_buffer: int = 1024,
-                   augment: Augment | None = None):
+                   augment: Augment | None = None, crops: int = 1):
     """Outputs (features, label, uid, n_samples).
 
-    train=True: shuffled, one random crop of spec.clip_samples per track (zero-padded if short),
-    then `augment` (random gain, SpecAugment masks).
+    train=True: shuffled; `crops` independent random crops of spec.clip_samples per track
+    (zero-padded if short), each with its own `augment` draw (random gain, SpecAugment masks);
+    features are stacked to (crops, mels, frames). Decoding a 30 s track is the expensive part,
+    so several crops per decode give more training signal per second of data loading.
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (pipeline.windows) so evaluation covers the whole track.
     """
@@ -76,19 +78,20 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
     # Shards hold 16-bit PCM already at spec.sample_rate: no resampling here (DALI's aliases).
     audio, _ = fn.decoders.audio(wav, dtype=types.FLOAT, downmix=True)
     n = audio.shape(dtype=types.INT32)[0]
-    if train:
-        clip = spec.clip_samples
-        anchor = fn.random.uniform(range=[0.0, 1.0]) * fn.cast(dmath.max(n - clip, 0), dtype=types.FLOAT)
-        audio = fn.slice(audio, start=fn.cast(anchor, dtype=types.INT32), shape=[clip], axes=[0],
-                         out_of_bounds_policy="pad", fill_values=0.0)
-    else:
+    if not train:
         audio = fn.pad(audio, axes=[0], fill_value=0.0)
-    aug = augment if (train and augment is not None and augment.active) else None
-    if aug and aug.gain_db:  # on the CPU, on the short crop: mixing a CPU scalar into GPU arithmetic is avoided
-        audio = audio * dmath.pow(10.0, fn.random.uniform(range=[-aug.gain_db, aug.gain_db]) / 20.0)
-    if on_gpu:
-        audio = audio.gpu()
-    feats = log_mel(audio, spec)
-    if aug and (aug.freq_masks or aug.time_masks):
-        feats = spec_augment(feats, aug)
-    return feats, label, uid, n
+        return log_mel(audio.gpu() if on_gpu else audio, spec), label, uid, n
+    aug = augment if (augment is not None and augment.active) else None
+    clip = spec.clip_samples
+    feats = []
+    for _ in range(crops):
+        anchor = fn.random.uniform(range=[0.0, 1.0]) * fn.cast(dmath.max(n - clip, 0), dtype=types.FLOAT)
+        crop = fn.slice(audio, start=fn.cast(anchor, dtype=types.INT32), shape=[clip], axes=[0],
+                        out_of_bounds_policy="pad", fill_values=0.0)
+        if aug and aug.gain_db:  # on the CPU, on the short crop: mixing a CPU scalar into GPU arithmetic is avoided
+            crop = crop * dmath.pow(10.0, fn.random.uniform(range=[-aug.gain_db, aug.gain_db]) / 20.0)
+        f = log_mel(crop.gpu() if on_gpu else crop, spec)
+        if aug and (aug.freq_masks or aug.time_masks):
+            f = spec_augment(f, aug)
+        feats.append(f)
+    return fn.stack(*feats), label, uid, n

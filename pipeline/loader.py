@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no 
 
 @dataclass
 class Batch:
-    x: torch.Tensor        # (B, 1, mels, frames) float32
+    x: torch.Tensor        # (B, 1, mels, frames) float32; training: B = tracks x crops, a track's crops adjacent
     y: torch.Tensor        # (B,) int64 class index
     uid: torch.Tensor      # (B,) int64 sample id (manifest "uid")
     n_samples: torch.Tensor  # (B,) audio length of the track, before cropping/padding
@@ -46,10 +46,12 @@ def split_files(shard_dir: str, manifest: dict, split: str) -> tuple[list[str], 
 
 
 class DaliLoader:
+    """`batch_size` counts tracks; with train=True each track yields `crops` rows (see audio_pipeline)."""
+
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None,
-                 augment: "Augment | None" = None):
+                 augment: "Augment | None" = None, crops: int = 1):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import READER_NAME, audio_pipeline
@@ -68,7 +70,9 @@ class DaliLoader:
             files=files, index_files=index_files, spec=spec, train=train, shard_id=rank % n_shards,
             num_shards=n_shards, on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
             device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
-            enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment)
+            enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment,
+            crops=crops)
+        self.crops = crops if train else 0
         self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
                                       last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
         self.batches = math.ceil(math.ceil(self.size / n_shards) / batch_size)
@@ -95,6 +99,10 @@ class DaliLoader:
                 if u not in seen and not self.spare:
                     seen.add(u)
                     weight[i] = 1.0
-            yield Batch(d["x"].unsqueeze(1), d["y"].view(-1).long().to(self.device), uid,
-                        d["n"].view(-1).cpu(), weight.to(self.device))
+            x, y, n = d["x"], d["y"].view(-1).long().to(self.device), d["n"].view(-1).cpu()
+            if self.crops:  # (tracks, crops, mels, frames) -> one row per crop, track fields repeated
+                k = self.crops
+                x, y, uid, n, weight = (x.flatten(0, 1), y.repeat_interleave(k), uid.repeat_interleave(k),
+                                        n.repeat_interleave(k), weight.repeat_interleave(k))
+            yield Batch(x.unsqueeze(1), y, uid, n, weight.to(self.device))
         seen.clear()  # the epoch is over

@@ -56,6 +56,28 @@ def test_every_sample_once_per_epoch_and_equal_batches(uneven, world, batch):
         assert counted == Counter({s["uid"]: 1.0 for s in m["samples"]})
 
 
+def test_crops_per_track_gives_k_different_crops_of_each_track_once(uneven):
+    shards, m = uneven
+    spec, k = FeatureSpec(clip_seconds=1.0), 3
+    loaders = [DaliLoader(shards, "train", spec, 4, train=True, rank=r, world_size=2, num_threads=1, crops=k)
+               for r in range(2)]
+    counted = Counter()
+    for ld in loaders:
+        batches = list(ld)
+        assert len(batches) == len(ld) == 2  # ceil(ceil(13 / 2) / 4) steps: crops add rows, not steps
+        for b in batches:
+            assert b.x.shape == (4 * k, 1, 128, spec.clip_frames)
+            for t in range(4):  # a track's k rows are adjacent, share label/uid/weight, and are different crops
+                rows = slice(t * k, (t + 1) * k)
+                assert len(set(b.uid[rows].tolist())) == len(set(b.y[rows].tolist())) == 1
+                assert len(set(b.weight[rows].tolist())) == 1
+                x = b.x[rows]
+                assert all((x[i] - x[j]).abs().max() > 0.1 for i in range(k) for j in range(i + 1, k))
+            for u, w in zip(b.uid.tolist(), b.weight.tolist()):
+                counted[u] += w
+    assert counted == Counter({s["uid"]: float(k) for s in m["samples"]})
+
+
 def test_eval_mode_gives_whole_tracks_in_order(uneven):
     shards, m = uneven
     (per_rank,) = _epochs(shards, 2, 4, train=False, epochs=1)

@@ -4,8 +4,9 @@
     .venv/bin/python bench/dali_tuning.py [--epochs 5] [--modes train,eval]
 
 Varies one DaliLoader argument at a time around the baseline (num_threads = cores, prefetch 2,
-batch 32): num_threads 1 / 2, prefetch 1 / 2 / 4, batch 16 / 32 / 64. Nothing in pipeline/ is
-changed: every setting is a DaliLoader constructor argument. Modes:
+batch 32): num_threads 1 / 2, prefetch 1 / 2 / 4, batch 16 / 32 / 64, and in train mode crops 4
+(train.py's --crops-per-track: 4 crops per decoded track, batch counted in tracks). Nothing in
+pipeline/ is changed: every setting is a DaliLoader constructor argument. Modes:
   train  train=True: a random 3 s crop per track (what training reads)
   eval   train=False: whole tracks, as bench/features.py's dali-cpu row
 Each setting runs in a fresh process over the shards of bench/features.py's 200 clips (bench/.cache,
@@ -39,7 +40,7 @@ def child(cfg: dict) -> dict:
     dev = torch.device("cuda", 0) if cfg["device"] == "cuda" else torch.device("cpu")
     t = time.perf_counter()
     ld = DaliLoader(cfg["shard_dir"], "train", FeatureSpec(), cfg["batch"], train=cfg["mode"] == "train",
-                    num_threads=cfg["num_threads"], prefetch=cfg["prefetch"], device=dev)
+                    num_threads=cfg["num_threads"], prefetch=cfg["prefetch"], device=dev, crops=cfg["crops"])
     build = time.perf_counter() - t
     times = []
     for e in range(1 + cfg["epochs"]):
@@ -51,7 +52,8 @@ def child(cfg: dict) -> dict:
             torch.cuda.synchronize()
         if e:
             times.append(time.perf_counter() - t)
-    return {"build_s": build, "epoch_s": times, "tracks": n,
+    crops = cfg["crops"] if cfg["mode"] == "train" else 1
+    return {"build_s": build, "epoch_s": times, "tracks": n / crops, "crops_per_track": crops,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -78,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     src = fb.synth_source(a.cache, a.clips)
     shard_dir, _ = fb.build_shards(src, fb.select_clips(src, a.clips), a.cache, spec)
     fb.warm_page_cache([os.path.join(shard_dir, f) for f in os.listdir(shard_dir)])
-    base = {"num_threads": cores, "prefetch": 2, "batch": 32}
+    base = {"num_threads": cores, "prefetch": 2, "batch": 32, "crops": 1}
     variants = [dict(base)]
     for k, vals in (("num_threads", sorted({1, 2, cores})), ("prefetch", [1, 2, 4]), ("batch", [16, 32, 64])):
         variants += [dict(base, **{k: v}) for v in vals if v != base[k]]
     host = fb.host_info()
     rows = []
     for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
-        for v in variants:
+        for v in variants + ([dict(base, crops=4)] if mode == "train" else []):
             cfg = dict(v, mode=mode, device=a.device, shard_dir=shard_dir, epochs=a.epochs)
             waited, load = fb.wait_idle(a.wait_idle) if a.wait_idle > 0 else (0.0, 0.0)
             t, busy0, own0 = time.perf_counter(), fb.cpu_busy_s(), fb.children_cpu_s()
@@ -111,12 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"benchmark": "dali_tuning", "date": date, "host": host, "device": a.device, "shard_dir": shard_dir,
                    "epochs": a.epochs, "rows": rows}, f, indent=1)
     print(f"## DaliLoader settings, loader only ({a.device}, {a.clips} tracks of 30 s), host {host['kind']}, {date}\n")
-    print("| mode | num_threads | prefetch | batch | tracks/s median (min–max) | peak RSS MB | other load, cores |")
-    print("|---|---|---|---|---|---|---|")
+    print("| mode | num_threads | prefetch | batch (tracks) | crops/track | tracks/s median (min–max) | crops/s "
+          "| peak RSS MB | other load, cores |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tp = r.get("tracks_per_s")
         rate = f"{tp['median']:.1f} ({tp['min']:.1f}–{tp['max']:.1f})" if tp else "FAILED"
-        print(f"| {r['mode']} | {r['num_threads']} | {r['prefetch']} | {r['batch']} | {rate} "
+        k = r["crops"] if r["mode"] == "train" else 1
+        crops_s = f"{tp['median'] * k:.1f}" if tp else "-"
+        print(f"| {r['mode']} | {r['num_threads']} | {r['prefetch']} | {r['batch']} | {k} | {rate} | {crops_s} "
               f"| {r.get('peak_rss_mb', 0):.0f} | {r['other_load_cores']:.2f} |")
     print(f"\nJSON: {os.path.relpath(path, ROOT)}")
     return 0

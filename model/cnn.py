@@ -1,4 +1,4 @@
-"""Model zoo: the original project's 4-block CNN and a short-chunk residual CNN.
+"""Model zoo: the original project's 4-block CNN, a residual version of it and a short-chunk residual CNN.
 
 Both end in global pooling over time and frequency, so they accept any number of frames: the
 same weights classify 3 s training crops and windows cut from whole songs.
@@ -65,7 +65,30 @@ class ShortChunkResNet(nn.Module):
         return self.head(h)
 
 
-MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet}
+class ResidualCNN(nn.Module):
+    """The baseline's four max-pooled stages, each a residual pair of 3x3 convs instead of one conv.
+
+    Max-pooling (not strided convs) keeps the baseline's small shift invariance and its 8x8 final
+    grid; the residual pairs double the depth at every resolution.
+    """
+
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (48, 96, 192, 384), dropout: float = 0.5):
+        super().__init__()
+        layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+        c_in = 1
+        for c in channels:
+            layers += [ResBlock(c_in, c, stride=1), nn.MaxPool2d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.head(h)
+
+
+MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN}
 
 
 def build_model(name: str, n_classes: int) -> nn.Module:

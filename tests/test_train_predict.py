@@ -45,6 +45,12 @@ def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
     bad = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--model", "baseline",
                "--clip-seconds", "2"])
     assert bad.returncode == 2 and "holds model 'resnet'" in bad.stderr and "Traceback" not in bad.stderr
+    # so does one whose steps per epoch would differ (the schedule and the data position are in steps)
+    bad = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--model", "resnet",
+               "--clip-seconds", "2", "--batch-size", "8", "--crops-per-track", "2"])
+    assert bad.returncode == 2 and "was trained with --batch-size 4" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run([os.path.join(ROOT, "train.py"), "--batch-size", "8", "--crops-per-track", "3"])
+    assert bad.returncode == 2 and "must be >= 1 and divide --batch-size 8" in bad.stderr
 
 
 def test_predict_known_class_and_errors(trained_run, train_shards, tmp_path):
@@ -101,9 +107,12 @@ def test_one_process_torchrun_with_nproc_launches_ranks(train_shards, tmp_path):
     """`torchrun -- train.py --nproc 2`: train.py starts the 2 ranks itself through torch's launcher."""
     run_dir = str(tmp_path / "r")
     p = run(["-m", "torch.distributed.run", "--", os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards",
-             train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--clip-seconds", "2", "--model", "resnet"])
+             train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--crops-per-track", "2",
+             "--clip-seconds", "2", "--model", "resnet"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["world_size"] == 2
+    # 40 training tracks, 2 ranks, 8 crops = 4 tracks per step: 5 steps per epoch
+    assert "5 steps/epoch" in p.stdout
 
 
 def test_predict_works_without_dali(trained_run, train_shards):

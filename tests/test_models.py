@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from model import MODELS, build_model, count_parameters
+from pipeline.spec import FeatureSpec
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_take_crops_and_any_window_length(name):
+    """Training crops and predict.py's windows differ in length: global pooling must take both."""
+    torch.manual_seed(0)
+    m = build_model(name, 7).eval()
+    assert 1e5 < count_parameters(m) < 1e7
+    for frames in (FeatureSpec().clip_frames, 431, 40):
+        with torch.no_grad():
+            out = m(torch.randn(3, 1, 128, frames))
+        assert out.shape == (3, 7) and torch.isfinite(out).all()
+    m.train()
+    loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 1, 128, 130)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_model("vgg", 10)

@@ -59,20 +59,21 @@ def test_dali_cuda_matches_dali_cpu(train_shards):
     print(f"DALI cuda vs cpu: max {errs.max():.5f} dB, median {errs.median():.6f} dB over {errs.numel()} bins")
 
 
-def test_dali_cuda_training_crops(train_shards):
+@pytest.mark.parametrize("crops", [1, 3])
+def test_dali_cuda_training_crops(train_shards, crops):
     """train=True on the GPU: shuffled 3 s crops of the right shape, labels on the device, every track once."""
     DaliLoader = _dali_loader()
     shards, _, m = train_shards
     spec = FeatureSpec()
-    ld = DaliLoader(shards, "train", spec, 8, train=True, device=CUDA0, num_threads=2)
+    ld = DaliLoader(shards, "train", spec, 8, train=True, device=CUDA0, num_threads=2, crops=crops)
     counted: dict[int, float] = {}
     for b in ld:
-        assert b.x.is_cuda and b.x.shape == (8, 1, spec.n_mels, spec.clip_frames)
+        assert b.x.is_cuda and b.x.shape == (8 * crops, 1, spec.n_mels, spec.clip_frames)
         assert torch.isfinite(b.x).all()
         assert b.y.is_cuda and b.y.dtype == torch.int64
         for u, w in zip(b.uid.tolist(), b.weight.tolist()):
             counted[u] = counted.get(u, 0.0) + w
-    assert counted == {s["uid"]: 1.0 for s in m["samples"] if s["split"] == "train"}
+    assert counted == {s["uid"]: float(crops) for s in m["samples"] if s["split"] == "train"}
 
 
 def _train_steps(amp: Amp, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> list[float]:

@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "resnet: short-chunk residual CNN, 2.5x faster on CPU")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32, help="training crops per rank and step")
-    p.add_argument("--crops-per-track", type=int, default=1,
-                   help="random crops cut from each decoded track per epoch (divides --batch-size)")
+    p.add_argument("--crops-per-track", type=int, default=4,
+                   help="random crops cut from each decoded track per epoch (divides --batch-size; 1: one crop)")
     p.add_argument("--eval-batch-size", type=int, default=8, help="whole tracks per rank and batch")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float, default=1e-2)

@@ -32,14 +32,16 @@ sys.path.insert(0, ROOT)
 
 # name -> train.py arguments (besides --shards/--run-dir/--seed/--nproc/--amp)
 CONFIGS: dict[str, list[str]] = {
-    "baseline": ["--model", "baseline", "--batch-size", "16"],
-    "resnet": ["--model", "resnet", "--batch-size", "16"],
-    "rescnn": ["--model", "rescnn", "--batch-size", "16"],
+    "baseline": ["--model", "baseline", "--batch-size", "16", "--crops-per-track", "1"],
+    "resnet": ["--model", "resnet", "--batch-size", "16", "--crops-per-track", "1"],
+    "rescnn": ["--model", "rescnn", "--batch-size", "16", "--crops-per-track", "1"],
     "baseline-c4": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4"],
     "rescnn-c4": ["--model", "rescnn", "--batch-size", "32", "--crops-per-track", "4"],
-    "baseline-aug": ["--model", "baseline", "--batch-size", "16", "--specaugment", "--gain-db", "6", "--mixup", "0.2"],
+    "baseline-aug": ["--model", "baseline", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",
+                     "--gain-db", "6", "--mixup", "0.2"],
     "baseline-c4-specaug": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4", "--specaugment"],
-    "resnet-aug": ["--model", "resnet", "--batch-size", "16", "--specaugment", "--gain-db", "6", "--mixup", "0.2"],
+    "resnet-aug": ["--model", "resnet", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",
+                   "--gain-db", "6", "--mixup", "0.2"],
     "resnet-c4-aug": ["--model", "resnet", "--batch-size", "32", "--crops-per-track", "4", "--specaugment",
                       "--gain-db", "6", "--mixup", "0.2"],
 }
@@ -63,13 +65,15 @@ def build_data(cache: str) -> str:
     return shards
 
 
-def run_config(name: str, seed: int, shards: str, runs: str, epochs: int, nproc: int) -> dict:
+def run_config(name: str, seed: int, shards: str, runs: str, epochs: int, nproc: int, reuse_only: bool) -> dict | None:
     run_dir = os.path.join(runs, f"{name}-s{seed}")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", run_dir,
            "--seed", str(seed), "--nproc", str(nproc), "--amp", "--epochs", str(epochs), *CONFIGS[name]]
     done = os.path.join(run_dir, "wall_s.txt")  # written last: a finished run is reused, not retrained
     if os.path.exists(done):
         log(f"{name} seed {seed}: reusing {run_dir}")
+    elif reuse_only:
+        return None
     else:
         log(f"{name} seed {seed}: {' '.join(cmd[2:])}")
         t = time.perf_counter()
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--reuse-only", action="store_true", help="only tabulate finished runs; train nothing")
     ap.add_argument("--cache", default=os.path.join(BENCH, ".cache"))
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))
     a = ap.parse_args(argv)
@@ -101,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     shards = build_data(a.cache)
-    rows = [run_config(c, int(s), shards, os.path.join(a.cache, "hard-runs"), a.epochs, a.nproc)
+    rows = [run_config(c, int(s), shards, os.path.join(a.cache, "hard-runs"), a.epochs, a.nproc, a.reuse_only)
             for c in names for s in a.seeds.split(",")]
+    rows = [r for r in rows if r is not None]
 
     import features as fb  # bench/features.py: host description shared by every benchmark
     host, date = fb.host_info(), datetime.date.today().strftime("%Y%m%d")

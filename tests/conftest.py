@@ -29,8 +29,8 @@ def trained_run(train_shards, tmp_path_factory):
     shards, src, _ = train_shards
     run_dir = str(tmp_path_factory.mktemp("run") / "r")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", os.path.join(ROOT, "train.py"),
-           "--shards", shards, "--run-dir", run_dir, "--epochs", "8", "--batch-size", "4", "--clip-seconds", "2",
-           "--amp", "--lr", "2e-3", "--model", "resnet"]
+           "--shards", shards, "--run-dir", run_dir, "--epochs", "8", "--batch-size", "4", "--crops-per-track", "1",
+           "--clip-seconds", "2", "--amp", "--lr", "2e-3", "--model", "resnet"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     return run_dir, p

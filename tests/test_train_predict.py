@@ -36,7 +36,8 @@ def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
     copy = str(tmp_path / "resumed")
     shutil.copytree(run_dir, copy)
     p = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--epochs", "9",
-             "--batch-size", "4", "--clip-seconds", "2", "--amp", "--lr", "2e-3", "--model", "resnet"])
+             "--batch-size", "4", "--crops-per-track", "1", "--clip-seconds", "2", "--amp", "--lr", "2e-3",
+             "--model", "resnet"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert "resumed from" in p.stdout and "at epoch 9 step 0" in p.stdout
     m = json.load(open(os.path.join(copy, "metrics.json")))
@@ -161,8 +162,8 @@ def test_same_seed_gives_identical_metrics(train_shards, tmp_path):
     histories = []
     for name in ("a", "b"):
         p = run([os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards", train_shards[0], "--run-dir",
-                 str(tmp_path / name), "--epochs", "2", "--batch-size", "8", "--clip-seconds", "2", "--seed", "7",
-                 "--model", "resnet"])
+                 str(tmp_path / name), "--epochs", "2", "--batch-size", "8", "--crops-per-track", "1", "--clip-seconds",
+                 "2", "--seed", "7", "--model", "resnet"])
         assert p.returncode == 0, p.stderr[-2000:]
         h = json.load(open(tmp_path / name / "metrics.json"))["history"]
         histories.append([(e["train_loss"], e["train_acc"], e["val_loss"], e["val_track_acc"]) for e in h])

@@ -13,23 +13,31 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-class BaselineCNN(nn.Module):
+class PooledCNN(nn.Module):
+    """`features` (a conv stack ending in c_out channels), then global average + max pooling over
+    frequency and time, dropout and a linear classifier."""
+
+    def __init__(self, features: nn.Module, c_out: int, n_classes: int, dropout: float):
+        super().__init__()
+        self.features = features
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_out, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.head(h)
+
+
+class BaselineCNN(PooledCNN):
     """The original project's net: 4 conv blocks (64/128/256/512, BatchNorm, max-pool)."""
 
     def __init__(self, n_classes: int, channels: tuple[int, ...] = (64, 128, 256, 512), dropout: float = 0.3):
-        super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm2d(1)]
         c_in = 1
         for c in channels:
             layers += _conv_bn(c_in, c) + [nn.MaxPool2d(2)]
             c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, n_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
-        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # avg + max pooling
-        return self.head(h)
+        super().__init__(nn.Sequential(*layers), c_in, n_classes, dropout)
 
 
 class ResBlock(nn.Module):
@@ -46,26 +54,19 @@ class ResBlock(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
-class ShortChunkResNet(nn.Module):
+class ShortChunkResNet(PooledCNN):
     """Residual CNN after Won et al. 2020 ("short-chunk CNN + residual"), sized for 3-4 s crops."""
 
     def __init__(self, n_classes: int, channels: tuple[int, ...] = (32, 64, 128, 128, 256, 256), dropout: float = 0.3):
-        super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm2d(1), *_conv_bn(1, channels[0])]
         c_in = channels[0]
         for c in channels:
             layers.append(ResBlock(c_in, c, stride=2))
             c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, n_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
-        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.head(h)
+        super().__init__(nn.Sequential(*layers), c_in, n_classes, dropout)
 
 
-class ResidualCNN(nn.Module):
+class ResidualCNN(PooledCNN):
     """The baseline's four max-pooled stages, each a residual pair of 3x3 convs instead of one conv.
 
     Max-pooling (not strided convs) keeps the baseline's small shift invariance and its 8x8 final
@@ -73,19 +74,12 @@ class ResidualCNN(nn.Module):
     """
 
     def __init__(self, n_classes: int, channels: tuple[int, ...] = (48, 96, 192, 384), dropout: float = 0.5):
-        super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm2d(1)]
         c_in = 1
         for c in channels:
             layers += [ResBlock(c_in, c, stride=1), nn.MaxPool2d(2)]
             c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c_in, n_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
-        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
-        return self.head(h)
+        super().__init__(nn.Sequential(*layers), c_in, n_classes, dropout)
 
 
 MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN}

@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
     log(f"model {args.model}: {count_parameters(model):,} parameters | {env.world_size} rank(s) on {env.device.type} "
-        f"| precision {amp.name} | {manifest['splits']['train']['count']} training tracks, {steps} steps/epoch "
+        f"| precision {amp.name} | {manifest['splits']['train']['count']} training tracks x {args.crops_per_track} crops, "
+        f"{steps} steps/epoch "
         f"| run dir {run_dir}")
 
     epoch, first_step, best, history = 1, 0, -1.0, []

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", default=None, help="output folder (default: runs/<timestamp>/)")
     p.add_argument("--model", default="baseline", choices=sorted(MODELS),
                    help="baseline: the original 4-block CNN (default: best validation accuracy on synth --hard); "
-                        "resnet: short-chunk residual CNN, 2.5x faster on CPU")
+                        "resnet: short-chunk residual CNN, 2.5x faster on CPU; rescnn: residual baseline")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32, help="training crops per rank and step")
     p.add_argument("--crops-per-track", type=int, default=4,

@@ -65,8 +65,8 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
 
     train=True: shuffled; `crops` independent random crops of spec.clip_samples per track
     (zero-padded if short), each with its own `augment` draw (random gain, SpecAugment masks);
-    features are stacked to (crops, mels, frames). Decoding a 30 s track is the expensive part,
-    so several crops per decode give more training signal per second of data loading.
+    features are stacked to (crops, mels, frames). The track is read and decoded once for all
+    its crops (on a 2-core CPU the per-crop log-mel dominates: +8-24 % crops/s, bench/NOTES.md).
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (pipeline.windows) so evaluation covers the whole track.
     """

@@ -119,10 +119,8 @@ def timeline_segments(timeline: list[dict], seconds: float) -> list[tuple[float,
 
 def plot_timeline(result: dict, classes: list[str], path: str) -> None:
     """Genre probabilities over time as a stacked area chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from training.report import pyplot, save_figure
+    plt = pyplot()
     tl = result["timeline"]
     t = [(w["start"] + w["end"]) / 2 for w in tl]
     fig, ax = plt.subplots(figsize=(12, 3.5))
@@ -135,10 +133,7 @@ def plot_timeline(result: dict, classes: list[str], path: str) -> None:
     ax.set_title(f"{os.path.basename(result['file'])}: {result['genre']}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _mmss(s: float) -> str:

@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.date.today().strftime("%Y%m%d")
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"dali-tuning-{host['kind']}-{date}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"benchmark": "dali_tuning", "date": date, "host": host, "device": a.device, "shard_dir": shard_dir,
-                   "epochs": a.epochs, "rows": rows}, f, indent=1)
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    write_json(path, {"benchmark": "dali_tuning", "date": date, "host": host, "device": a.device,
+                      "shard_dir": shard_dir, "epochs": a.epochs, "rows": rows})
     print(f"## DaliLoader settings, loader only ({a.device}, {a.clips} tracks of 30 s), host {host['kind']}, {date}\n")
     print("| mode | num_threads | prefetch | batch (tracks) | crops/track | tracks/s median (min–max) | crops/s "
           "| peak RSS MB | other load, cores |")

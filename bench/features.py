@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 # Keep the top level light: make_shards' spawn pool and the method subprocesses re-import this file.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -565,9 +565,8 @@ def child_main(job_path: str) -> int:
         res["error"] = f"{type(e).__name__}: {e}"
         traceback.print_exc()
     res.update(sampler.finish())
-    with open(job["out_path"] + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(res, f)
-    os.replace(job["out_path"] + ".tmp", job["out_path"])
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    write_json(job["out_path"], res)
     return 0
 
 
@@ -678,9 +677,8 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def bar_chart(report: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from training.report import pyplot, save_figure
+    plt = pyplot()
     rows = [r for r in report["methods"] if "clips_per_s" in r]
     if not rows:
         return
@@ -711,9 +709,7 @@ def bar_chart(report: dict, path: str) -> None:
                  f"{h['kind']} ({h['cpu_model'] or '?'}{', ' + h['gpu'] if h['gpu'] else ''}), {report['date']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    save_figure(fig, path, dpi=110)
 
 
 # ============================================================== driver
@@ -758,6 +754,24 @@ def run_method_process(script: str, name: str, job: dict, *, cache: str, prefix:
     state = "skipped" if "skipped" in res else "FAILED" if "error" in res else "done"
     log(f"  {name}: {state} in {res['process_wall_s']:.0f} s (other load {res['other_load_cores']:.2f} cores)")
     return res
+
+
+def run_quietest(run_once: Callable[[], dict], retries: int, done_key: str, name: str) -> dict:
+    """Run a method up to 1 + retries times, again only while other processes disturbed it (more
+    than LOAD_LIMIT cores: a shared machine); returns the quietest run, with "attempts".
+
+    Shared by features.py and train_throughput.py. done_key: the key a finished timing has.
+    """
+    best = None
+    for attempt in range(1 + retries):
+        r = run_once()
+        if best is None or r.get("other_load_cores", 0) < best.get("other_load_cores", 0):
+            best = r
+        if done_key not in r or r["other_load_cores"] <= LOAD_LIMIT or attempt == retries:
+            break
+        log(f"  other processes used {r['other_load_cores']:.2f} cores meanwhile: running {name} again")
+    best["attempts"] = attempt + 1
+    return best
 
 
 def run_in_subprocess(name: str, job: dict, a: argparse.Namespace) -> dict:
@@ -852,18 +866,12 @@ def main(argv: list[str] | None = None) -> int:
         job = {"method": name, "items": items, "shard_dir": shard_dir, "shard_error": shard_error,
                "batch": a.batch, "repeats": a.repeats, "budget_s": a.budget, "spec": spec.to_dict(),
                "parity_idx": parity_idx, "parity_dir": os.path.join(parity_root, name)}
-        best = None
-        for attempt in range(1 + a.retries):
-            shutil.rmtree(job["parity_dir"], ignore_errors=True)
+
+        def run_once(name: str = name, job: dict = job) -> dict:
+            shutil.rmtree(job["parity_dir"], ignore_errors=True)  # parity output of this attempt only
             os.makedirs(job["parity_dir"])
-            r = run_in_subprocess(name, job, a)
-            if best is None or r.get("other_load_cores", 0) < best.get("other_load_cores", 0):
-                best = r
-            # Rerun only a run that another process disturbed (shared machine); keep the quietest.
-            if "times_s" not in r or r["other_load_cores"] <= LOAD_LIMIT or attempt == a.retries:
-                break
-            log(f"  other processes used {r['other_load_cores']:.2f} cores meanwhile: running {name} again")
-        best["attempts"] = attempt + 1
+            return run_in_subprocess(name, job, a)
+        best = run_quietest(run_once, a.retries, "times_s", name)
         if ref_dir and "times_s" in best:
             best.update(compare_parity(ref_dir, job["parity_dir"], items, parity_idx))
         shutil.rmtree(job["parity_dir"], ignore_errors=True)
@@ -913,9 +921,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"features-{host['kind']}-{date}")
-    with open(stem + ".json.tmp", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
-    os.replace(stem + ".json.tmp", stem + ".json")
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    write_json(stem + ".json", report)
     bar_chart(report, stem + ".png")
 
     print(f"## Log-mel features: {len(items)} clips ({total_seconds / 60:.1f} min of audio), "

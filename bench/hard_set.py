@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     host, date = fb.host_info(), datetime.date.today().strftime("%Y%m%d")
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, f"hard-{host['kind']}-{date}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"benchmark": "hard_set", "date": date, "host": host, "epochs": a.epochs, "nproc": a.nproc,
-                   "rows": rows}, f, indent=1)
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    write_json(path, {"benchmark": "hard_set", "date": date, "host": host, "epochs": a.epochs, "nproc": a.nproc,
+                      "rows": rows})
     print(f"## synth --hard (220/40/40 tracks), {a.epochs} epochs, {a.nproc} ranks, --amp; host {host['kind']}, {date}\n")
     print("| config | seed | best val acc (tracks) | test acc tracks (windows) | last train acc | samples/s | wall s |")
     print("|---|---|---|---|---|---|---|")

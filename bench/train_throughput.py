@@ -48,7 +48,6 @@ for _p in (ROOT, BENCH):
 
 METHODS = ["dali", "librosa", "synthetic"]
 SPLIT = "train"
-LOAD_LIMIT = 0.2  # cores other processes used during a run above which it is rerun / flagged
 DEFAULTS = {  # (warm-up steps, timed steps per window, windows) per device type
     "cpu": (5, 20, 5),   # resnet, batch 32, bf16 on 2 idle cores: about 0.5 s a step
     "cuda": (30, 100, 3),
@@ -277,9 +276,8 @@ def child_main(job_path: str) -> int:
         res["error"] = f"{type(e).__name__}: {e}"
         traceback.print_exc()
     res.update(sampler.finish())
-    with open(job["out_path"] + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(res, f)
-    os.replace(job["out_path"] + ".tmp", job["out_path"])
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    write_json(job["out_path"], res)
     # DALI's and DataLoader's threads can make interpreter exit slow or noisy: the result is written.
     sys.stdout.flush()
     sys.stderr.flush()
@@ -339,9 +337,8 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def bar_chart(report: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from training.report import pyplot, save_figure
+    plt = pyplot()
     rows = [r for r in report["methods"] if "samples_per_s" in r]
     if not rows:
         return
@@ -368,9 +365,7 @@ def bar_chart(report: dict, path: str) -> None:
                  f"{h['kind']} ({h['cpu_model'] or '?'}{', ' + h['gpu'] if h['gpu'] else ''}), {report['date']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    save_figure(fig, path, dpi=110)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -488,21 +483,13 @@ def main(argv: list[str] | None = None) -> int:
                "amp": a.amp, "model": a.model, "n_classes": len(classes), "spec": spec.to_dict(),
                "warmup": warmup, "steps": steps, "repeats": repeats, "num_threads": a.num_threads,
                "prefetch": a.prefetch, "workers": a.workers, "torch_threads": a.torch_threads}
-        best = None
-        for attempt in range(1 + a.retries):
-            r = run_in_subprocess(name, job, a)
-            if best is None or r.get("other_load_cores", 0) < best.get("other_load_cores", 0):
-                best = r
-            if "windows" not in r or r["other_load_cores"] <= LOAD_LIMIT or attempt == a.retries:
-                break
-            log(f"  other processes used {r['other_load_cores']:.2f} cores meanwhile: running {name} again")
-        best["attempts"] = attempt + 1
+        best = fb.run_quietest(lambda: run_in_subprocess(name, job, a), a.retries, "windows", name)
         best["label"] = label
         summarise(best, a.batch)
         results.append(best)
 
     precision = next((r["precision"] for r in results if "precision" in r), "fp32" if not a.amp else "amp")
-    busy = [f"{r['label']} {r['other_load_cores']:.2f}" for r in results if r.get("other_load_cores", 0) > LOAD_LIMIT]
+    busy = [f"{r['label']} {r['other_load_cores']:.2f}" for r in results if r.get("other_load_cores", 0) > fb.LOAD_LIMIT]
     if busy:
         notes.append("OTHER PROCESSES used CPU during: " + ", ".join(busy) + " cores on average: those timings are low")
     notes += [
@@ -529,9 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"train-{host['kind']}-{date}" + (f"-{a.tag}" if a.tag else ""))
-    with open(stem + ".json.tmp", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, ensure_ascii=False)
-    os.replace(stem + ".json.tmp", stem + ".json")
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    write_json(stem + ".json", report)
     try:
         bar_chart(report, stem + ".png")
         png = os.path.relpath(stem + ".png", ROOT)

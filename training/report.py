@@ -9,22 +9,33 @@ import numpy as np
 
 
 def write_json(path: str, obj: Any) -> None:
+    """Atomic: written to a temp file, then renamed over `path`."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=float)
+        json.dump(obj, f, indent=1, default=float, ensure_ascii=False)
     os.replace(tmp, path)
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
+def save_figure(fig, path: str, dpi: int = 100) -> None:
+    """Atomic PNG: written to a temp file, then renamed over `path`; the figure is closed."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{ext}"
+    fig.savefig(tmp, dpi=dpi)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+
+
 def plot_curves(history: list[dict], path: str) -> None:
     """Learning curves (loss, accuracy) and throughput per epoch."""
-    plt = _plt()
+    plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
@@ -45,13 +56,12 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax[0].legend()
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(conf: np.ndarray, classes: list[str], path: str, title: str = "test confusion") -> None:
     """Row-normalised colours, counts written in the cells."""
-    plt = _plt()
+    plt = pyplot()
     rows = conf.sum(1, keepdims=True)
     norm = conf / np.maximum(rows, 1)
     n = len(classes)
@@ -69,5 +79,4 @@ def plot_confusion(conf: np.ndarray, classes: list[str], path: str, title: str =
     acc = np.trace(conf) / max(conf.sum(), 1)
     ax.set_title(f"{title}: {acc:.1%} of {conf.sum()} tracks")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -30,6 +30,7 @@ from training import checkpoint, distributed, report  # noqa: E402
 from training.amp import Amp  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.mixup import mixup  # noqa: E402
+from training.stats import NonFiniteWatch, RunningSums  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,14 +56,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mixup", type=float, default=0.0, help="augment: mixup with Beta(a, a); 0 = off")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
-    p.add_argument("--nproc", type=int, default=1, help="launch N local ranks (like torchrun --nproc-per-node N)")
+    p.add_argument("--nproc", default="1",
+                   help="launch N local ranks (like torchrun --nproc-per-node N); 'auto': one per GPU, 2 on a CPU. "
+                        "With CUDA, never more ranks than GPUs")
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/last.pt, else prev.pt (default RUN_DIR: newest run); automatic after "
                         "an elastic restart")
     p.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
+    p.add_argument("--sync-every", type=int, default=20,
+                   help="read the loss sums and the non-finite check from the device every N steps (1: every step)")
     p.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
     args = p.parse_args(argv)
+    if args.nproc == "auto":
+        args.nproc = distributed.auto_nproc(args.cpu)
+    elif not args.nproc.isdigit() or int(args.nproc) < 1:
+        p.error(f"--nproc {args.nproc}: give a number >= 1 or 'auto'")
+    args.nproc = int(args.nproc)
+    if args.sync_every < 1:
+        p.error("--sync-every must be >= 1")
     if args.crops_per_track < 1 or args.batch_size % args.crops_per_track:
         p.error(f"--crops-per-track {args.crops_per_track} must be >= 1 and divide --batch-size {args.batch_size}")
     return args
@@ -99,6 +111,7 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        distributed.check_placement(args.nproc, args.cpu)  # fail here, in one line, not in every rank
         return distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
     try:
         manifest = read_manifest(args.shards)
@@ -194,17 +207,19 @@ def main(argv: list[str] | None = None) -> int:
                 "scheduler": scheduler.state_dict(), "scaler": amp.state_dict(), "rank_states": ranks, **extra})
 
     uid_to_key = {s["uid"]: s["key"] for s in manifest["samples"]}
+    # fp16 overflow is the GradScaler's job (it skips the step); any other non-finite loss stops the job
+    watch = NonFiniteWatch(env, uid_to_key) if amp.scaler is None else None
     for epoch in range(epoch, args.epochs + 1):
         ddp.train()
-        # loss*n, correct, n, data wait seconds, step seconds: carried over a mid-epoch resume
-        acc = list(rank_state["progress"]) if (rank_state and first_step) else [0.0] * 5
+        # carried over a mid-epoch resume
+        sums = RunningSums(env.device, rank_state["progress"] if (rank_state and first_step) else None)
         bar = _bar(env, steps, f"epoch {epoch}/{args.epochs}", first_step)
         it = iter(train_loader)
         t0 = time.perf_counter()
         for step in range(first_step, steps):
             tw = time.perf_counter()
             b = next(it)
-            acc[3] += time.perf_counter() - tw
+            sums.data_wait += time.perf_counter() - tw
             x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
             target = b.y
             if args.mixup > 0:
@@ -212,34 +227,36 @@ def main(argv: list[str] | None = None) -> int:
             with amp.autocast():
                 logits = ddp(x)
             per_sample = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=args.label_smoothing)
-            n = b.weight.sum()
-            loss = (per_sample * b.weight).sum() / n.clamp(min=1.0)
-            check_finite(loss, amp, env, epoch, step, b.uid, uid_to_key)
+            loss = (per_sample * b.weight).sum() / b.weight.sum().clamp(min=1.0)
             amp.step(loss, optimizer)
             scheduler.step()
-            acc[0] += float((per_sample.detach() * b.weight).sum())
-            acc[1] += float(((logits.argmax(1) == b.y) * b.weight).sum())
-            acc[2] += float(n)
+            sums.add(per_sample, logits.argmax(1) == b.y, b.weight)
+            if watch is not None:
+                watch.note(loss, step, b.uid)
+            sync = (step + 1) % args.sync_every == 0
+            ckpt = args.ckpt_every and (step + 1) % args.ckpt_every == 0 and step + 1 < steps
+            if watch is not None and (sync or ckpt or step + 1 == steps):
+                watch.check(epoch)
             if bar is not None:
                 bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if args.ckpt_every and (step + 1) % args.ckpt_every == 0 and step + 1 < steps:
-                save_state(epoch, step + 1, acc[:3] + [acc[3], acc[4] + time.perf_counter() - t0])
+                if sync or step == first_step:  # reading the loss waits for the GPU: not every step
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if ckpt:
+                save_state(epoch, step + 1, sums.progress(time.perf_counter() - t0))
         for _ in it:  # let DALI close the epoch; FILL policy gives exactly `steps` batches
             raise RuntimeError("DALI delivered more batches than expected")
         first_step = 0
         if env.device.type == "cuda":
             torch.cuda.synchronize()
-        acc[4] += time.perf_counter() - t0
+        sums.seconds += time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        tot = distributed.all_reduce_sum(torch.tensor(acc, dtype=torch.float64, device=env.device), env).tolist()
-        elapsed = tot[4] / env.world_size
+        tot = sums.reduce(env)
         val = evaluate(ddp, val_loader, spec, env, amp, len(classes))
-        h = {"epoch": epoch, "train_loss": tot[0] / tot[2], "train_acc": tot[1] / tot[2],
+        h = {"epoch": epoch, "train_loss": tot.loss, "train_acc": tot.acc,
              "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
-             "lr": scheduler.get_last_lr()[0], "samples_per_s": tot[2] / elapsed, "data_wait": tot[3] / tot[4],
-             "epoch_seconds": elapsed}
+             "lr": scheduler.get_last_lr()[0], "samples_per_s": tot.samples_per_s, "data_wait": tot.data_wait,
+             "epoch_seconds": tot.seconds}
         history.append(h)
         log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
             f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
@@ -287,17 +304,6 @@ def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: a
             raise checkpoint.CheckpointError(f"{path}: was trained with {flag} {was}; resume with the same value")
 
 
-def check_finite(loss: torch.Tensor, amp: Amp, env, epoch: int, step: int, uid: torch.Tensor, uid_to_key: dict) -> None:
-    """fp16 overflow is the GradScaler's job; any other non-finite loss stops every rank with a reason."""
-    if amp.scaler is not None:
-        return
-    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=env.device)
-    if distributed.all_reduce_sum(bad, env).item() > 0:
-        keys = [uid_to_key.get(int(u), str(int(u))) for u in uid.tolist()]
-        raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (rank {env.rank} batch: {', '.join(keys[:8])}"
-                                 f"{'...' if len(keys) > 8 else ''})")
-
-
 def finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_path, loader_kw, manifest) -> int:
     """Test-split accuracy of the best checkpoint, metrics.json, confusion matrix, summary."""
     metrics: dict = {"history": history, "classes": classes, "args": vars(args), "world_size": env.world_size,
@@ -340,10 +346,14 @@ def _bar(env, total: int, desc: str, initial: int = 0):
 def cli() -> int:
     try:
         return main()
-    except FloatingPointError as e:  # raised on every rank together (check_finite); rank 0 reports
+    except FloatingPointError as e:  # raised on every rank together (NonFiniteWatch); rank 0 reports
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train: error: {e}", file=sys.stderr)
         return 1
+    except distributed.PlacementError as e:  # raised on every rank of a machine together; its first reports
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(f"train: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,7 +1,18 @@
-"""The DALI graph: WebDataset shards -> decode -> crop -> [GPU] -> log-mel -> normalise.
+"""The DALI graph: WebDataset shards -> decode -> [GPU] -> log-mel of the track -> crops -> normalise.
 
-One graph for CPU and GPU. On a GPU the stages after decoding and cropping run on the device
-(`audio.gpu()`); without one (device_id=None) the same operators run on the CPU.
+One graph for CPU and GPU. On a GPU the stages after decoding run on the device (`audio.gpu()`);
+without one (device_id=None) the same operators run on the CPU.
+
+Training crops are windows of the track's log-mel, at frame boundaries, cut one of two ways
+that give the same numbers (tests/test_dali_pipeline.py holds them together):
+- "features" (the GPU default): one log-mel of the whole track, crops sliced from it. One
+  spectrogram + mel bank per track however many crops, so the kernel launches per batch do not
+  grow with --crops-per-track; on a GPU the extra frames cost nothing.
+- "audio" (the CPU default): each crop's samples plus the STFT's half window of context on each
+  side, and an uncentred log-mel of just that. On a CPU computing only the crops' frames is what
+  counts: 2.5x (4 crops) to 10x (1 crop) more crops/s on 30 s tracks than "features".
+A crop never starts within the STFT's half window of a track's edge (where the centred log-mel
+reflects the signal) unless the track is too short to avoid it.
 """
 from __future__ import annotations
 
@@ -30,14 +41,17 @@ class Augment:
         return bool(self.gain_db or self.freq_masks or self.time_masks)
 
 
-def spec_augment(feats, aug: Augment):
+def draw_masks(aug: Augment) -> list:
+    """SpecAugment's random (axis, anchors, widths) for one crop (drawn ahead: see audio_pipeline)."""
+    return [(axis, fn.random.uniform(range=[0.0, 1.0], shape=[n]), fn.random.uniform(range=[0.0, float(width)], shape=[n]))
+            for axis, n, width in (("f", aug.freq_masks, aug.freq_width), ("t", aug.time_masks, aug.time_width)) if n]
+
+
+def spec_augment(feats, masks: list):
     """Zero (the normalised mean) random bands of mel bins and of frames, per sample (Park et al. 2019)."""
-    for axis, n, width in (("f", aug.freq_masks, aug.freq_width), ("t", aug.time_masks, aug.time_width)):
-        if n:
-            anchor = fn.random.uniform(range=[0.0, 1.0], shape=[n])
-            shape = fn.random.uniform(range=[0.0, float(width)], shape=[n])
-            feats = fn.erase(feats, anchor=anchor, shape=shape, axis_names=axis, normalized_anchor=True,
-                             normalized_shape=False, fill_value=0.0)
+    for axis, anchor, shape in masks:
+        feats = fn.erase(feats, anchor=anchor, shape=shape, axis_names=axis, normalized_anchor=True,
+                         normalized_shape=False, fill_value=0.0)
     return feats
 
 
@@ -46,27 +60,39 @@ def periodic_hann(n: int) -> list[float]:
     return [0.5 - 0.5 * math.cos(2.0 * math.pi * i / n) for i in range(n)]
 
 
-def log_mel(audio, spec: FeatureSpec):
-    """Power spectrogram -> slaney mel bank -> dB -> fixed normalisation. Output layout (mels, frames)."""
+def mel_db(audio, spec: FeatureSpec, cutoff_db: float, center: bool = True):
+    """Power spectrogram -> slaney mel bank -> dB, floored at `cutoff_db`. Layout (mels, frames).
+
+    center=True: frame t is centred on sample t*hop (reflect-padded edges), as librosa/torchaudio.
+    center=False: frame t starts at sample t*hop (for crops that carry their own context).
+    """
     power = fn.spectrogram(audio, nfft=spec.n_fft, window_length=spec.n_fft, window_step=spec.hop_length,
-                           window_fn=periodic_hann(spec.n_fft), center_windows=True, reflect_padding=True,
+                           window_fn=periodic_hann(spec.n_fft), center_windows=center, reflect_padding=center,
                            power=2, layout="ft")
     mel = fn.mel_filter_bank(power, sample_rate=spec.sample_rate, nfilter=spec.n_mels, freq_low=spec.f_min,
                              freq_high=spec.fmax, mel_formula=spec.mel_scale, normalize=spec.mel_norm == "slaney")
-    db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=spec.db_floor)
+    return fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=cutoff_db)
+
+
+def normalise(db, spec: FeatureSpec):
     return (db - spec.norm_mean) * (1.0 / spec.norm_std)
+
+
+def log_mel(audio, spec: FeatureSpec):
+    """The FeatureSpec's normalised log-mel (pipeline.features_torch.LogMel is its torchaudio twin)."""
+    return normalise(mel_db(audio, spec, spec.db_floor), spec)
 
 
 @pipeline_def(enable_conditionals=False)
 def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, train: bool,
                    shard_id: int, num_shards: int, on_gpu: bool, shuffle_buffer: int = 1024,
-                   augment: Augment | None = None, crops: int = 1):
+                   augment: Augment | None = None, crops: int = 1, crop_from: str | None = None):
     """Outputs (features, label, uid, n_samples).
 
-    train=True: shuffled; `crops` independent random crops of spec.clip_samples per track
-    (zero-padded if short), each with its own `augment` draw (random gain, SpecAugment masks);
-    features are stacked to (crops, mels, frames). The track is read and decoded once for all
-    its crops (on a 2-core CPU the per-crop log-mel dominates: +8-24 % crops/s, bench/NOTES.md).
+    train=True: shuffled; `crops` independent random windows of spec.clip_frames per track, cut
+    from the track's log-mel at frame boundaries (floor-padded if the track is short), each with
+    its own `augment` draw (random gain, SpecAugment masks); stacked to (crops, mels, frames).
+    crop_from: "features" or "audio" (module docstring); default "features" on a GPU, else "audio".
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (pipeline.windows) so evaluation covers the whole track.
     """
@@ -81,17 +107,47 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
     if not train:
         audio = fn.pad(audio, axes=[0], fill_value=0.0)
         return log_mel(audio.gpu() if on_gpu else audio, spec), label, uid, n
+    crop_from = crop_from or ("features" if on_gpu else "audio")
+    if crop_from not in ("features", "audio"):
+        raise ValueError(f"crop_from must be 'features' or 'audio', not {crop_from!r}")
     aug = augment if (augment is not None and augment.active) else None
-    clip = spec.clip_samples
+    gain = aug.gain_db if aug else 0.0
+    hop, clip = spec.hop_length, spec.clip_frames
+    half = spec.n_fft // 2
+    margin = -(-half // hop)  # frames whose window reaches past the track's edge
+    frames = 1 + n // hop  # spec.valid_frames(n)
+    # Start frames in [margin, frames - clip - margin] when the track allows, else [0, frames - clip].
+    inner = frames - clip - 2 * margin
+    fits = fn.cast(inner >= 0, dtype=types.INT32)
+    lo = fits * margin
+    room = fn.cast(fits * inner + (1 - fits) * dmath.max(frames - clip, 0), dtype=types.FLOAT)
+    # Every random draw before any operator that only one crop_from has: DALI seeds operators in
+    # the order they are made, so both ways draw the same crops, gains and masks.
+    draws = [(lo + fn.cast(fn.random.uniform(range=[0.0, 1.0]) * room, dtype=types.INT32),
+              fn.random.uniform(range=[-gain, gain]) if gain else None,
+              draw_masks(aug) if aug else []) for _ in range(crops)]
+    if crop_from == "features":
+        # A gain of g dB on the audio adds g to every mel dB value before the floor. With the floor
+        # lowered by the largest gain here and applied after the shift, the result equals gaining
+        # the audio first, bin for bin (bins below the floor stay at it).
+        track = mel_db(audio.gpu() if on_gpu else audio, spec, spec.db_floor - gain)
+        if not gain:
+            track = normalise(track, spec)  # once per track rather than once per crop
     feats = []
-    for _ in range(crops):
-        anchor = fn.random.uniform(range=[0.0, 1.0]) * fn.cast(dmath.max(n - clip, 0), dtype=types.FLOAT)
-        crop = fn.slice(audio, start=fn.cast(anchor, dtype=types.INT32), shape=[clip], axes=[0],
-                        out_of_bounds_policy="pad", fill_values=0.0)
-        if aug and aug.gain_db:  # on the CPU, on the short crop: mixing a CPU scalar into GPU arithmetic is avoided
-            crop = crop * dmath.pow(10.0, fn.random.uniform(range=[-aug.gain_db, aug.gain_db]) / 20.0)
-        f = log_mel(crop.gpu() if on_gpu else crop, spec)
-        if aug and (aug.freq_masks or aug.time_masks):
-            f = spec_augment(f, aug)
+    for start, g, masks in draws:
+        if crop_from == "features":
+            f = fn.slice(track, start=start, shape=[clip], axes=[1], out_of_bounds_policy="pad",
+                         fill_values=spec.db_floor - gain if gain else spec.floor_value)
+            if gain:
+                f = normalise(dmath.max(f + (g.gpu() if on_gpu else g), spec.db_floor), spec)
+        else:
+            # the crop's samples and half a window either side: its uncentred frames are the
+            # track's centred frames start .. start + clip - 1
+            crop = fn.slice(audio, start=start * hop - half, shape=[(clip - 1) * hop + 2 * half], axes=[0],
+                            out_of_bounds_policy="pad", fill_values=0.0)
+            if gain:
+                crop = crop * dmath.pow(10.0, g / 20.0)
+            f = normalise(mel_db(crop.gpu() if on_gpu else crop, spec, spec.db_floor, center=False), spec)
+        f = spec_augment(f, masks)
         feats.append(f)
     return fn.stack(*feats), label, uid, n

@@ -28,7 +28,8 @@ class Batch:
     y: torch.Tensor        # (B,) int64 class index
     uid: torch.Tensor      # (B,) int64 sample id (manifest "uid")
     n_samples: torch.Tensor  # (B,) audio length of the track, before cropping/padding
-    weight: torch.Tensor   # (B,) 1.0 for a sample's first appearance this epoch, else 0.0
+    weight: torch.Tensor   # (B,) 1.0 for a sample's first appearance this epoch, else 0.0 (on x's device)
+    counted: torch.Tensor  # (B,) bool on the host: weight > 0, for selecting rows without a device sync
 
 
 def read_manifest(shard_dir: str) -> dict:
@@ -51,7 +52,7 @@ class DaliLoader:
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None,
-                 augment: "Augment | None" = None, crops: int = 1):
+                 augment: "Augment | None" = None, crops: int = 1, crop_from: str | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import READER_NAME, audio_pipeline
@@ -71,7 +72,7 @@ class DaliLoader:
             num_shards=n_shards, on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
             device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
             enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment,
-            crops=crops)
+            crops=crops, crop_from=crop_from)
         self.crops = crops if train else 0
         self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
                                       last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
@@ -93,16 +94,28 @@ class DaliLoader:
         seen = self._seen
         for out in self.it:
             d = out[0]
-            uid = d["uid"].view(-1).cpu()
+            # The reader's outputs (label, uid, length) arrive on the host; only x is on the GPU.
+            uid, n = d["uid"].view(-1).cpu(), d["n"].view(-1).cpu()
             weight = torch.zeros(len(uid))
             for i, u in enumerate(uid.tolist()):
                 if u not in seen and not self.spare:
                     seen.add(u)
                     weight[i] = 1.0
-            x, y, n = d["x"], d["y"].view(-1).long().to(self.device), d["n"].view(-1).cpu()
+            y = d["y"].view(-1).long().cpu()
+            x = d["x"]
             if self.crops:  # (tracks, crops, mels, frames) -> one row per crop, track fields repeated
                 k = self.crops
                 x, y, uid, n, weight = (x.flatten(0, 1), y.repeat_interleave(k), uid.repeat_interleave(k),
                                         n.repeat_interleave(k), weight.repeat_interleave(k))
-            yield Batch(x.unsqueeze(1), y, uid, n, weight.to(self.device))
+            y_dev, w_dev = to_device(y, weight, device=self.device)
+            yield Batch(x.unsqueeze(1), y_dev, uid, n, w_dev, weight > 0)
         seen.clear()  # the epoch is over
+
+
+def to_device(*tensors: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Host tensors to `device` without blocking the host: staged in pinned memory, copied
+    asynchronously on the current stream (the caching host allocator keeps the staging buffer
+    alive until the copy is done). A pageable `.to("cuda")` would wait for the copy instead."""
+    if device.type != "cuda":
+        return tensors
+    return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)

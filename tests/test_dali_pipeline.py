@@ -132,3 +132,44 @@ def test_one_small_shard_on_many_ranks(tiny, world, batch):
                 for u, w in zip(b.uid.tolist(), b.weight.tolist()):
                     counted[u] += w
         assert counted == Counter({s["uid"]: 1.0 for s in m["samples"]})
+
+
+@pytest.mark.parametrize("augment", ["none", "gain+masks"])
+def test_crops_from_audio_equal_crops_from_features(train_shards, augment):
+    """The CPU way (each crop's samples + context, uncentred log-mel) and the GPU way (one log-mel of
+    the track, crops sliced from it) give the same crops, and each crop is a window of the track's
+    torchaudio log-mel (what evaluation and predict.py cut), at a frame boundary."""
+    from pipeline.dali_graph import Augment
+    shards, _, m = train_shards
+    spec = FeatureSpec()
+    aug = Augment(gain_db=6.0, freq_masks=2, time_masks=2) if augment != "none" else None
+    out = {}
+    for way in ("audio", "features"):
+        ld = DaliLoader(shards, "train", spec, 4, train=True, crops=3, num_threads=2, crop_from=way, augment=aug, seed=7)
+        out[way] = [(b.x.clone(), b.uid.clone()) for b in ld]
+    assert len(out["audio"]) == len(out["features"]) > 0
+    for (xa, ua), (xf, uf) in zip(out["audio"], out["features"]):
+        assert torch.equal(ua, uf)
+        assert ((xa - xf).abs() * spec.norm_std).max() < 0.01  # dB; float32 gain arithmetic only
+    if aug is not None:
+        return
+    # without augmentation: every crop equals the torchaudio log-mel of the whole track at some frame
+    by_uid = {s["uid"]: s for s in m["samples"]}
+    logmel = LogMel(spec)
+    checked, starts = 0, set()
+    x, uid = out["audio"][0]
+    for i in range(0, len(uid), 3):
+        s = by_uid[int(uid[i])]
+        with tarfile.open(os.path.join(shards, s["shard"])) as tf:
+            wav, _ = sf.read(io.BytesIO(tf.extractfile(s["key"] + ".wav").read()), dtype="float32")
+        ref = logmel(torch.from_numpy(wav))
+        for k in range(3):
+            crop = x[i + k, 0]
+            err = torch.stack([(ref[:, t:t + spec.clip_frames] - crop).abs().max()
+                               for t in range(ref.shape[-1] - spec.clip_frames + 1)])
+            t = int(err.argmin())
+            assert err[t] * spec.norm_std < 0.02, f"crop {k} of {s['key']} is no window of the track's log-mel"
+            assert 2 <= t <= ref.shape[-1] - spec.clip_frames - 2  # clear of the reflect-padded edges
+            starts.add((s["key"], t))
+            checked += 1
+    assert checked >= 6 and len(starts) > checked // 2  # crops land at different places

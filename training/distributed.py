@@ -3,6 +3,11 @@
 torchrun (or torch's elastic launcher, which `--nproc` calls) sets RANK, WORLD_SIZE and
 LOCAL_RANK. Without them the script is a single process with world size 1. NCCL with one GPU per
 rank when CUDA is present, gloo on CPU.
+
+Rank placement policy: with CUDA, local rank i uses cuda:i, and never two ranks share a GPU (NCCL
+refuses that: "Duplicate GPU detected"). More local ranks than GPUs is a one-line error naming
+both numbers and the fix (fewer ranks, or --cpu); `--nproc auto` starts one rank per GPU (two
+on a CPU-only machine, so DDP is still exercised there).
 """
 from __future__ import annotations
 
@@ -36,14 +41,39 @@ class DistEnv:
         return self.world_size > 1
 
 
+class PlacementError(RuntimeError):
+    """More ranks on this machine than GPUs: a user error, reported in one line."""
+
+
+def uses_cuda(force_cpu: bool = False) -> bool:
+    return torch.cuda.is_available() and not force_cpu
+
+
+def check_placement(local_ranks: int, force_cpu: bool = False) -> None:
+    """Raise PlacementError unless every local rank gets a GPU of its own (no-op on the CPU)."""
+    if not uses_cuda(force_cpu):
+        return
+    gpus = torch.cuda.device_count()
+    if local_ranks > gpus:
+        raise PlacementError(
+            f"{local_ranks} ranks on this machine but {gpus} GPU{'s' if gpus != 1 else ''}: NCCL needs one GPU per "
+            f"rank; use --nproc {gpus} (torchrun --nproc-per-node {gpus}), --nproc auto, or --cpu")
+
+
+def auto_nproc(force_cpu: bool = False) -> int:
+    """`--nproc auto`: one rank per GPU; two CPU ranks without one."""
+    return torch.cuda.device_count() if uses_cuda(force_cpu) else 2
+
+
 def setup(force_cpu: bool = False) -> DistEnv:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() and not force_cpu
+    use_cuda = uses_cuda(force_cpu)
     if use_cuda:
-        torch.cuda.set_device(local % torch.cuda.device_count())
-        device = torch.device("cuda", local % torch.cuda.device_count())
+        check_placement(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), force_cpu)
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
     if world > 1:
@@ -65,6 +95,13 @@ def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Sum a tensor over ranks (in place, returned for chaining). NCCL needs it on the GPU."""
     if env.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_min(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Element-wise minimum over ranks (in place, returned for chaining)."""
+    if env.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
 
 

@@ -57,12 +57,13 @@ def evaluate(model: torch.nn.Module, loader, spec: FeatureSpec, env: DistEnv, am
     conf = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=dev)
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, tracks, correct segments, segments
     for b in loader:
-        keep = b.weight > 0
+        keep = b.counted  # on the host: no device sync to select the rows
         if not keep.any():
             continue
+        idx = keep.nonzero().view(-1).to(b.x.device)
         with amp.autocast():
-            mean_logits, per_track = track_logits(model, b.x[keep.to(b.x.device)], b.n_samples[keep.cpu()], spec)
-        y = b.y[keep]
+            mean_logits, per_track = track_logits(model, b.x.index_select(0, idx), b.n_samples[keep], spec)
+        y = b.y.index_select(0, idx)
         sums[0] += F.cross_entropy(mean_logits, y, reduction="sum").double()
         sums[1] += len(y)
         for t, yi in zip(per_track, y):

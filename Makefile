@@ -12,7 +12,7 @@ setup:
 demo: setup
 	$(PY) preprocess/synth.py $(DEMO_DATA) --per-class 20 --seconds 30
 	$(PY) preprocess/make_shards.py $(DEMO_DATA) $(DEMO_SHARDS)
-	$(PY) train.py --shards $(DEMO_SHARDS) --run-dir $(DEMO_RUN) --nproc 2 --amp --epochs 12 --batch-size 8 --crops-per-track 1
+	$(PY) train.py --shards $(DEMO_SHARDS) --run-dir $(DEMO_RUN) --nproc auto --amp --epochs 12 --batch-size 8 --crops-per-track 1
 	$(PY) predict.py --checkpoint $(DEMO_RUN)/best.pt $(DEMO_DATA)/metal/metal.00019.wav $(DEMO_DATA)/jazz/jazz.00019.wav
 
 test: setup

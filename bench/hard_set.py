@@ -65,7 +65,7 @@ def build_data(cache: str) -> str:
     return shards
 
 
-def run_config(name: str, seed: int, shards: str, runs: str, epochs: int, nproc: int, reuse_only: bool) -> dict | None:
+def run_config(name: str, seed: int, shards: str, runs: str, epochs: int, nproc: str, reuse_only: bool) -> dict | None:
     run_dir = os.path.join(runs, f"{name}-s{seed}")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", run_dir,
            "--seed", str(seed), "--nproc", str(nproc), "--amp", "--epochs", str(epochs), *CONFIGS[name]]
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--nproc", default="auto", help="ranks per run (train.py --nproc; auto: one per GPU, 2 on a CPU)")
     ap.add_argument("--reuse-only", action="store_true", help="only tabulate finished runs; train nothing")
     ap.add_argument("--cache", default=os.path.join(BENCH, ".cache"))
     ap.add_argument("--out", default=os.path.join(BENCH, "results"))

@@ -2,7 +2,10 @@
 # Creates .venv and installs ParallelTunes' dependencies. Idempotent: a finished venv is reused.
 #   CPU machine (no nvidia-smi): torch 2.13.0 CPU build + torchaudio 2.11.0 without its compiled
 #   extension (every torchaudio wheel is a CUDA build; its Python transforms need no extension).
-#   GPU machine: torch 2.11.0 + torchaudio 2.11.0 CUDA builds from PyPI, used as they are.
+#   GPU machine whose python3 already holds a working CUDA torch + torchaudio (e.g. an NGC or cloud
+#   image): the venv sees them (--system-site-packages) and installs neither torch nor numpy, so the
+#   image's builds and numpy stay in use. PT_SETUP=system|index forces either way.
+#   Other GPU machine: torch 2.11.0 + torchaudio 2.11.0 CUDA builds from PyPI, used as they are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -11,12 +14,25 @@ stamp="$VENV/.parallel-tunes-ok"
 want="$(cat requirements.txt requirements-dev.txt scripts/setup.sh | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  pip install torch==2.11.0 torchaudio==2.11.0
+mode=${PT_SETUP:-}
+if [ -z "$mode" ]; then
+  if "$PY" -c 'import sys, torch, torchaudio; sys.exit(0 if torch.version.cuda and torch.cuda.is_available() else 1)' \
+      2>/dev/null; then mode=system; else mode=index; fi
+fi
+if [ "$mode" = system ]; then
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
+  "$VENV/bin/python" -c 'import torch, torchaudio' \
+    || { echo "setup: $VENV cannot see $PY's torch: remove $VENV (made without --system-site-packages?) and rerun" >&2; exit 2; }
 else
-  pip install torch==2.13.0
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+if [ "$mode" = system ]; then
+  echo "setup: using $PY's torch and torchaudio (CUDA) and its numpy"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  pip install torch==2.11.0 torchaudio==2.11.0 numpy==2.4.6
+else
+  pip install torch==2.13.0 numpy==2.4.6
   pip install --no-deps torchaudio==2.11.0
   # The wheel's compiled extension links libc10_cuda.so, absent from CPU torch, and would make
   # `import torchaudio` fail. torchaudio treats a missing extension as optional; the parts we

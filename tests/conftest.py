@@ -12,6 +12,15 @@ from preprocess.synth import generate  # noqa: E402
 TRAIN_GENRES = ["classical", "disco", "metal", "reggae"]
 
 
+def _two_rank_args() -> list[str]:
+    """The tests' 2-rank runs go on the CPU (gloo) unless there are 2 GPUs: never 2 ranks on one GPU."""
+    import torch
+    return ["--cpu"] if torch.cuda.is_available() and torch.cuda.device_count() < 2 else []
+
+
+TWO_RANK_ARGS = _two_rank_args()
+
+
 @pytest.fixture(scope="session")
 def train_shards(tmp_path_factory):
     """4 genres x 16 tracks of 6 s: small enough to train in seconds, big enough to learn."""
@@ -30,7 +39,7 @@ def trained_run(train_shards, tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run") / "r")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", os.path.join(ROOT, "train.py"),
            "--shards", shards, "--run-dir", run_dir, "--epochs", "8", "--batch-size", "4", "--crops-per-track", "1",
-           "--clip-seconds", "2", "--amp", "--lr", "2e-3", "--model", "resnet"]
+           "--clip-seconds", "2", "--amp", "--lr", "2e-3", "--model", "resnet", *TWO_RANK_ARGS]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     return run_dir, p

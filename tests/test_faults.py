@@ -9,14 +9,15 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TWO_RANK_ARGS
 
 TRAIN = os.path.join(ROOT, "train.py")
 
 
 def common(shards: str, run_dir: str, epochs: int = 3, batch: int = 4) -> list[str]:
     return ["--shards", shards, "--run-dir", run_dir, "--epochs", str(epochs), "--batch-size", str(batch),
-            "--crops-per-track", "1", "--clip-seconds", "2", "--ckpt-every", "3", "--seed", "3", "--model", "resnet"]
+            "--crops-per-track", "1", "--clip-seconds", "2", "--ckpt-every", "3", "--seed", "3", "--model", "resnet",
+            *TWO_RANK_ARGS]
 
 
 def wait_for_mid_epoch_checkpoint(run_dir: str, proc: subprocess.Popen, min_epoch: int, timeout: float = 240) -> dict:

@@ -1,0 +1,68 @@
+"""Rank placement: never two ranks on one GPU (NCCL refuses it), one line instead of a hang or trace.
+
+No GPU here: torch.cuda is patched to report a machine with N GPUs.
+"""
+import sys
+
+import pytest
+import torch
+
+import train
+from training import distributed
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    def have(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    return have
+
+
+def test_more_ranks_than_gpus_is_one_line(gpus):
+    gpus(1)
+    with pytest.raises(distributed.PlacementError) as e:
+        distributed.check_placement(2)
+    msg = str(e.value)
+    assert "2 ranks" in msg and "1 GPU" in msg and "--nproc 1" in msg and "--cpu" in msg and "\n" not in msg
+    distributed.check_placement(1)               # one rank per GPU is fine
+    distributed.check_placement(2, force_cpu=True)  # --cpu: gloo, any number of ranks
+    gpus(0)
+    distributed.check_placement(8)               # no GPU: CPU ranks
+
+
+def test_auto_nproc_is_one_rank_per_gpu(gpus):
+    gpus(4)
+    assert distributed.auto_nproc() == 4
+    assert distributed.auto_nproc(force_cpu=True) == 2
+    gpus(0)
+    assert distributed.auto_nproc() == 2
+
+
+def test_setup_refuses_before_touching_a_gpu(gpus, monkeypatch):
+    """A torchrun with more local ranks than GPUs: every rank stops in setup, before set_device."""
+    gpus(1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: pytest.fail("set_device called"))
+    with pytest.raises(distributed.PlacementError):
+        distributed.setup()
+
+
+def test_train_nproc_above_gpus_exits_2_before_launching(gpus, monkeypatch, capsys, train_shards):
+    gpus(1)
+    monkeypatch.setattr(distributed, "launch_local", lambda *a, **k: pytest.fail("ranks were launched"))
+    monkeypatch.setattr(sys, "argv", ["train.py", "--nproc", "2", "--shards", train_shards[0]])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert train.cli() == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train: error: 2 ranks on this machine but 1 GPU"), err
+
+
+def test_train_nproc_auto_launches_one_rank_per_gpu(gpus, monkeypatch, train_shards):
+    gpus(3)
+    launched = {}
+    monkeypatch.setattr(distributed, "launch_local", lambda n, script, args: launched.setdefault("n", n) and 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert train.main(["--nproc", "auto", "--shards", train_shards[0]]) == 0
+    assert launched["n"] == 3

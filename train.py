@@ -30,7 +30,7 @@ from training import checkpoint, distributed, report  # noqa: E402
 from training.amp import Amp  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.mixup import mixup  # noqa: E402
-from training.stats import NonFiniteWatch, RunningSums  # noqa: E402
+from training.stats import NonFiniteWatch, RunningSums, no_sync_check  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -220,19 +220,21 @@ def main(argv: list[str] | None = None) -> int:
             tw = time.perf_counter()
             b = next(it)
             sums.data_wait += time.perf_counter() - tw
-            x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
-            target = b.y
-            if args.mixup > 0:
-                x, target = mixup(x, b.y, len(classes), args.mixup)
-            with amp.autocast():
-                logits = ddp(x)
-            per_sample = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=args.label_smoothing)
-            loss = (per_sample * b.weight).sum() / b.weight.sum().clamp(min=1.0)
-            amp.step(loss, optimizer)
-            scheduler.step()
-            sums.add(per_sample, logits.argmax(1) == b.y, b.weight)
-            if watch is not None:
-                watch.note(loss, step, b.uid)
+            with no_sync_check(env.device):  # nothing here may wait for the GPU
+                x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
+                target = b.y
+                if args.mixup > 0:
+                    x, target = mixup(x, b.y, len(classes), args.mixup)
+                with amp.autocast():
+                    logits = ddp(x)
+                per_sample = F.cross_entropy(logits.float(), target, reduction="none",
+                                             label_smoothing=args.label_smoothing)
+                loss = (per_sample * b.weight).sum() / b.weight.sum().clamp(min=1.0)
+                amp.step(loss, optimizer)
+                scheduler.step()
+                sums.add(per_sample, logits.argmax(1) == b.y, b.weight)
+                if watch is not None:
+                    watch.note(loss, step, b.uid)
             sync = (step + 1) % args.sync_every == 0
             ckpt = args.ckpt_every and (step + 1) % args.ckpt_every == 0 and step + 1 < steps
             if watch is not None and (sync or ckpt or step + 1 == steps):

@@ -151,3 +151,17 @@ def test_train_py_one_epoch_on_gpu(train_shards, tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert "on cuda" in p.stdout, p.stdout[-2000:]
     assert (run_dir / "best.pt").exists() and (run_dir / "metrics.json").exists()
+
+
+def test_train_step_never_waits_for_the_gpu(train_shards, tmp_path):
+    """With torch's sync debug mode set to 'error' around each step's body (PT_CUDA_SYNC_DEBUG), any
+    host-device sync there (an .item(), a float(), a pageable copy, a boolean-mask index) raises."""
+    _dali_loader()
+    shards, _, _ = train_shards
+    for extra in ([], ["--mixup", "0.2", "--gain-db", "6", "--specaugment"]):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir",
+                            str(tmp_path / f"r{len(extra)}"), "--epochs", "1", "--batch-size", "8", "--amp",
+                            "--threads", "2", "--sync-every", "1000000", "--ckpt-every", "0", *extra],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           env={**os.environ, "PT_CUDA_SYNC_DEBUG": "error"})
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]

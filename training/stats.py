@@ -8,6 +8,8 @@ only every `--sync-every` steps, before a checkpoint and at the end of the epoch
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -87,3 +89,20 @@ class NonFiniteWatch:
                 f"non-finite loss at epoch {epoch} step {first} (rank {self.env.rank} batch: {', '.join(keys[:8])}"
                 f"{'...' if len(keys) > 8 else ''})")
         self.batches.clear()
+
+
+def no_sync_check(device: torch.device):
+    """Test aid: PT_CUDA_SYNC_DEBUG=error (or warn) makes torch raise (warn) on any host-device
+    sync inside the block, so a stray `.item()` in the step is caught on a GPU (tests/test_gpu.py)."""
+    mode = os.environ.get("PT_CUDA_SYNC_DEBUG")
+    if not mode or device.type != "cuda":
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def scoped():
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return scoped()

@@ -1,9 +1,10 @@
 """Each augmentation on its own, checked quantitatively; all of them off in evaluation; mixup's
 inputs and targets mixed with the same weight; a track judged by the mean of its windows' logits.
 
-
-
-
+The DALI tests read 8 s crops of the 6 s training tracks: a crop then holds the whole track at its
+start (floor-padded), so an augmented crop and a plain one with the same seed show the same audio
+whatever random numbers the graph draws for crop positions. Both ways the graph cuts crops
+("audio": the CPU default, "features": the GPU default) are checked.
 """
 import pytest
 import torch

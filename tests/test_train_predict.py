@@ -122,10 +122,29 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
     assert not target.exists()
 
 
-def test_checkpoint_save_is_atomic(tmp_path):
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    """A save that dies midway (disk full) leaves the previous checkpoint loadable and no temp file."""
     path = str(tmp_path / "c.pt")
-    checkpoint.save(path, {"model": {"w": torch.ones(2)}})
+    checkpoint.save(path, {"model": {"w": torch.ones(2)}, "step": 1})
     assert os.listdir(tmp_path) == ["c.pt"]
+    real_save = torch.save
+
+    def dies_halfway(obj, f, *a, **kw):  # writes half of the real bytes, then fails like a full disk
+        import io
+        buf = io.BytesIO()
+        real_save(obj, buf, *a, **kw)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, {"model": {"w": torch.zeros(2)}, "step": 2})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temp file left behind
+    old = checkpoint.load(path)
+    assert old["step"] == 1 and torch.equal(old["model"]["w"], torch.ones(2))
+
     with open(path, "r+b") as f:  # a truncated file is reported, not half-loaded
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):

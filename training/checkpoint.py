@@ -32,11 +32,16 @@ def save(path: str, state: dict[str, Any]) -> None:
     state = {"format": FORMAT, "version": VERSION, **state}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. disk full: the old checkpoint stays, no half-written temp file is left
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_rotating(run_dir: str, state: dict[str, Any]) -> None:

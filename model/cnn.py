@@ -82,7 +82,15 @@ class ResidualCNN(PooledCNN):
         super().__init__(nn.Sequential(*layers), c_in, n_classes, dropout)
 
 
-MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN}
+class TinyCNN(BaselineCNN):
+    """The baseline's shape at 8-32 channels (about 15 k parameters): for tests and smoke runs,
+    where checkpoints and steps should cost next to nothing. Not for accuracy."""
+
+    def __init__(self, n_classes: int):
+        super().__init__(n_classes, channels=(8, 16, 32, 32), dropout=0.1)
+
+
+MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN, "tiny": TinyCNN}
 
 
 def build_model(name: str, n_classes: int) -> nn.Module:

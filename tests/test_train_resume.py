@@ -1,0 +1,131 @@
+"""train.py's resume, refusals, best checkpoint, seeds and augmentation flags, on real runs.
+
+The tiny model (15 k parameters) keeps each run to seconds and each checkpoint to kilobytes.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from preprocess.make_shards import make_shards
+from preprocess.synth import generate
+
+TRAIN = os.path.join(ROOT, "train.py")
+KEYS = ("train_loss", "train_acc", "val_loss", "val_track_acc")
+
+
+def train(shards: str, run_dir: str, *extra: str, env: dict | None = None, epochs: int = 4) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, TRAIN, "--shards", shards, "--run-dir", run_dir, "--epochs", str(epochs), "--batch-size", "4",
+           "--crops-per-track", "1", "--clip-seconds", "2", "--ckpt-every", "3", "--seed", "5", "--model", "tiny",
+           "--lr", "3e-3", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **(env or {})})
+
+
+def history(run_dir) -> list[dict]:
+    return json.load(open(os.path.join(run_dir, "metrics.json")))["history"]
+
+
+def rounded(h: list[dict]) -> list[list[float]]:
+    return [[round(e[k], 6) for k in KEYS] for e in h]
+
+
+@pytest.fixture(scope="module")
+def reference(train_shards, tmp_path_factory):
+    """An uninterrupted 4-epoch run."""
+    run_dir = str(tmp_path_factory.mktemp("ref") / "r")
+    p = train(train_shards[0], run_dir)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def killed(train_shards, tmp_path_factory):
+    """The same run SIGKILLed after step 5 of epoch 3 (its last checkpoint: step 3)."""
+    run_dir = str(tmp_path_factory.mktemp("killed") / "r")
+    p = train(train_shards[0], run_dir, env={"PT_TEST_FAULT": "kill:3:5:0"})
+    assert p.returncode == -9, (p.returncode, p.stderr[-2000:])
+    st = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
+    assert (st["epoch"], st["step"]) == (3, 3)
+    return run_dir
+
+
+def test_resume_continues_the_loss_curve_exactly(train_shards, reference, killed, tmp_path):
+    """--resume after a kill: weights, optimizer, schedule, data position, RNG and the epoch's running
+    sums all come back, so every epoch's figures equal the uninterrupted run's."""
+    run_dir = str(tmp_path / "r")
+    shutil.copytree(killed, run_dir)
+    p = train(train_shards[0], run_dir, "--resume")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"resumed from {os.path.join(run_dir, 'last.pt')} at epoch 3 step 3" in p.stdout
+    a, b = history(reference), history(run_dir)
+    assert [e["epoch"] for e in b] == [1, 2, 3, 4]
+    assert rounded(a) == rounded(b)
+    assert a[0]["train_loss"] != a[3]["train_loss"]  # it did learn: equal curves are not flat ones
+
+
+def test_best_checkpoint_holds_the_best_validation_epoch(reference):
+    h = history(reference)
+    accs = [e["val_track_acc"] for e in h]
+    best_epoch = 1 + accs.index(max(accs))  # the first epoch that reached the best accuracy
+    m = json.load(open(os.path.join(reference, "metrics.json")))
+    st = torch.load(os.path.join(reference, "best.pt"), weights_only=True)
+    assert st["epoch"] == m["best_epoch"] == best_epoch
+    assert st["best_metric"] == max(accs)
+
+
+def test_resume_refuses_other_classes_feature_spec_or_model(train_shards, killed, tmp_path):
+    base = tmp_path / "other"
+    generate(str(base / "src"), per_class=3, seconds=2.0, genres=["blues", "jazz"], progress=False)
+    make_shards(str(base / "src"), str(base / "shards"), val=0, test=0, workers=1, min_shards=1, progress=False)
+    for shards, extra, says in (
+            (str(base / "shards"), [], "classes ['classical', 'disco', 'metal', 'reggae'] differ from the shards' "
+                                       "['blues', 'jazz']"),
+            (train_shards[0], ["--clip-seconds", "3"], "FeatureSpec differs from this run's in clip_seconds"),
+            (train_shards[0], ["--model", "resnet"], "holds model 'tiny', this run asks for 'resnet'"),
+            (train_shards[0], ["--batch-size", "8"], "was trained with --batch-size 4; resume with the same value")):
+        p = train(shards, killed, "--resume", *extra)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and says in lines[0], (extra, p.stderr[-1500:])
+
+
+def test_resume_on_another_world_size_restarts_the_epoch(train_shards, killed, tmp_path):
+    """A mid-epoch checkpoint of 1 rank resumed on 2: the data positions do not carry over, so the
+    epoch restarts from its first step, with a warning, and the run finishes."""
+    run_dir = str(tmp_path / "r")
+    shutil.copytree(killed, run_dir)
+    p = train(train_shards[0], run_dir, "--resume", "--nproc", "2", "--cpu")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "was written by 1 ranks, this run has 2: epoch 3 restarts from its first step" in p.stdout + p.stderr
+    assert "at epoch 3 step 0" in p.stdout
+    assert [e["epoch"] for e in history(run_dir)] == [1, 2, 3, 4]
+
+
+def test_seed_decides_the_run(train_shards, tmp_path):
+    """Same --seed on 2 ranks: identical metrics; another seed: different ones (so --seed is used)."""
+    runs = {}
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        p = train(train_shards[0], str(tmp_path / name), "--seed", seed, "--nproc", "2", "--cpu", epochs=2)
+        assert p.returncode == 0, p.stderr[-2000:]
+        runs[name] = [[e[k] for k in KEYS] for e in history(tmp_path / name)]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+@pytest.mark.parametrize("flag", [["--gain-db", "6"], ["--specaugment"], ["--mixup", "0.4"]])
+def test_augmentation_flag_trains_through_train_py(train_shards, reference, tmp_path, flag):
+    """Each augmentation flag runs end to end (--mixup: the soft-target loss) and changes the training
+    figures of epoch 1 (whose warm-up schedule equals the reference's), with finite metrics."""
+    run_dir = str(tmp_path / "aug")
+    p = train(train_shards[0], run_dir, *flag, epochs=1)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    name = flag[0][2:].replace("-", "_")
+    assert m["args"][name] == (float(flag[1]) if len(flag) > 1 else True)
+    h, ref = m["history"][0], history(reference)[0]
+    assert all(torch.isfinite(torch.tensor([h[k] for k in KEYS])))
+    assert abs(h["train_loss"] - ref["train_loss"]) > 1e-5, (h["train_loss"], ref["train_loss"])

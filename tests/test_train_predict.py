@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,26 @@ def test_torchrun_two_ranks_learns_and_writes_checkpoints(trained_run):
     state = checkpoint.load(os.path.join(run_dir, "best.pt"))
     assert state["classes"] == TRAIN_GENRES and state["feature_spec"]["clip_seconds"] == 2.0
     assert "samples/s" in p.stdout and "data wait" in p.stdout
+
+
+def test_metrics_json_per_class_scores_match_its_confusion(trained_run):
+    """metrics.json's test section: accuracy, tracks and per-class precision/recall/F1/support agree
+    with the confusion matrix stored next to them (rows: true class, columns: prediction)."""
+    run_dir, _ = trained_run
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    t, classes = m["test"], m["classes"]
+    conf = t["confusion"]
+    assert len(conf) == len(classes) and all(len(r) == len(classes) for r in conf)
+    assert sum(map(sum, conf)) == t["tracks"] == 12
+    assert t["track_acc"] == pytest.approx(sum(conf[i][i] for i in range(len(classes))) / t["tracks"])
+    assert list(t["per_class"]) == classes
+    for i, c in enumerate(classes):
+        tp, predicted, actual = conf[i][i], sum(r[i] for r in conf), sum(conf[i])
+        p = tp / predicted if predicted else 0.0
+        r = tp / actual if actual else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        got = t["per_class"][c]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p, r, f1, actual)), c
 
 
 def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
@@ -202,6 +223,17 @@ def test_timeline_covers_the_whole_song(trained_run, train_shards, tmp_path):
     assert {"classical", "metal"} <= {w["genre"] for w in tl}
     assert tl[0]["genre"] == "classical" and tl[-1]["genre"] == "metal"
     assert os.path.getsize(tmp_path / "plots" / "medley.flac.timeline.png") > 0
+    # the printed segments tile the song: from 0:00.0 to its end, each starting where the last ended
+    text = run([os.path.join(ROOT, "predict.py"), "--checkpoint", os.path.join(run_dir, "best.pt"), song,
+                "--timeline", "--hop", "1"])
+    assert text.returncode == 0, text.stderr
+    segs = [re.fullmatch(r"  (\d+):(\d\d\.\d)-(\d+):(\d\d\.\d)  (\w+) \(\d+%\)", line)
+            for line in text.stdout.splitlines()[1:]]
+    assert segs and all(segs), text.stdout
+    bounds = [(int(g[1]) * 60 + float(g[2]), int(g[3]) * 60 + float(g[4]), g[5]) for g in segs]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 12.0
+    assert all(a[1] == b[0] and a[2] != b[2] for a, b in zip(bounds, bounds[1:])), bounds
+    assert bounds[0][2] == "classical" and bounds[-1][2] == "metal"
 
 
 def test_same_seed_gives_identical_metrics(train_shards, tmp_path):

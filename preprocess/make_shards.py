@@ -59,6 +59,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import unicodedata
@@ -261,6 +262,18 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _test_kill_point(var: str, count) -> None:
+    """TEST-ONLY crash hook (tests/test_make_shards_resume.py), inert unless `var` is set.
+
+    When environment variable `var` holds N and count() == N, this process SIGKILLs itself: a
+    crash at an exact, repeatable point rather than a kill timed from outside. Points:
+    PT_TEST_KILL_AFTER_DECODES (N files decoded), PT_TEST_KILL_AFTER_SHARDS (N tars finished; killed
+    while writing the next one, after its .partial tar and before its index)."""
+    want = os.environ.get(var)
+    if want is not None and count() == int(want):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _init_worker() -> None:
     # one thread per worker: the pool already uses every core. Set before torch is imported
     # (only resampling imports it), so its thread pool starts at that size.
@@ -383,6 +396,8 @@ def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str
         tw.close()
         f.flush()
         os.fsync(f.fileno())
+    _test_kill_point("PT_TEST_KILL_AFTER_SHARDS",
+                     lambda: sum(n.endswith(".tar") for n in os.listdir(os.path.dirname(os.path.abspath(path)))))
     idx, idx_tmp = path[:-4] + ".idx", path[:-4] + ".idx.partial"
     with IndexCreator(tmp, idx_tmp, verbose=False) as ic:
         ic.create_index()
@@ -463,10 +478,12 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
             for r in pool.imap(decode_one, jobs, chunksize=2):
                 records.append(r)
                 bar.update()
+                _test_kill_point("PT_TEST_KILL_AFTER_DECODES", lambda: len(records))
     else:
         for j in jobs:
             records.append(decode_one(j))
             bar.update()
+            _test_kill_point("PT_TEST_KILL_AFTER_DECODES", lambda: len(records))
     bar.close()
 
     good = []

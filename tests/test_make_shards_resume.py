@@ -2,10 +2,10 @@
 .work cache's key, and truncated WAV files."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -25,71 +25,70 @@ def _tree(folder) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
 
+def _cli(cmd: list[str], out, kill_var: str | None = None, n: int = 0) -> subprocess.CompletedProcess:
+    """Run the make_shards CLI into `out`; with kill_var, it SIGKILLs itself at that test hook's point N."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PT_TEST_KILL_")}
+    if kill_var:
+        env[kill_var] = str(n)
+    return subprocess.run([c if c != "OUT" else str(out) for c in cmd], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def forty(tmp_path_factory):
-    """40 clips of 3 s and the output of one uninterrupted CLI run over them."""
+    """20 clips of 2 s (5 classes) and the output of one uninterrupted CLI run over them: one
+    sample per tar, so the shard stage writes 20 tars (10 train, 5 val, 5 test)."""
     base = tmp_path_factory.mktemp("resume")
-    generate(str(base / "src"), per_class=4, seconds=3.0, progress=False)
-    cmd = [sys.executable, SCRIPT, str(base / "src"), "OUT", "--workers", "1", "--min-shards", "2"]
+    generate(str(base / "src"), per_class=4, seconds=2.0, genres=["blues", "disco", "jazz", "pop", "rock"],
+             progress=False)
+    cmd = [sys.executable, SCRIPT, str(base / "src"), "OUT", "--workers", "1", "--max-per-shard", "1"]
     ref = base / "ref"
-    p = subprocess.run([c if c != "OUT" else str(ref) for c in cmd], capture_output=True, text=True, cwd=ROOT)
+    p = _cli(cmd, ref)
     assert p.returncode == 0, p.stderr
+    assert sum(n.endswith(".tar") for n in os.listdir(ref)) == 20
     return base, cmd, ref
 
 
 def test_sigkill_during_decode_then_rerun_gives_identical_bytes(forty):
     base, cmd, ref = forty
-    out = base / "killed"
-    work = out / ".work"
-    proc = subprocess.Popen([c if c != "OUT" else str(out) for c in cmd], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if work.is_dir() and sum(n.endswith(".json") for n in os.listdir(work)) >= 3:
-            break
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "make_shards finished before it could be killed"
-    done = sum(n.endswith(".json") for n in os.listdir(work))
-    assert 3 <= done < 40 and not (out / "manifest.json").exists(), done
-    print(f"killed after {done} of 40 decoded")
+    out = base / "killed-decoding"
+    killed = _cli(cmd, out, "PT_TEST_KILL_AFTER_DECODES", 7)  # the real CLI kills itself after 7 of 20 files
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = sorted(os.listdir(out / ".work"))
+    assert sum(n.endswith(".json") for n in work) == 7 and not any(".tmp" in n for n in work), work
+    assert not (out / "manifest.json").exists() and not any(n.endswith(".tar") for n in os.listdir(out))
 
     # a tar left as .partial by a kill in the shard stage, and a stale shard, must not survive
     (out / "train-000000.tar.partial").write_bytes(b"half a tar")
     (out / "train-000000.idx.partial").write_bytes(b"half an index")
     (out / "val-000007.tar").write_bytes(b"from another run")
-    p = subprocess.run([c if c != "OUT" else str(out) for c in cmd], capture_output=True, text=True, cwd=ROOT)
+    p = _cli(cmd, out)
     assert p.returncode == 0, p.stderr
     assert _tree(out) == _tree(ref)  # same names, same bytes: tars, indexes and manifest
+    assert not (out / ".work").exists()
     text = (out / "manifest.json").read_text()
     assert str(base) not in text and str(out) not in text
 
 
-def test_crash_in_shard_stage_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
-    src, out = tmp_path / "src", tmp_path / "out"
-    generate(str(src), per_class=3, seconds=1.5, genres=["pop", "rock"], progress=False)
-    kw = dict(val=0.34, test=0.34, workers=1, min_shards=2, progress=False)
-    make_shards(str(src), str(tmp_path / "ref"), **kw)
-    make_shards(str(src), str(out), **kw)  # a complete earlier run in the same folder
-    real, calls = ms.write_shard, []
-
-    def dies_in_second_shard(path, *a):
-        calls.append(path)
-        if len(calls) == 2:
-            with open(path + ".partial", "wb") as f:
-                f.write(b"half a tar")
-            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
-        real(path, *a)
-
-    monkeypatch.setattr(ms, "write_shard", dies_in_second_shard)
-    with pytest.raises(KeyboardInterrupt):
-        make_shards(str(src), str(out), **kw)
-    monkeypatch.undo()
-    assert (out / "train-000001.tar.partial").exists() and not (out / "manifest.json").exists()
+def test_sigkill_during_shard_writing_then_rerun_gives_identical_bytes(forty):
+    """Killed while writing tar 13 of 20 (val-000002), in a folder that held a complete earlier run: the old
+    manifest is gone (the folder reads as unfinished), the rerun produces the uninterrupted bytes."""
+    base, cmd, ref = forty
+    out = base / "killed-sharding"
+    shutil.copytree(ref, out)  # a complete earlier run in the same folder
+    killed = _cli(cmd, out, "PT_TEST_KILL_AFTER_SHARDS", 12)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    names = set(os.listdir(out))
+    tars = sorted(n for n in names if n.endswith(".tar"))
+    assert len(tars) == 12 and all(n[:-4] + ".idx" in names for n in tars)  # 12 finished (of this run)...
+    assert [n for n in names if n.endswith(".partial")] == ["val-000002.tar.partial"]  # ...and one half
+    assert "manifest.json" not in names and ".work" in names
     with pytest.raises(ms.UsageError, match="no manifest"):
         verify(str(out))  # an interrupted folder never passes for a finished one
-    make_shards(str(src), str(out), **kw)
-    assert _tree(out) == _tree(tmp_path / "ref") and not verify(str(out))
+    p = _cli(cmd, out)
+    assert p.returncode == 0, p.stderr
+    assert _tree(out) == _tree(ref) and not verify(str(out))
+    assert not (out / ".work").exists()
 
 
 def test_work_cache_is_keyed_on_decoding_options_and_source(tmp_path):

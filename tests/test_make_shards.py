@@ -129,14 +129,14 @@ def test_cli_reports_summary_and_bad_source(messy, tmp_path):
     src, _ = messy
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), str(src), str(out),
-                        "--workers", "1"], capture_output=True, text=True, cwd=ROOT)
+                        "--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith("accepted 6 ") and "rejected 9" in last and "too_short 1" in last
     m = json.loads((out / "manifest.json").read_text())
     assert m["sample_rate"] == 22050 and m["feature_spec"]["n_mels"] == 128
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), str(tmp_path / "nope"),
-                          str(out)], capture_output=True, text=True, cwd=ROOT)
+                          str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -147,7 +147,7 @@ def test_verify_detects_a_flipped_byte(tmp_path):
     out = tmp_path / "out"
     m = make_shards(str(src), str(out), val=0.25, test=0.25, workers=1, min_shards=2, progress=False)
     cli = [sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), "--verify", str(out)]
-    ok = subprocess.run(cli, capture_output=True, text=True)
+    ok = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
     shard = out / m["splits"]["train"]["shards"][0]
     with tarfile.open(shard) as tf:
@@ -155,11 +155,11 @@ def test_verify_detects_a_flipped_byte(tmp_path):
     data = bytearray(shard.read_bytes())
     data[wav.offset_data + wav.size // 2] ^= 0xFF  # inside a sample's PCM
     shard.write_bytes(bytes(data))
-    bad = subprocess.run(cli, capture_output=True, text=True)
+    bad = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert "checksum differs" in bad.stderr and shard.name in bad.stderr
     (out / m["splits"]["val"]["shards"][0]).unlink()
-    worse = subprocess.run(cli, capture_output=True, text=True)
+    worse = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert worse.returncode == 1 and "missing" in worse.stderr
 
 

@@ -39,7 +39,7 @@ def test_cli_list_csv_with_split_column(clips, tmp_path):
     lst.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, SCRIPT, "--list", str(lst), str(out), "--workers", "1", "--min-shards", "1"],
-                       capture_output=True, text=True, cwd=str(tmp_path))  # cwd elsewhere: paths follow the list
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=120)  # cwd elsewhere: paths follow the list
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1].startswith("accepted 8 (4 train / 2 val / 2 test), rejected 0")
     text = (out / "manifest.json").read_text()
@@ -116,7 +116,7 @@ def test_cli_usage_errors_are_one_line(tmp_path, capsys):
         rc, err = _run_main(argv, capsys)
         assert rc == 2 and expect in err and err.count("\n") == 1, (argv, err)
     p = subprocess.run([sys.executable, SCRIPT, "--list", missing, out],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "none.csv" in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0
 

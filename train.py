@@ -6,6 +6,8 @@
 
 Reads shards/ (preprocess/make_shards.py). Writes RUN_DIR/{last,best}.pt, metrics.json,
 curves.png, confusion.png; rank 0 shows the progress bar and logs.
+
+Reading order: main() -> build() -> resume() -> train_one_epoch() / validate -> finish().
 """
 from __future__ import annotations
 
@@ -16,60 +18,67 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import MODELS, build_model, count_parameters  # noqa: E402
-from pipeline.dali_graph import Augment  # noqa: E402
-from pipeline.loader import DaliLoader, read_manifest  # noqa: E402
-from pipeline.spec import FeatureSpec  # noqa: E402
+from pipeline.loader import DaliLoader, read_manifest  # noqa: E402  (DALI itself loads when a loader is made)
+from pipeline.spec import Augment, FeatureSpec  # noqa: E402
 from training import checkpoint, distributed, report  # noqa: E402
 from training.amp import Amp  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.mixup import mixup  # noqa: E402
-from training.stats import NonFiniteWatch, RunningSums, no_sync_check  # noqa: E402
+from training.evaluate import EvalResult, evaluate  # noqa: E402
+from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check  # noqa: E402
+from training.step import train_step  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", default="shards", help="folder written by make_shards (default: shards/)")
-    p.add_argument("--run-dir", default=None, help="output folder (default: runs/<timestamp>/)")
-    p.add_argument("--model", default="baseline", choices=sorted(MODELS),
+    g = p.add_argument_group("data")
+    g.add_argument("--shards", default="shards", help="folder written by make_shards (default: shards/)")
+    g.add_argument("--clip-seconds", type=float, default=FeatureSpec.clip_seconds, help="training crop length")
+    g.add_argument("--crops-per-track", type=int, default=4,
+                   help="random crops cut from each decoded track per epoch (divides --batch-size; 1: one crop)")
+    g.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="baseline", choices=sorted(MODELS),
                    help="baseline: the original 4-block CNN (default: best validation accuracy on synth --hard); "
                         "resnet: short-chunk residual CNN, 2.5x faster on CPU; rescnn: residual baseline; "
                         "tiny: 15 k parameters, for smoke tests")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32, help="training crops per rank and step")
-    p.add_argument("--crops-per-track", type=int, default=4,
-                   help="random crops cut from each decoded track per epoch (divides --batch-size; 1: one crop)")
-    p.add_argument("--eval-batch-size", type=int, default=8, help="whole tracks per rank and batch")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--clip-seconds", type=float, default=FeatureSpec.clip_seconds, help="training crop length")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gain-db", type=float, default=0.0, help="augment: random gain within +-N dB")
-    p.add_argument("--specaugment", action="store_true", help="augment: 2 frequency and 2 time masks per crop")
-    p.add_argument("--mixup", type=float, default=0.0, help="augment: mixup with Beta(a, a); 0 = off")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
-    p.add_argument("--nproc", default="1",
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=32, help="training crops per rank and step")
+    g.add_argument("--eval-batch-size", type=int, default=8, help="whole tracks per rank and batch")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--weight-decay", type=float, default=1e-2)
+    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sync-every", type=int, default=20,
+                   help="read the loss sums and the non-finite check from the device every N steps (1: every step)")
+    g = p.add_argument_group("augmentation (training only, all off by default)")
+    g.add_argument("--gain-db", type=float, default=0.0, help="random gain within +-N dB")
+    g.add_argument("--specaugment", action="store_true", help="2 frequency and 2 time masks per crop")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup with Beta(a, a); 0 = off")
+    g = p.add_argument_group("distributed")
+    g.add_argument("--nproc", default="1",
                    help="launch N local ranks (like torchrun --nproc-per-node N); 'auto': one per GPU, 2 on a CPU. "
                         "With CUDA, never more ranks than GPUs")
-    p.add_argument("--resume", action="store_true",
+    g.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--run-dir", default=None, help="output folder (default: runs/<timestamp>/)")
+    g.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR/last.pt, else prev.pt (default RUN_DIR: newest run); automatic after "
                         "an elastic restart")
-    p.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
-    p.add_argument("--sync-every", type=int, default=20,
-                   help="read the loss sums and the non-finite check from the device every N steps (1: every step)")
-    p.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
-    p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
+    g.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
     args = p.parse_args(argv)
+    if args.crops_per_track < 1 or args.batch_size % args.crops_per_track:
+        p.error(f"--crops-per-track {args.crops_per_track} must be >= 1 and divide --batch-size {args.batch_size}")
     if args.nproc == "auto":
         args.nproc = distributed.auto_nproc(args.cpu)
     elif not args.nproc.isdigit() or int(args.nproc) < 1:
@@ -77,37 +86,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.nproc = int(args.nproc)
     if args.sync_every < 1:
         p.error("--sync-every must be >= 1")
-    if args.crops_per_track < 1 or args.batch_size % args.crops_per_track:
-        p.error(f"--crops-per-track {args.crops_per_track} must be >= 1 and divide --batch-size {args.batch_size}")
     return args
 
 
-def newest_run(pattern_file: str) -> str | None:
-    runs = [os.path.join("runs", d) for d in os.listdir("runs")] if os.path.isdir("runs") else []
-    runs = [r for r in runs if os.path.isfile(os.path.join(r, pattern_file))]
-    return max(runs, key=lambda r: os.path.getmtime(os.path.join(r, pattern_file))) if runs else None
+@dataclass
+class Trainer:
+    """Everything the loop, the checkpoints and the reports share, built once by build()."""
+    args: argparse.Namespace
+    env: distributed.DistEnv
+    manifest: dict
+    spec: FeatureSpec
+    run_dir: str
+    model: torch.nn.Module          # the plain module: its weights go into checkpoints
+    net: torch.nn.Module            # what steps run through: DDP / torch.compile wrappers of `model`
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    amp: Amp
+    train_loader: DaliLoader
+    val_loader: DaliLoader
+    history: list[dict] = field(default_factory=list)
+    best: float = -1.0              # best validation track accuracy so far
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def steps(self) -> int:
+        return len(self.train_loader)
+
+    def log(self, *a, **k) -> None:
+        if self.env.is_main:
+            print(*a, **k)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def loader(self, split: str) -> DaliLoader:
+        """An evaluation loader (whole tracks, in order) of `split` for this rank."""
+        return DaliLoader(self.args.shards, split, self.spec, self.args.eval_batch_size, train=False,
+                          **loader_kw(self.args, self.env))
 
 
-def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:
-    """Every rank must agree on the folder: rank 0 decides and broadcasts it."""
-    run_dir = args.run_dir
-    if run_dir is None and env.is_main:
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-        run_dir = (newest_run("last.pt") if (args.resume or restarted) else None) or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    if env.distributed:
-        box = [run_dir]
-        torch.distributed.broadcast_object_list(box, src=0)
-        run_dir = box[0]
-    return run_dir
-
-
-def lr_lambda(warmup_steps: int, total_steps: int):
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return f
+def loader_kw(args: argparse.Namespace, env: distributed.DistEnv) -> dict:
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    return dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,178 +144,129 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
-
     env = distributed.setup(force_cpu=args.cpu)
-    torch.manual_seed(args.seed)
-    log = print if env.is_main else (lambda *a, **k: None)
+    try:
+        torch.manual_seed(args.seed)  # before the model is built: its initial weights follow the seed
+        t, start = build(args, env, manifest)
+    except checkpoint.CheckpointError as e:
+        if env.is_main:
+            print(f"train: error: {e}", file=sys.stderr)
+        distributed.teardown(env)
+        return 2
+    t.log(f"model {args.model}: {count_parameters(t.model):,} parameters | {env.world_size} rank(s) on "
+          f"{env.device.type} | precision {t.amp.name} | {manifest['splits']['train']['count']} training tracks x "
+          f"{args.crops_per_track} crops, {t.steps} steps/epoch | run dir {t.run_dir}")
+    if start.path:
+        t.log(f"resumed from {start.path} at epoch {start.epoch} step {start.step}")
+
+    watch = NonFiniteWatch(env, {s["uid"]: s["key"] for s in manifest["samples"]}) if t.amp.scaler is None else None
+    step, progress = start.step, start.progress
+    for epoch in range(start.epoch, args.epochs + 1):
+        stats = train_one_epoch(t, epoch, step, progress, watch)
+        step, progress = 0, None
+        val = evaluate(t.net, t.val_loader, t.spec, env, t.amp, len(t.classes))
+        end_epoch(t, epoch, stats, val)
+
+    result = finish(t)
+    distributed.teardown(env)
+    return result
+
+
+@dataclass
+class Start:
+    """Where the loop begins: epoch 1 step 0, or a checkpoint's position."""
+    epoch: int = 1
+    step: int = 0
+    progress: list[float] | None = None   # this rank's running epoch sums at `step` (mid-epoch resume)
+    path: str | None = None               # the checkpoint resumed from
+
+
+def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: dict) -> tuple[Trainer, Start]:
+    """Model, optimizer, loaders and schedule, and the state of a run being resumed."""
     run_dir = resolve_run_dir(args, env)
     os.makedirs(run_dir, exist_ok=True)
-    classes = manifest["classes"]
     spec = FeatureSpec.from_dict({**manifest["feature_spec"], "clip_seconds": args.clip_seconds})
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
-    loader_kw = dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed)
-
-    model = build_model(args.model, len(classes)).to(env.device)
+    model = build_model(args.model, len(manifest["classes"])).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         if env.distributed:  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     amp = Amp.create(env.device, args.amp)
-
-    # Resume: --resume, or automatically after torchrun restarted the job (--max-restarts).
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    state, rank_state = None, None
-    if args.resume or restarted:
-        try:
-            state, path = find_resume_state(run_dir, log)
-            if state is not None:
-                check_compatible(state, classes, spec, args, path)
-        except checkpoint.CheckpointError as e:
-            log(f"train: error: {e}", file=sys.stderr)
-            distributed.teardown(env)
-            return 2
-        if state is None and not restarted:
-            log(f"train: error: {run_dir}: no valid checkpoint to resume from", file=sys.stderr)
-            distributed.teardown(env)
-            return 2
-        if state is not None:
-            checkpoint.load_model_weights(model, state, path)
-            amp.load_state_dict(state["scaler"])
-            if len(state["rank_states"]) == env.world_size:
-                rank_state = state["rank_states"][env.rank]
-                torch.set_rng_state(rank_state["torch_rng"].cpu())
-                if env.device.type == "cuda" and "cuda_rng" in rank_state:
-                    torch.cuda.set_rng_state(rank_state["cuda_rng"].cpu())
-            elif state["step"] < state["steps"]:
-                log(f"warning: {path} was written by {len(state['rank_states'])} ranks, this run has "
-                    f"{env.world_size}: epoch {state['epoch']} restarts from its first step")
-                state["step"] = 0
+    state, path = resume(args, env, run_dir, manifest["classes"], spec)
+    rank_state = restore(state, path, model, amp, env) if state else None
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
                       time_masks=2 if args.specaugment else 0)
     train_loader = DaliLoader(args.shards, "train", spec, args.batch_size // args.crops_per_track, train=True,
                               augment=augment, crops=args.crops_per_track,
-                              state=rank_state["loader"] if rank_state else None, **loader_kw)
-    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw)
+                              state=rank_state["loader"] if rank_state else None, **loader_kw(args, env))
+    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw(args, env))
     net = torch.compile(model) if args.compile else model  # checkpoints keep the plain module's weights
-    ddp = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.distributed else net
+    if env.distributed:
+        net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
-    log(f"model {args.model}: {count_parameters(model):,} parameters | {env.world_size} rank(s) on {env.device.type} "
-        f"| precision {amp.name} | {manifest['splits']['train']['count']} training tracks x {args.crops_per_track} crops, "
-        f"{steps} steps/epoch "
-        f"| run dir {run_dir}")
+    t = Trainer(args, env, manifest, spec, run_dir, model, net, optimizer, scheduler, amp, train_loader, val_loader)
+    if state is None:
+        return t, Start()
+    # after the scheduler's constructor, which overwrites the optimizer's learning rate
+    optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    t.history, t.best = state["history"], state["best_metric"]
+    if state["step"] >= state["steps"]:
+        return t, Start(state["epoch"] + 1, 0, None, path)
+    return t, Start(state["epoch"], state["step"], rank_state["progress"] if rank_state and state["step"] else None,
+                    path)
 
-    epoch, first_step, best, history = 1, 0, -1.0, []
-    if state is not None:  # after the scheduler's constructor, which overwrites the optimizer's lr
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        epoch, first_step, best, history = state["epoch"], state["step"], state["best_metric"], state["history"]
-        if first_step >= state["steps"]:
-            epoch, first_step = epoch + 1, 0
-        log(f"resumed from {path} at epoch {epoch} step {first_step}")
-    best_path = os.path.join(run_dir, "best.pt")
 
-    def save_state(epoch: int, done: int, progress: list[float], **extra) -> None:
-        """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (previous one kept as prev.pt)."""
-        mine = {"loader": train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": progress}
-        if env.device.type == "cuda":
-            mine["cuda_rng"] = torch.cuda.get_rng_state()
-        ranks = distributed.all_gather_object(mine, env)
+def resume(args: argparse.Namespace, env: distributed.DistEnv, run_dir: str, classes: list[str],
+           spec: FeatureSpec) -> tuple[dict | None, str | None]:
+    """The checkpoint to continue from and its path, checked against this run; (None, None) for a
+    fresh start.
+
+    --resume, or automatically after torchrun restarted the job (--max-restarts). Raises
+    CheckpointError with one line for a checkpoint that cannot or must not be continued.
+    """
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    if not (args.resume or restarted):
+        return None, None
+    state, path = None, None
+    for name in ("last.pt", "prev.pt"):  # the newest readable one; damaged ones are skipped, named
+        candidate = os.path.join(run_dir, name)
+        if os.path.exists(candidate):
+            try:
+                state, path = checkpoint.load(candidate), candidate
+                break
+            except checkpoint.CheckpointError as e:
+                if env.is_main:
+                    print(f"warning: skipping {e}", file=sys.stderr)
+    if state is None:
+        if restarted:  # the first attempt died before its first checkpoint: start over
+            return None, None
+        raise checkpoint.CheckpointError(f"{run_dir}: no valid checkpoint to resume from")
+    check_compatible(state, classes, spec, args, path)
+    return state, path
+
+
+def restore(state: dict, path: str, model: torch.nn.Module, amp: Amp, env: distributed.DistEnv) -> dict | None:
+    """Load the weights, the GradScaler and this rank's RNG; returns this rank's saved stream state,
+    or None when the checkpoint's world size differs (then a mid-epoch position restarts its epoch)."""
+    checkpoint.load_model_weights(model, state, path)
+    amp.load_state_dict(state["scaler"])
+    if len(state["rank_states"]) == env.world_size:
+        rank_state = state["rank_states"][env.rank]
+        torch.set_rng_state(rank_state["torch_rng"].cpu())
+        if env.device.type == "cuda" and "cuda_rng" in rank_state:
+            torch.cuda.set_rng_state(rank_state["cuda_rng"].cpu())
+        return rank_state
+    if state["step"] < state["steps"]:
         if env.is_main:
-            checkpoint.save_rotating(run_dir, {
-                "model_name": args.model, "model": model.state_dict(), "classes": classes,
-                "feature_spec": spec.to_dict(), "args": vars(args), "epoch": epoch, "step": done, "steps": steps,
-                "history": history, "best_metric": best, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": amp.state_dict(), "rank_states": ranks, **extra})
-
-    uid_to_key = {s["uid"]: s["key"] for s in manifest["samples"]}
-    # fp16 overflow is the GradScaler's job (it skips the step); any other non-finite loss stops the job
-    watch = NonFiniteWatch(env, uid_to_key) if amp.scaler is None else None
-    for epoch in range(epoch, args.epochs + 1):
-        ddp.train()
-        # carried over a mid-epoch resume
-        sums = RunningSums(env.device, rank_state["progress"] if (rank_state and first_step) else None)
-        bar = _bar(env, steps, f"epoch {epoch}/{args.epochs}", first_step)
-        it = iter(train_loader)
-        t0 = time.perf_counter()
-        for step in range(first_step, steps):
-            tw = time.perf_counter()
-            b = next(it)
-            sums.data_wait += time.perf_counter() - tw
-            with no_sync_check(env.device):  # nothing here may wait for the GPU
-                x = b.x.contiguous(memory_format=torch.channels_last) if env.device.type == "cuda" else b.x
-                target = b.y
-                if args.mixup > 0:
-                    x, target = mixup(x, b.y, len(classes), args.mixup)
-                with amp.autocast():
-                    logits = ddp(x)
-                per_sample = F.cross_entropy(logits.float(), target, reduction="none",
-                                             label_smoothing=args.label_smoothing)
-                loss = (per_sample * b.weight).sum() / b.weight.sum().clamp(min=1.0)
-                amp.step(loss, optimizer)
-                scheduler.step()
-                sums.add(per_sample, logits.argmax(1) == b.y, b.weight)
-                if watch is not None:
-                    watch.note(loss, step, b.uid)
-            sync = (step + 1) % args.sync_every == 0
-            ckpt = args.ckpt_every and (step + 1) % args.ckpt_every == 0 and step + 1 < steps
-            if watch is not None and (sync or ckpt or step + 1 == steps):
-                watch.check(epoch)
-            if bar is not None:
-                bar.update()
-                if sync or step == first_step:  # reading the loss waits for the GPU: not every step
-                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if ckpt:
-                save_state(epoch, step + 1, sums.progress(time.perf_counter() - t0))
-            strike_test_fault(epoch, step + 1, env.rank)
-        for _ in it:  # let DALI close the epoch; FILL policy gives exactly `steps` batches
-            raise RuntimeError("DALI delivered more batches than expected")
-        first_step = 0
-        if env.device.type == "cuda":
-            torch.cuda.synchronize()
-        sums.seconds += time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        tot = sums.reduce(env)
-        val = evaluate(ddp, val_loader, spec, env, amp, len(classes))
-        h = {"epoch": epoch, "train_loss": tot.loss, "train_acc": tot.acc,
-             "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
-             "lr": scheduler.get_last_lr()[0], "samples_per_s": tot.samples_per_s, "data_wait": tot.data_wait,
-             "epoch_seconds": tot.seconds}
-        history.append(h)
-        log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
-            f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
-            f"| data wait {100 * h['data_wait']:.1f}%")
-        improved = val.track_acc > best
-        best = max(best, val.track_acc)
-        save_state(epoch, steps, [0.0] * 5)
-        if env.is_main:
-            if improved:
-                shutil.copyfile(os.path.join(run_dir, "last.pt"), best_path + ".tmp")
-                os.replace(best_path + ".tmp", best_path)
-            report.plot_curves(history, os.path.join(run_dir, "curves.png"))
-        distributed.barrier(env)
-
-    result = finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_path, loader_kw, manifest)
-    distributed.teardown(env)
-    return result
-
-
-def find_resume_state(run_dir: str, log) -> tuple[dict | None, str | None]:
-    """The newest readable checkpoint: last.pt, else prev.pt. Unreadable ones are skipped with a warning."""
-    for name in ("last.pt", "prev.pt"):
-        path = os.path.join(run_dir, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            return checkpoint.load(path), path
-        except checkpoint.CheckpointError as e:
-            log(f"warning: skipping {e}", file=sys.stderr)
-    return None, None
+            print(f"warning: {path} was written by {len(state['rank_states'])} ranks, this run has "
+                  f"{env.world_size}: epoch {state['epoch']} restarts from its first step")
+        state["step"] = 0
+    return None
 
 
 def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: argparse.Namespace, path: str) -> None:
@@ -309,36 +284,144 @@ def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: a
             raise checkpoint.CheckpointError(f"{path}: was trained with {flag} {was}; resume with the same value")
 
 
-def finish(args, env, model, ddp, spec, amp, classes, history, run_dir, best_path, loader_kw, manifest) -> int:
+def train_one_epoch(t: Trainer, epoch: int, first_step: int, progress: list[float] | None,
+                    watch: NonFiniteWatch | None) -> EpochStats:
+    """Steps first_step..steps-1 of `epoch` on this rank; returns the epoch's figures over all ranks.
+
+    `progress`: the running sums saved with a mid-epoch checkpoint, so a resumed epoch's figures
+    equal an uninterrupted one's. Nothing in a step reads from the device: the sums and the
+    non-finite check are read every --sync-every steps (training/stats.py).
+    """
+    args, env = t.args, t.env
+    t.net.train()
+    sums = RunningSums(env.device, progress)
+    bar = _bar(env, t.steps, f"epoch {epoch}/{args.epochs}", first_step)
+    it = iter(t.train_loader)
+    t0 = time.perf_counter()
+    for step in range(first_step, t.steps):
+        tw = time.perf_counter()
+        b = next(it)
+        sums.data_wait += time.perf_counter() - tw
+        with no_sync_check(env.device):  # nothing here may wait for the GPU
+            r = train_step(t.net, b.x, b.y, b.weight, t.optimizer, t.amp, n_classes=len(t.classes),
+                           label_smoothing=args.label_smoothing, mixup_alpha=args.mixup)
+            t.scheduler.step()
+            sums.add(r.per_sample, r.logits.argmax(1) == b.y, b.weight)
+            if watch is not None:
+                watch.note(r.loss, step, b.uid)
+        done = step + 1
+        sync = done % args.sync_every == 0
+        ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done < t.steps
+        if watch is not None and (sync or ckpt or done == t.steps):
+            watch.check(epoch)  # before any checkpoint: nothing is saved after a non-finite loss
+        if bar is not None:
+            bar.update()
+            if sync or step == first_step:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{r.loss.item():.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
+        if ckpt:
+            save_checkpoint(t, epoch, done, sums.progress(time.perf_counter() - t0))
+        strike_test_fault(epoch, done, env.rank)
+    for _ in it:  # let DALI close the epoch; FILL policy gives exactly `steps` batches
+        raise RuntimeError("DALI delivered more batches than expected")
+    if env.device.type == "cuda":
+        torch.cuda.synchronize()
+    sums.seconds += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return sums.reduce(env)
+
+
+def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> None:
+    """Log the epoch, checkpoint it (last.pt; best.pt on a new best validation accuracy), plot curves."""
+    h = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
+         "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
+         "lr": t.scheduler.get_last_lr()[0], "samples_per_s": stats.samples_per_s, "data_wait": stats.data_wait,
+         "epoch_seconds": stats.seconds}
+    t.history.append(h)
+    t.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
+          f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
+          f"| data wait {100 * h['data_wait']:.1f}%")
+    improved = val.track_acc > t.best
+    t.best = max(t.best, val.track_acc)
+    save_checkpoint(t, epoch, t.steps, [0.0] * 5)
+    if t.env.is_main:
+        if improved:
+            shutil.copyfile(t.path("last.pt"), t.path("best.pt.tmp"))
+            os.replace(t.path("best.pt.tmp"), t.path("best.pt"))
+        report.plot_curves(t.history, t.path("curves.png"))
+    distributed.barrier(t.env)
+
+
+def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float]) -> None:
+    """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (the one it replaces
+    becomes prev.pt). The format is documented in training/checkpoint.py."""
+    env = t.env
+    mine = {"loader": t.train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": progress}
+    if env.device.type == "cuda":
+        mine["cuda_rng"] = torch.cuda.get_rng_state()
+    ranks = distributed.all_gather_object(mine, env)
+    if env.is_main:
+        checkpoint.save_rotating(t.run_dir, {
+            "model_name": t.args.model, "model": t.model.state_dict(), "classes": t.classes,
+            "feature_spec": t.spec.to_dict(), "args": vars(t.args), "epoch": epoch, "step": done, "steps": t.steps,
+            "history": t.history, "best_metric": t.best, "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(), "scaler": t.amp.state_dict(), "rank_states": ranks})
+
+
+def finish(t: Trainer) -> int:
     """Test-split accuracy of the best checkpoint, metrics.json, confusion matrix, summary."""
-    metrics: dict = {"history": history, "classes": classes, "args": vars(args), "world_size": env.world_size,
-                     "device": env.device.type, "precision": amp.name}
-    if os.path.exists(best_path):
-        best_state = checkpoint.load(best_path, map_location=env.device)
-        checkpoint.load_model_weights(model, best_state, best_path)
+    env, args = t.env, t.args
+    metrics: dict = {"history": t.history, "classes": t.classes, "args": vars(args), "world_size": env.world_size,
+                     "device": env.device.type, "precision": t.amp.name}
+    if os.path.exists(t.path("best.pt")):
+        best_state = checkpoint.load(t.path("best.pt"), map_location=env.device)
+        checkpoint.load_model_weights(t.model, best_state, t.path("best.pt"))
         metrics["best_epoch"] = best_state["epoch"]
-    if manifest["splits"]["test"]["count"]:
-        test_loader = DaliLoader(args.shards, "test", spec, args.eval_batch_size, train=False, **loader_kw)
-        test = evaluate(ddp, test_loader, spec, env, amp, len(classes))
+    if t.manifest["splits"]["test"]["count"]:
+        test = evaluate(t.net, t.loader("test"), t.spec, env, t.amp, len(t.classes))
         metrics["test"] = {"track_acc": test.track_acc, "segment_acc": test.segment_acc, "loss": test.loss,
-                           "tracks": test.tracks, "per_class": test.per_class(classes),
+                           "tracks": test.tracks, "per_class": test.per_class(t.classes),
                            "confusion": test.confusion.tolist()}
         if env.is_main:
-            report.plot_confusion(test.confusion, classes, os.path.join(run_dir, "confusion.png"))
+            report.plot_confusion(test.confusion, t.classes, t.path("confusion.png"))
     if env.is_main:
-        report.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-        last = history[-1] if history else {}
-        print(f"\n== {run_dir} ==")
-        print(f"best val acc {max((h['val_track_acc'] for h in history), default=float('nan')):.3f} "
+        report.write_json(t.path("metrics.json"), metrics)
+        last = t.history[-1] if t.history else {}
+        print(f"\n== {t.run_dir} ==")
+        print(f"best val acc {max((h['val_track_acc'] for h in t.history), default=float('nan')):.3f} "
               f"(epoch {metrics.get('best_epoch', '-')}), last train acc {last.get('train_acc', float('nan')):.3f}, "
               f"{last.get('samples_per_s', 0):.1f} samples/s, data wait {100 * last.get('data_wait', 0):.1f}%")
         if "test" in metrics:
-            t = metrics["test"]
-            print(f"test acc {t['track_acc']:.3f} on {t['tracks']} tracks (windows {t['segment_acc']:.3f})")
-            worst = sorted(t["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
+            m = metrics["test"]
+            print(f"test acc {m['track_acc']:.3f} on {m['tracks']} tracks (windows {m['segment_acc']:.3f})")
+            worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
-        print(f"checkpoints: {best_path}, {os.path.join(run_dir, 'last.pt')} | reports: metrics.json, curves.png, confusion.png")
+        print(f"checkpoints: {t.path('best.pt')}, {t.path('last.pt')} | reports: metrics.json, curves.png, confusion.png")
     return 0
+
+
+def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:
+    """Every rank must agree on the folder: rank 0 decides and broadcasts it."""
+    run_dir = args.run_dir
+    if run_dir is None and env.is_main:
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        run_dir = ((checkpoint.newest_run("last.pt") if (args.resume or restarted) else None)
+                   or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    if env.distributed:
+        box = [run_dir]
+        torch.distributed.broadcast_object_list(box, src=0)
+        run_dir = box[0]
+    return run_dir
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """Linear warm-up to the peak learning rate, then cosine decay to 0 at the last step."""
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
 
 
 def strike_test_fault(epoch: int, done: int, rank: int) -> None:
@@ -354,7 +437,7 @@ def strike_test_fault(epoch: int, done: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
 
 
-def _bar(env, total: int, desc: str, initial: int = 0):
+def _bar(env: distributed.DistEnv, total: int, desc: str, initial: int = 0):
     if not env.is_main:
         return None
     from tqdm import tqdm

@@ -17,28 +17,13 @@ reflects the signal) unless the track is too short to avoid it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
-from pipeline.spec import FeatureSpec
+from pipeline.spec import Augment, FeatureSpec  # noqa: F401  (Augment: importable from here too)
 
 READER_NAME = "reader"
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training-time augmentation, done inside the graph on the features' device. Off in evaluation."""
-    gain_db: float = 0.0        # random gain, uniform in [-gain_db, +gain_db] dB, applied to the audio
-    freq_masks: int = 0         # SpecAugment: number of frequency masks, each up to freq_width mel bands
-    freq_width: int = 16
-    time_masks: int = 0         # SpecAugment: number of time masks, each up to time_width frames
-    time_width: int = 20
-
-    @property
-    def active(self) -> bool:
-        return bool(self.gain_db or self.freq_masks or self.time_masks)
 
 
 def draw_masks(aug: Augment) -> list:

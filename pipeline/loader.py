@@ -19,7 +19,7 @@ import torch
 from pipeline.spec import FeatureSpec
 
 if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no DALI never load it
-    from pipeline.dali_graph import Augment
+    from pipeline.spec import Augment
 
 
 @dataclass

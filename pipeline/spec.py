@@ -56,3 +56,20 @@ class FeatureSpec:
         if unknown:
             raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)}")
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation, done inside the DALI graph on the features' device. Off in evaluation.
+
+    Defined here, not in the graph module, so that train.py can build one without importing DALI.
+    """
+    gain_db: float = 0.0        # random gain, uniform in [-gain_db, +gain_db] dB, applied to the audio
+    freq_masks: int = 0         # SpecAugment: number of frequency masks, each up to freq_width mel bands
+    freq_width: int = 16
+    time_masks: int = 0         # SpecAugment: number of time masks, each up to time_width frames
+    time_width: int = 20
+
+    @property
+    def active(self) -> bool:
+        return bool(self.gain_db or self.freq_masks or self.time_masks)

@@ -70,6 +70,13 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     return state
 
 
+def newest_run(filename: str, runs: str = "runs") -> str | None:
+    """The folder under `runs` whose `filename` (e.g. last.pt, best.pt) was written last, or None."""
+    dirs = [os.path.join(runs, d) for d in os.listdir(runs)] if os.path.isdir(runs) else []
+    dirs = [d for d in dirs if os.path.isfile(os.path.join(d, filename))]
+    return max(dirs, key=lambda d: os.path.getmtime(os.path.join(d, filename))) if dirs else None
+
+
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str) -> None:
     """Load weights, turning a shape mismatch into one readable line."""
     own = model.state_dict()

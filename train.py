@@ -272,8 +272,9 @@ def restore(state: dict, path: str, model: torch.nn.Module, amp: Amp, env: distr
 def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: argparse.Namespace, path: str) -> None:
     if state["classes"] != classes:
         raise checkpoint.CheckpointError(f"{path}: classes {state['classes']} differ from the shards' {classes}")
-    if state["feature_spec"] != spec.to_dict():
-        diff = [k for k, v in spec.to_dict().items() if state["feature_spec"].get(k) != v]
+    saved = FeatureSpec.from_dict(state["feature_spec"]).to_dict()
+    if saved != spec.to_dict():
+        diff = [k for k, v in spec.to_dict().items() if saved.get(k) != v]
         raise checkpoint.CheckpointError(f"{path}: FeatureSpec differs from this run's in {', '.join(diff)}")
     if state["model_name"] != args.model:
         raise checkpoint.CheckpointError(f"{path}: holds model '{state['model_name']}', this run asks for '{args.model}'")

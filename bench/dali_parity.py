@@ -50,7 +50,7 @@ def dali_stages(audio: np.ndarray, power_ref: np.ndarray, spec) -> tuple[np.ndar
         power = fn.spectrogram(a, nfft=spec.n_fft, window_length=spec.n_fft, window_step=spec.hop_length,
                                window_fn=periodic_hann(spec.n_fft), center_windows=True, reflect_padding=True,
                                power=2, layout="ft")
-        kw = dict(sample_rate=spec.sample_rate, nfilter=spec.n_mels, freq_low=spec.f_min, freq_high=spec.fmax,
+        kw = dict(sample_rate=spec.sample_rate, nfilter=spec.n_mels, freq_low=spec.f_min, freq_high=spec.f_max,
                   mel_formula=spec.mel_scale, normalize=spec.mel_norm == "slaney")
         return power, fn.mel_filter_bank(power, **kw), fn.mel_filter_bank(p_in, **kw)
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pcm = pcm[:, 0]
     audio = (pcm / 32768.0).astype(np.float32)  # what soundfile and DALI's decoder return
-    fb = librosa.filters.mel(sr=sr, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.f_min, fmax=spec.fmax,
+    fb = librosa.filters.mel(sr=sr, n_fft=spec.n_fft, n_mels=spec.n_mels, fmin=spec.f_min, fmax=spec.f_max,
                              htk=spec.mel_scale == "htk", norm="slaney" if spec.mel_norm == "slaney" else None,
                              dtype=np.float64)
 

@@ -166,7 +166,7 @@ def librosa_db(path: str, spec: Any) -> Any:
     mel = librosa.feature.melspectrogram(
         y=y, sr=spec.sample_rate, n_fft=spec.n_fft, hop_length=spec.hop_length, win_length=spec.n_fft,
         window="hann", center=True, pad_mode="reflect", power=2.0, n_mels=spec.n_mels, fmin=spec.f_min,
-        fmax=spec.fmax, htk=spec.mel_scale == "htk", norm="slaney" if spec.mel_norm == "slaney" else None)
+        fmax=spec.f_max, htk=spec.mel_scale == "htk", norm="slaney" if spec.mel_norm == "slaney" else None)
     return librosa.power_to_db(mel, ref=1.0, amin=10.0 ** (spec.db_floor / 10.0), top_db=None)
 
 

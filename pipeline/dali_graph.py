@@ -24,6 +24,8 @@ import nvidia.dali.math as dmath
 from pipeline.spec import Augment, FeatureSpec  # noqa: F401  (Augment: importable from here too)
 
 READER_NAME = "reader"
+# The graph's outputs, in order, as the loader names them: features, label, sample id, track length.
+OUTPUTS = ("x", "y", "uid", "n")
 
 
 def draw_masks(aug: Augment) -> list:
@@ -55,24 +57,20 @@ def mel_db(audio, spec: FeatureSpec, cutoff_db: float, center: bool = True):
                            window_fn=periodic_hann(spec.n_fft), center_windows=center, reflect_padding=center,
                            power=2, layout="ft")
     mel = fn.mel_filter_bank(power, sample_rate=spec.sample_rate, nfilter=spec.n_mels, freq_low=spec.f_min,
-                             freq_high=spec.fmax, mel_formula=spec.mel_scale, normalize=spec.mel_norm == "slaney")
+                             freq_high=spec.f_max, mel_formula=spec.mel_scale, normalize=spec.mel_norm == "slaney")
     return fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=cutoff_db)
-
-
-def normalise(db, spec: FeatureSpec):
-    return (db - spec.norm_mean) * (1.0 / spec.norm_std)
 
 
 def log_mel(audio, spec: FeatureSpec):
     """The FeatureSpec's normalised log-mel (pipeline.features_torch.LogMel is its torchaudio twin)."""
-    return normalise(mel_db(audio, spec, spec.db_floor), spec)
+    return spec.normalise(mel_db(audio, spec, spec.db_floor))
 
 
 @pipeline_def(enable_conditionals=False)
 def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, train: bool,
                    shard_id: int, num_shards: int, on_gpu: bool, shuffle_buffer: int = 1024,
                    augment: Augment | None = None, crops: int = 1, crop_from: str | None = None):
-    """Outputs (features, label, uid, n_samples).
+    """Outputs OUTPUTS: (features, label, uid, n_samples).
 
     train=True: shuffled; `crops` independent random windows of spec.clip_frames per track, cut
     from the track's log-mel at frame boundaries (floor-padded if the track is short), each with
@@ -117,14 +115,14 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
         # the audio first, bin for bin (bins below the floor stay at it).
         track = mel_db(audio.gpu() if on_gpu else audio, spec, spec.db_floor - gain)
         if not gain:
-            track = normalise(track, spec)  # once per track rather than once per crop
+            track = spec.normalise(track)  # once per track rather than once per crop
     feats = []
     for start, g, masks in draws:
         if crop_from == "features":
             f = fn.slice(track, start=start, shape=[clip], axes=[1], out_of_bounds_policy="pad",
                          fill_values=spec.db_floor - gain if gain else spec.floor_value)
             if gain:
-                f = normalise(dmath.max(f + (g.gpu() if on_gpu else g), spec.db_floor), spec)
+                f = spec.normalise(dmath.max(f + (g.gpu() if on_gpu else g), spec.db_floor))
         else:
             # the crop's samples and half a window either side: its uncentred frames are the
             # track's centred frames start .. start + clip - 1
@@ -132,7 +130,7 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
                             out_of_bounds_policy="pad", fill_values=0.0)
             if gain:
                 crop = crop * dmath.pow(10.0, g / 20.0)
-            f = normalise(mel_db(crop.gpu() if on_gpu else crop, spec, spec.db_floor, center=False), spec)
+            f = spec.normalise(mel_db(crop.gpu() if on_gpu else crop, spec, spec.db_floor, center=False))
         f = spec_augment(f, masks)
         feats.append(f)
     return fn.stack(*feats), label, uid, n

@@ -16,14 +16,13 @@ class LogMel(torch.nn.Module):
         self.spec = spec
         self.mel = T.MelSpectrogram(
             sample_rate=spec.sample_rate, n_fft=spec.n_fft, win_length=spec.n_fft, hop_length=spec.hop_length,
-            f_min=spec.f_min, f_max=spec.fmax, n_mels=spec.n_mels, window_fn=torch.hann_window, power=2.0,
+            f_min=spec.f_min, f_max=spec.f_max, n_mels=spec.n_mels, window_fn=torch.hann_window, power=2.0,
             center=True, pad_mode="reflect", norm=spec.mel_norm, mel_scale=spec.mel_scale)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """(..., samples) float audio -> (..., mels, frames) normalised log-mel."""
         power = self.mel(audio.float())
-        db = 10.0 * torch.log10(torch.clamp(power, min=10.0 ** (self.spec.db_floor / 10.0)))
-        return (db - self.spec.norm_mean) / self.spec.norm_std
+        return self.spec.normalise(10.0 * torch.log10(torch.clamp(power, min=self.spec.amin)))
 
     def long(self, audio: torch.Tensor, chunk_frames: int = 4096) -> torch.Tensor:
         """Log-mel of a 1-D signal of any length in bounded memory; equals forward(audio).

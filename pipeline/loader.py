@@ -55,7 +55,7 @@ class DaliLoader:
                  augment: "Augment | None" = None, crops: int = 1, crop_from: str | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        from pipeline.dali_graph import READER_NAME, audio_pipeline
+        from pipeline.dali_graph import OUTPUTS, READER_NAME, audio_pipeline
 
         manifest = read_manifest(shard_dir)
         files, index_files = split_files(shard_dir, manifest, split)
@@ -74,7 +74,7 @@ class DaliLoader:
             enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment,
             crops=crops, crop_from=crop_from)
         self.crops = crops if train else 0
-        self.it = DALIGenericIterator([self.pipe], ["x", "y", "uid", "n"], reader_name=READER_NAME,
+        self.it = DALIGenericIterator([self.pipe], list(OUTPUTS), reader_name=READER_NAME,
                                       last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
         self.batches = math.ceil(math.ceil(self.size / n_shards) / batch_size)
         self.device = device

@@ -17,13 +17,17 @@ class FeatureSpec:
     hop_length: int = 512
     n_mels: int = 128
     f_min: float = 0.0
-    f_max: float | None = None     # None: Nyquist
+    f_max: float | None = None     # highest mel frequency; None is stored as Nyquist (sample_rate / 2)
     mel_scale: str = "slaney"      # mel formula and filter normalisation, as librosa's defaults
     mel_norm: str = "slaney"
     clip_seconds: float = 3.0      # length of one model input window
     db_floor: float = -100.0       # 10*log10(max(power, 1e-10)), librosa's amin
     norm_mean: float = -20.0       # fixed affine normalisation of dB values: (db - mean) / std
     norm_std: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.f_max is None:  # one name for the top frequency: resolved here, once
+            object.__setattr__(self, "f_max", self.sample_rate / 2)
 
     @property
     def clip_samples(self) -> int:
@@ -35,16 +39,25 @@ class FeatureSpec:
         return 1 + self.clip_samples // self.hop_length
 
     @property
+    def amin(self) -> float:
+        """The power floor: 10 ** (db_floor / 10) (librosa's `amin`)."""
+        return 10.0 ** (self.db_floor / 10.0)
+
+    def normalise(self, db):
+        """dB -> model input. Element-wise on anything with arithmetic: DALI nodes, tensors, arrays, floats."""
+        return (db - self.norm_mean) * (1.0 / self.norm_std)
+
+    def denormalise(self, x):
+        """Model input -> dB (the inverse of normalise)."""
+        return x * self.norm_std + self.norm_mean
+
+    @property
     def floor_value(self) -> float:
         """The normalised value of silence (zero padding)."""
-        return (self.db_floor - self.norm_mean) / self.norm_std
+        return self.normalise(self.db_floor)
 
     def valid_frames(self, n_samples: int) -> int:
         return 1 + n_samples // self.hop_length
-
-    @property
-    def fmax(self) -> float:
-        return float(self.f_max) if self.f_max is not None else self.sample_rate / 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,7 +10,8 @@ def test_models_take_crops_and_any_window_length(name):
     """Training crops and predict.py's windows differ in length: global pooling must take both."""
     torch.manual_seed(0)
     m = build_model(name, 7).eval()
-    assert 1e5 < count_parameters(m) < 1e7
+    low = 1e4 if name == "tiny" else 1e5  # tiny: the baseline's shape at 8-32 channels, for tests
+    assert low < count_parameters(m) < 1e7
     for frames in (FeatureSpec().clip_frames, 431, 40):
         with torch.no_grad():
             out = m(torch.randn(3, 1, 128, frames))

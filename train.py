@@ -12,6 +12,7 @@ Reading order: main() -> build() -> resume() -> train_one_epoch() / validate -> 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shutil
@@ -26,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import MODELS, build_model, count_parameters  # noqa: E402
-from pipeline.loader import DaliLoader, read_manifest  # noqa: E402  (DALI itself loads when a loader is made)
+from pipeline.loader import DaliLoader  # noqa: E402  (DALI itself loads when a loader is made)
+from pipeline.shards import Manifest, read_manifest  # noqa: E402
 from pipeline.spec import Augment, FeatureSpec  # noqa: E402
 from training import checkpoint, distributed, report  # noqa: E402
 from training.amp import Amp  # noqa: E402
@@ -94,7 +96,7 @@ class Trainer:
     """Everything the loop, the checkpoints and the reports share, built once by build()."""
     args: argparse.Namespace
     env: distributed.DistEnv
-    manifest: dict
+    manifest: Manifest
     spec: FeatureSpec
     run_dir: str
     model: torch.nn.Module          # the plain module: its weights go into checkpoints
@@ -109,7 +111,7 @@ class Trainer:
 
     @property
     def classes(self) -> list[str]:
-        return self.manifest["classes"]
+        return self.manifest.classes
 
     @property
     def steps(self) -> int:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
     try:
         manifest = read_manifest(args.shards)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     env = distributed.setup(force_cpu=args.cpu)
@@ -154,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown(env)
         return 2
     t.log(f"model {args.model}: {count_parameters(t.model):,} parameters | {env.world_size} rank(s) on "
-          f"{env.device.type} | precision {t.amp.name} | {manifest['splits']['train']['count']} training tracks x "
+          f"{env.device.type} | precision {t.amp.name} | {manifest.splits['train'].count} training tracks x "
           f"{args.crops_per_track} crops, {t.steps} steps/epoch | run dir {t.run_dir}")
     if start.path:
         t.log(f"resumed from {start.path} at epoch {start.epoch} step {start.step}")
 
-    watch = NonFiniteWatch(env, {s["uid"]: s["key"] for s in manifest["samples"]}) if t.amp.scaler is None else None
+    watch = NonFiniteWatch(env, manifest.key_of()) if t.amp.scaler is None else None
     step, progress = start.step, start.progress
     for epoch in range(start.epoch, args.epochs + 1):
         stats = train_one_epoch(t, epoch, step, progress, watch)
@@ -181,19 +183,19 @@ class Start:
     path: str | None = None               # the checkpoint resumed from
 
 
-def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: dict) -> tuple[Trainer, Start]:
+def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest) -> tuple[Trainer, Start]:
     """Model, optimizer, loaders and schedule, and the state of a run being resumed."""
     run_dir = resolve_run_dir(args, env)
     os.makedirs(run_dir, exist_ok=True)
-    spec = FeatureSpec.from_dict({**manifest["feature_spec"], "clip_seconds": args.clip_seconds})
-    model = build_model(args.model, len(manifest["classes"])).to(env.device)
+    spec = dataclasses.replace(manifest.spec, clip_seconds=args.clip_seconds)
+    model = build_model(args.model, len(manifest.classes)).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         if env.distributed:  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     amp = Amp.create(env.device, args.amp)
-    state, path = resume(args, env, run_dir, manifest["classes"], spec)
+    state, path = resume(args, env, run_dir, manifest.classes, spec)
     rank_state = restore(state, path, model, amp, env) if state else None
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
@@ -378,7 +380,7 @@ def finish(t: Trainer) -> int:
         best_state = checkpoint.load(t.path("best.pt"), map_location=env.device)
         checkpoint.load_model_weights(t.model, best_state, t.path("best.pt"))
         metrics["best_epoch"] = best_state["epoch"]
-    if t.manifest["splits"]["test"]["count"]:
+    if t.manifest.splits["test"].count:
         test = evaluate(t.net, t.loader("test"), t.spec, env, t.amp, len(t.classes))
         metrics["test"] = {"track_acc": test.track_acc, "segment_acc": test.segment_acc, "loss": test.loss,
                            "tracks": test.tracks, "per_class": test.per_class(t.classes),

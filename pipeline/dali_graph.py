@@ -21,6 +21,7 @@ import math
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
+from pipeline.shards import AUDIO, LABEL, UID
 from pipeline.spec import Augment, FeatureSpec  # noqa: F401  (Augment: importable from here too)
 
 READER_NAME = "reader"
@@ -80,7 +81,7 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
     cuts it into windows (pipeline.windows) so evaluation covers the whole track.
     """
     wav, label, uid = fn.readers.webdataset(
-        paths=files, index_paths=index_files, ext=["wav", "lab", "uid"],
+        paths=files, index_paths=index_files, ext=[AUDIO, LABEL, UID],  # pipeline/shards.py: int32 label, int64 uid
         dtypes=[types.UINT8, types.INT32, types.INT64], missing_component_behavior="error",
         random_shuffle=train, initial_fill=shuffle_buffer, shard_id=shard_id, num_shards=num_shards,
         pad_last_batch=True, name=READER_NAME)

@@ -7,15 +7,14 @@ batch the same way. Those repeats carry weight 0: each sample counts exactly onc
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.shards import Manifest, read_manifest  # noqa: F401  (read_manifest: importable from here too)
 from pipeline.spec import FeatureSpec
 
 if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no DALI never load it
@@ -32,20 +31,6 @@ class Batch:
     counted: torch.Tensor  # (B,) bool on the host: weight > 0, for selecting rows without a device sync
 
 
-def read_manifest(shard_dir: str) -> dict:
-    path = os.path.join(shard_dir, "manifest.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest; run preprocess/make_shards.py first")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def split_files(shard_dir: str, manifest: dict, split: str) -> tuple[list[str], list[str]]:
-    names = manifest["splits"][split]["shards"]
-    tars = [os.path.join(shard_dir, n) for n in names]
-    return tars, [t[:-4] + ".idx" for t in tars]
-
-
 class DaliLoader:
     """`batch_size` counts tracks; with train=True each track yields `crops` rows (see audio_pipeline)."""
 
@@ -58,10 +43,10 @@ class DaliLoader:
         from pipeline.dali_graph import OUTPUTS, READER_NAME, audio_pipeline
 
         manifest = read_manifest(shard_dir)
-        files, index_files = split_files(shard_dir, manifest, split)
+        files, index_files = manifest.shard_paths(shard_dir, split)
         if not files:
             raise ValueError(f"{shard_dir}: split '{split}' has no shards")
-        self.split, self.size = split, manifest["splits"][split]["count"]
+        self.split, self.size = split, manifest.splits[split].count
         # DALI needs a sample per shard. With fewer samples than ranks, the extra ranks re-read an
         # existing shard with weight 0: every rank still steps, each sample still counts once.
         n_shards = min(world_size, self.size)

@@ -71,11 +71,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, OUTPUT_FILE, SPLITS, STORAGE, Sample,  # noqa: E402
+                             index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
 from pipeline.spec import FeatureSpec  # noqa: E402
 
-SPLITS = ("train", "val", "test")
 SPLIT_METHODS = ("random", "list", "gtzan-filtered")
-MANIFEST_VERSION = 1
 DECODER_VERSION = 2  # bump when decode_one's output changes: cached .work records become stale
 
 
@@ -376,8 +376,11 @@ def shard_count(n: int, max_per_shard: int, min_shards: int) -> int:
     return max(math.ceil(n / max_per_shard), min(min_shards, n))
 
 
-def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str, int]) -> None:
-    """Write one tar + DALI index atomically; fixed tar metadata makes the bytes reproducible."""
+def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str, int]) -> dict[str, str]:
+    """Write one tar + DALI index atomically; fixed tar metadata makes the bytes reproducible.
+
+    The members are pipeline.shards.Sample.members (the format's one definition). Sets each
+    record's "wav_sha256"; returns {tar name: sha256, index name: sha256} for the manifest."""
     import webdataset as wds
     from wds2idx import IndexCreator
 
@@ -388,24 +391,21 @@ def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str
             wav_path, _ = _work_paths(work, r["key"])
             with open(wav_path, "rb") as w:
                 wav = w.read()
-            label = class_index[r["label"]]
-            meta = {k: r[k] for k in ("source", "label", "duration", "pcm_sha256")}
-            tw.write({"__key__": r["key"], "wav": wav, "cls": str(label).encode(),
-                      "lab": np.int32(label).tobytes(), "uid": np.int64(r["uid"]).tobytes(),
-                      "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()})
+            r["wav_sha256"] = sha256_bytes(wav)
+            smp = Sample.from_dict({**r, "split": "", "shard": ""})
+            tw.write({"__key__": r["key"], **smp.members(class_index[r["label"]], wav)})
         tw.close()
         f.flush()
         os.fsync(f.fileno())
     _test_kill_point("PT_TEST_KILL_AFTER_SHARDS",
                      lambda: sum(n.endswith(".tar") for n in os.listdir(os.path.dirname(os.path.abspath(path)))))
-    idx, idx_tmp = path[:-4] + ".idx", path[:-4] + ".idx.partial"
+    idx, idx_tmp = index_name(path), index_name(path) + ".partial"
     with IndexCreator(tmp, idx_tmp, verbose=False) as ic:
         ic.create_index()
+    sums = {os.path.basename(path): sha256_file(tmp), os.path.basename(idx): sha256_file(idx_tmp)}
     os.replace(idx_tmp, idx)
     os.replace(tmp, path)  # the tar appears last: a .tar present means its .idx is complete
-
-
-_OUTPUT_FILE = re.compile(r"(?:(?:train|val|test)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\d+)?)")
+    return sums
 
 
 def _clear_outputs(out: str) -> None:
@@ -413,18 +413,18 @@ def _clear_outputs(out: str) -> None:
 
     Without a manifest the folder reads as incomplete (loader and --verify refuse it) until this
     run writes its own manifest at the very end."""
-    manifest = os.path.join(out, "manifest.json")
+    manifest = os.path.join(out, MANIFEST)
     if os.path.exists(manifest):
         os.remove(manifest)
     for name in sorted(os.listdir(out)):
-        if _OUTPUT_FILE.fullmatch(name):
+        if OUTPUT_FILE.fullmatch(name):
             os.remove(os.path.join(out, name))
 
 
 # ---------------------------------------------------------------- main
 
-SAMPLE_FIELDS = ("uid", "key", "source", "label", "split", "shard", "duration", "pcm_sha256", "source_rate",
-                 "source_channels", "source_format", "clipped")
+SAMPLE_FIELDS = ("uid", "key", "source", "label", "split", "shard", "duration", "pcm_sha256", "wav_sha256",
+                 "source_rate", "source_channels", "source_format", "clipped")
 
 
 def make_shards(src: str | None, out: str, *, list_file: str | None = None, split: str | None = None,
@@ -505,7 +505,7 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
 
     splits = split_tracks(good, classes, val, test, seed) if method == "random" else fixed_splits(good, seed)
     _clear_outputs(out)  # shards of an earlier, different or killed run must not mix with these
-    split_info = {}
+    split_info, files = {}, {}
     n_total_shards = sum(shard_count(len(splits[s]), max_per_shard, min_shards) for s in SPLITS)
     sbar = tqdm(total=n_total_shards, desc="shards", unit="shard", disable=not progress)
     for s in SPLITS:
@@ -514,9 +514,9 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
         bounds = np.linspace(0, len(rs), n_sh + 1).round().astype(int) if n_sh else [0]
         names = []
         for i in range(n_sh):
-            name = f"{s}-{i:06d}.tar"
+            name = shard_name(s, i)
             part = rs[bounds[i]:bounds[i + 1]]
-            write_shard(os.path.join(out, name), part, work, class_index)
+            files.update(write_shard(os.path.join(out, name), part, work, class_index))
             for r in part:
                 r["split"], r["shard"] = s, name
             names.append(name)
@@ -542,7 +542,8 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
         "classes": classes,
         "feature_spec": spec.to_dict(),
         "sample_rate": spec.sample_rate,
-        "storage": "wav/pcm16",
+        "storage": STORAGE,
+        "files": files,
         "splits": split_info,
         "total_seconds": round(sum(r["duration"] for r in good), 2),
         "options": opts,
@@ -552,8 +553,7 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
         "samples": samples,
         "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"], r["message"])),
     }
-    _atomic_write(os.path.join(out, "manifest.json"),
-                  json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    _atomic_write(os.path.join(out, MANIFEST), manifest_bytes(manifest))
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -582,48 +582,63 @@ def resolve_duplicates(good: list[dict]) -> tuple[list[dict], list[dict], list[d
 
 
 def verify(out: str) -> list[str]:
-    """Re-read every shard and index; compare keys, counts and PCM checksums with the manifest."""
-    import soundfile as sf
+    """Check every byte of a shard folder against its manifest; one line per problem.
 
-    path = os.path.join(out, "manifest.json")
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no manifest")
-    with open(path, encoding="utf-8") as f:
-        m = json.load(f)
-    expected = defaultdict(dict)
-    for smp in m["samples"]:
-        expected[smp["shard"]][smp["key"]] = smp
+    Each tar and index must have the sha256 the manifest records. Where a tar differs, its
+    samples are compared member by member with the bytes the manifest implies (the WAV by its
+    sha256, the label, class, uid and metadata rebuilt from the sample record), so the problem
+    names the shard, the sample and the member.
+    """
+    try:
+        m = read_manifest(out)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if m.version < 2:
+        raise UsageError(f"{m.path}: manifest version {m.version} records no file checksums; rerun make_shards")
+    class_index = {c: i for i, c in enumerate(m.classes)}
+    by_shard: dict[str, dict[str, Sample]] = defaultdict(dict)
+    for smp in m.samples:
+        by_shard[smp.shard][smp.key] = smp
     problems = []
     for split in SPLITS:
         seen = 0
-        for name in m["splits"][split]["shards"]:
-            tar, idx = os.path.join(out, name), os.path.join(out, name[:-4] + ".idx")
+        for name in m.splits[split].shards:
+            tar, idx = os.path.join(out, name), os.path.join(out, index_name(name))
             if not os.path.isfile(tar) or not os.path.isfile(idx):
                 problems.append(f"{name}: tar or index file missing")
                 continue
+            if sha256_file(idx) != m.files.get(index_name(name)):
+                problems.append(f"{index_name(name)}: index differs from the one written with its shard")
             try:
                 found = _read_shard(tar)
-            except (tarfile.TarError, OSError, EOFError) as e:
+            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
                 problems.append(f"{name}: unreadable tar ({e})")
                 continue
-            want = expected.get(name, {})
+            seen += len(found)
+            if sha256_file(tar) == m.files.get(name):
+                continue
+            want = by_shard.get(name, {})
+            before = len(problems)
             for key in sorted(set(want) ^ set(found)):
                 problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
             for key in sorted(set(want) & set(found)):
-                try:
-                    pcm, _ = sf.read(io.BytesIO(found[key]["wav"]), dtype="int16")
-                except (sf.LibsndfileError, RuntimeError, KeyError) as e:
-                    problems.append(f"{name}: sample {key} audio unreadable ({e})")
-                    continue
-                if hashlib.sha256(pcm.tobytes()).hexdigest() != want[key]["pcm_sha256"]:
-                    problems.append(f"{name}: sample {key} audio checksum differs from the manifest")
-            idx_lines = open(idx, encoding="utf-8").read().split("\n")
-            header = idx_lines[0].split()
-            if len(header) != 2 or int(header[1]) != len(found):
-                problems.append(f"{name[:-4]}.idx: index lists {header[1:] or '?'} samples, tar holds {len(found)}")
-            seen += len(found)
-        if seen != m["splits"][split]["count"]:
-            problems.append(f"{split}: {seen} samples in shards, manifest says {m['splits'][split]['count']}")
+                smp, got = want[key], found[key]
+                expect = smp.members(class_index[smp.label], got.get(AUDIO, b""))
+                for ext in sorted(set(expect) | set(got)):
+                    if ext not in got:
+                        problems.append(f"{name}: sample {key} member .{ext} is missing")
+                    elif ext not in expect:
+                        problems.append(f"{name}: sample {key} member .{ext} is not part of the format")
+                    elif ext == AUDIO and sha256_bytes(got[ext]) != smp.wav_sha256:
+                        problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
+                    elif got[ext] != expect[ext]:
+                        problems.append(f"{name}: sample {key} member .{ext} differs from the manifest "
+                                        f"(holds {got[ext][:40]!r}, should hold {expect[ext][:40]!r})")
+            if len(problems) == before:
+                problems.append(f"{name}: file checksum differs from the manifest, outside the samples' members "
+                                "(tar headers or padding)")
+        if seen != m.splits[split].count:
+            problems.append(f"{split}: {seen} samples in shards, manifest says {m.splits[split].count}")
     return problems
 
 
@@ -632,7 +647,7 @@ def _read_shard(tar: str) -> dict[str, dict[str, bytes]]:
     with tarfile.open(tar) as tf:
         for member in tf:
             if member.isfile():
-                key, ext = member.name.split(".", 1)
+                key, _, ext = member.name.partition(".")
                 samples[key][ext] = tf.extractfile(member).read()
     return samples
 

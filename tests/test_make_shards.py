@@ -12,7 +12,7 @@ import soundfile as sf
 from audio_files import sine, write
 from conftest import ROOT
 from pipeline.audio import decode
-from preprocess.make_shards import make_shards
+from preprocess.make_shards import verify, make_shards
 from preprocess.synth import generate
 
 
@@ -157,10 +157,48 @@ def test_verify_detects_a_flipped_byte(tmp_path):
     shard.write_bytes(bytes(data))
     bad = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
-    assert "checksum differs" in bad.stderr and shard.name in bad.stderr
+    assert f"{shard.name}: sample {wav.name[:-4]} member .wav differs from the manifest (audio checksum)" in bad.stderr
     (out / m["splits"]["val"]["shards"][0]).unlink()
     worse = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert worse.returncode == 1 and "missing" in worse.stderr
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    base = tmp_path_factory.mktemp("verify")
+    generate(str(base / "src"), per_class=3, seconds=1.2, genres=["pop", "rock"], progress=False)
+    make_shards(str(base / "src"), str(base / "ref"), val=0, test=0, workers=1, min_shards=1, progress=False)
+    return base / "ref"
+
+
+@pytest.mark.parametrize("where", ["lab", "uid", "json", "cls", "padding", "idx"])
+def test_verify_names_any_changed_byte(small_shards, tmp_path, where):
+    """One byte changed in a label, a uid, the metadata, the class text, the tar's padding or the
+    index: --verify fails and names the shard, sample and member (a flipped label would otherwise
+    train silently on the wrong class)."""
+    out = tmp_path / "out"
+    shutil.copytree(small_shards, out)
+    assert verify(str(out)) == []
+    shard = out / "train-000000.tar"
+    if where == "idx":
+        idx = out / "train-000000.idx"
+        idx.write_bytes(idx.read_bytes().replace(b"1", b"7", 1))
+        assert verify(str(out)) == ["train-000000.idx: index differs from the one written with its shard"]
+        return
+    with tarfile.open(shard) as tf:
+        member = next(mb for mb in tf.getmembers() if mb.name.endswith("." + ("lab" if where == "padding" else where)))
+    data = bytearray(shard.read_bytes())
+    # a data byte of the member, or (padding) a byte of the zeros that round it up to 512
+    data[member.offset_data + (100 if where == "padding" else member.size - 1)] ^= 0x01
+    shard.write_bytes(bytes(data))
+    problems = verify(str(out))
+    key = member.name.split(".")[0]
+    if where == "padding":
+        assert problems == ["train-000000.tar: file checksum differs from the manifest, outside the samples' members "
+                            "(tar headers or padding)"]
+    else:
+        assert len(problems) == 1 and problems[0].startswith(
+            f"train-000000.tar: sample {key} member .{where} differs from the manifest (holds "), problems
 
 
 def test_stored_pcm_reads_back_as_the_decoded_samples(tmp_path):

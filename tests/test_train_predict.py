@@ -51,31 +51,6 @@ def test_metrics_json_per_class_scores_match_its_confusion(trained_run):
         assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx((p, r, f1, actual)), c
 
 
-def test_resume_continues_from_last(trained_run, train_shards, tmp_path):
-    run_dir, _ = trained_run
-    shards = train_shards[0]
-    import shutil
-    copy = str(tmp_path / "resumed")
-    shutil.copytree(run_dir, copy)
-    p = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--epochs", "9",
-             "--batch-size", "4", "--crops-per-track", "1", "--clip-seconds", "2", "--amp", "--lr", "2e-3",
-             "--model", "resnet"])
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "resumed from" in p.stdout and "at epoch 9 step 0" in p.stdout
-    m = json.load(open(os.path.join(copy, "metrics.json")))
-    assert [h["epoch"] for h in m["history"]] == list(range(1, 10))
-    # a run that asks for a different model than the checkpoint holds gets one line, exit 2
-    bad = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--model", "baseline",
-               "--clip-seconds", "2"])
-    assert bad.returncode == 2 and "holds model 'resnet'" in bad.stderr and "Traceback" not in bad.stderr
-    # so does one whose steps per epoch would differ (the schedule and the data position are in steps)
-    bad = run([os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", copy, "--resume", "--model", "resnet",
-               "--clip-seconds", "2", "--batch-size", "8", "--crops-per-track", "2"])
-    assert bad.returncode == 2 and "was trained with --batch-size 4" in bad.stderr and "Traceback" not in bad.stderr
-    bad = run([os.path.join(ROOT, "train.py"), "--batch-size", "8", "--crops-per-track", "3"])
-    assert bad.returncode == 2 and "must be >= 1 and divide --batch-size 8" in bad.stderr
-
-
 def test_predict_on_held_out_tracks_matches_the_runs_test_accuracy(trained_run, train_shards, tmp_path):
     """predict.py on the test split's source files agrees with train.py's own test evaluation.
 
@@ -234,16 +209,3 @@ def test_timeline_covers_the_whole_song(trained_run, train_shards, tmp_path):
     assert bounds[0][0] == 0 and bounds[-1][1] == 12.0
     assert all(a[1] == b[0] and a[2] != b[2] for a, b in zip(bounds, bounds[1:])), bounds
     assert bounds[0][2] == "classical" and bounds[-1][2] == "metal"
-
-
-def test_same_seed_gives_identical_metrics(train_shards, tmp_path):
-    """Two CPU runs of 2 ranks with the same --seed: identical losses and accuracies."""
-    histories = []
-    for name in ("a", "b"):
-        p = run([os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards", train_shards[0], "--run-dir",
-                 str(tmp_path / name), "--epochs", "2", "--batch-size", "8", "--crops-per-track", "1", "--clip-seconds",
-                 "2", "--seed", "7", "--model", "resnet"])
-        assert p.returncode == 0, p.stderr[-2000:]
-        h = json.load(open(tmp_path / name / "metrics.json"))["history"]
-        histories.append([(e["train_loss"], e["train_acc"], e["val_loss"], e["val_track_acc"]) for e in h])
-    assert histories[0] == histories[1]

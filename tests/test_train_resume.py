@@ -129,3 +129,9 @@ def test_augmentation_flag_trains_through_train_py(train_shards, reference, tmp_
     h, ref = m["history"][0], history(reference)[0]
     assert all(torch.isfinite(torch.tensor([h[k] for k in KEYS])))
     assert abs(h["train_loss"] - ref["train_loss"]) > 1e-5, (h["train_loss"], ref["train_loss"])
+
+
+def test_crops_must_divide_the_batch():
+    p = subprocess.run([sys.executable, TRAIN, "--batch-size", "8", "--crops-per-track", "3"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and "must be >= 1 and divide --batch-size 8" in p.stderr

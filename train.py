@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from model import MODELS, build_model, count_parameters  # noqa: E402
 from pipeline.loader import DaliLoader  # noqa: E402  (DALI itself loads when a loader is made)
+from pipeline.atomic import atomic_copy  # noqa: E402
 from pipeline.shards import Manifest, read_manifest  # noqa: E402
 from pipeline.spec import Augment, FeatureSpec  # noqa: E402
 from training import checkpoint, distributed, report  # noqa: E402
@@ -349,8 +349,7 @@ def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> Non
     save_checkpoint(t, epoch, t.steps, [0.0] * 5)
     if t.env.is_main:
         if improved:
-            shutil.copyfile(t.path("last.pt"), t.path("best.pt.tmp"))
-            os.replace(t.path("best.pt.tmp"), t.path("best.pt"))
+            atomic_copy(t.path("last.pt"), t.path("best.pt"))
         report.plot_curves(t.history, t.path("curves.png"))
     distributed.barrier(t.env)
 

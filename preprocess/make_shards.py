@@ -71,6 +71,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.atomic import atomic_write as _atomic_write  # noqa: E402
 from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, OUTPUT_FILE, SPLITS, STORAGE, Sample,  # noqa: E402
                              index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
 from pipeline.spec import FeatureSpec  # noqa: E402
@@ -251,15 +252,6 @@ def sample_key(item: Item) -> str:
 
 def _work_paths(work: str, key: str) -> tuple[str, str]:
     return os.path.join(work, key + ".wav"), os.path.join(work, key + ".json")
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _test_kill_point(var: str, count) -> None:

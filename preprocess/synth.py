@@ -19,6 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.atomic import atomic_open  # noqa: E402
+
 GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 
 
@@ -168,9 +170,8 @@ def generate(out_dir: str, per_class: int = 20, seconds: float = 30.0, sr: int =
         x = render(g, seconds, sr, rng, hard)
         os.makedirs(os.path.join(out_dir, g), exist_ok=True)
         path = os.path.join(out_dir, g, f"{g}.{i:05d}.wav")
-        tmp = path + ".tmp"
-        sf.write(tmp, x, sr, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
+        with atomic_open(path, fsync=False) as f:  # regenerable: no fsync needed
+            sf.write(f, x, sr, subtype="PCM_16", format="WAV")
         paths.append(path)
     return paths
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from pipeline.atomic import atomic_open
+
 FORMAT, VERSION = "parallel-tunes", 1
 
 
@@ -31,17 +33,8 @@ def save(path: str, state: dict[str, Any]) -> None:
     """Write to a temp file in the same folder, fsync, then rename: never a half checkpoint."""
     state = {"format": FORMAT, "version": VERSION, **state}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # e.g. disk full: the old checkpoint stays, no half-written temp file is left
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as f:  # e.g. disk full: the old checkpoint stays, no temp file is left
+        torch.save(state, f)
 
 
 def save_rotating(run_dir: str, state: dict[str, Any]) -> None:

@@ -7,13 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import atomic_open, atomic_write
+
 
 def write_json(path: str, obj: Any) -> None:
     """Atomic: written to a temp file, then renamed over `path`."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=float, ensure_ascii=False)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, default=float, ensure_ascii=False).encode("utf-8"))
 
 
 def pyplot():
@@ -26,11 +25,9 @@ def pyplot():
 
 def save_figure(fig, path: str, dpi: int = 100) -> None:
     """Atomic PNG: written to a temp file, then renamed over `path`; the figure is closed."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp{ext}"
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_open(path) as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)
     pyplot().close(fig)
-    os.replace(tmp, path)
 
 
 def plot_curves(history: list[dict], path: str) -> None:

@@ -23,22 +23,22 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from model import MODELS, build_model, count_parameters  # noqa: E402
-from pipeline.loader import DaliLoader  # noqa: E402  (DALI itself loads when a loader is made)
-from pipeline.atomic import atomic_copy  # noqa: E402
-from pipeline.shards import Manifest, read_manifest  # noqa: E402
-from pipeline.spec import Augment, FeatureSpec  # noqa: E402
-from training import checkpoint, distributed, report  # noqa: E402
-from training.amp import Amp  # noqa: E402
-from training.evaluate import EvalResult, evaluate  # noqa: E402
-from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check  # noqa: E402
-from training.step import train_step  # noqa: E402
+from model import MODELS, build_model, count_parameters
+from pipeline import version
+from pipeline.loader import DaliLoader  # (DALI itself loads when a loader is made)
+from pipeline.atomic import atomic_copy
+from pipeline.shards import Manifest, read_manifest
+from pipeline.spec import Augment, FeatureSpec
+from training import checkpoint, distributed, report
+from training.amp import Amp
+from training.evaluate import EvalResult, evaluate
+from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check
+from training.step import train_step
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     g = p.add_argument_group("data")
     g.add_argument("--shards", default="shards", help="folder written by make_shards (default: shards/)")
     g.add_argument("--clip-seconds", type=float, default=FeatureSpec.clip_seconds, help="training crop length")

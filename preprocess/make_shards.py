@@ -69,12 +69,12 @@ from multiprocessing import get_context
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.atomic import atomic_write as _atomic_write  # noqa: E402
-from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, OUTPUT_FILE, SPLITS, STORAGE, Sample,  # noqa: E402
+from pipeline.atomic import atomic_write as _atomic_write
+from pipeline.audio import MIN_SECONDS
+from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, OUTPUT_FILE, SPLITS, STORAGE, Sample,
                              index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
-from pipeline.spec import FeatureSpec  # noqa: E402
+from pipeline import version
+from pipeline.spec import FeatureSpec
 
 SPLIT_METHODS = ("random", "list", "gtzan-filtered")
 DECODER_VERSION = 2  # bump when decode_one's output changes: cached .work records become stale
@@ -301,17 +301,15 @@ def decode_one(job: tuple[Item, str, str, dict]) -> dict:
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: decode again
     import soundfile as sf
-    from pipeline.audio import AudioError, decode, to_pcm16
+    from pipeline.audio import AudioError, decode, to_pcm16, validate
 
     rate, min_seconds, max_seconds = options["sample_rate"], options["min_seconds"], options["max_seconds"]
     record: dict = {"key": key, "source": item.rel, "label": item.label, "cache": cache_id}
     try:
         d = decode(item.path, rate, max_seconds)
+        warnings = validate(d, min_seconds)  # the same check predict.py applies
         pcm = to_pcm16(d.samples)
         duration = len(pcm) / rate
-        if duration < min_seconds:
-            why = f" ({d.warnings[0]})" if d.warnings else ""
-            raise AudioError("too_short", f"{duration:.2f} s is shorter than --min-seconds {min_seconds:g}{why}")
         buf = io.BytesIO()
         sf.write(buf, pcm, rate, format="WAV", subtype="PCM_16")
         _atomic_write(wav_path, buf.getvalue())
@@ -319,7 +317,7 @@ def decode_one(job: tuple[Item, str, str, dict]) -> dict:
                       pcm_sha256=hashlib.sha256(pcm.tobytes()).hexdigest(),
                       source_rate=d.source_rate, source_channels=d.channels, source_format=d.source_format,
                       clipped=max_seconds is not None and d.source_frames > int(max_seconds * d.source_rate),
-                      warnings=d.warnings)
+                      warnings=warnings)
     except AudioError as e:
         record.update(ok=False, reason=e.reason, message=e.message)
     except Exception as e:  # noqa: BLE001 - a library failure on one file must not stop the run
@@ -421,7 +419,7 @@ SAMPLE_FIELDS = ("uid", "key", "source", "label", "split", "shard", "duration", 
 
 def make_shards(src: str | None, out: str, *, list_file: str | None = None, split: str | None = None,
                 val: float = 0.1, test: float = 0.1, seed: int = 0,
-                workers: int | None = None, min_seconds: float = 1.0, max_seconds: float | None = 600.0,
+                workers: int | None = None, min_seconds: float = MIN_SECONDS, max_seconds: float | None = 600.0,
                 max_per_shard: int = 256, min_shards: int = 8, spec: FeatureSpec | None = None,
                 progress: bool = True) -> dict:
     """Build the shards and manifest; returns the manifest. Raises UsageError on unusable input.
@@ -692,12 +690,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=float, default=0.1, help="fraction of each class for test (--split random)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="reject shorter clips")
+    p.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="reject shorter clips")
     p.add_argument("--max-seconds", type=float, default=600.0,
                    help="keep only the first N seconds of longer tracks (0: no limit)")
     p.add_argument("--max-per-shard", type=int, default=256, help="samples per tar at most")
     p.add_argument("--min-shards", type=int, default=8, help="tars per split at least (if enough samples)")
     p.add_argument("--sample-rate", type=int, default=FeatureSpec.sample_rate, help="stored sample rate")
+    p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     a = p.parse_intermixed_args(argv)
     if a.list_file is None and not 1 <= len(a.paths) <= 2:
         p.error("give SRC [OUT], or --list FILE [SRC] [OUT]")

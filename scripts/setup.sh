@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 stamp="$VENV/.parallel-tunes-ok"
-want="$(cat requirements.txt requirements-dev.txt scripts/setup.sh | sha1sum | cut -c1-12)"
+want="$(cat requirements.txt requirements-dev.txt scripts/setup.sh pyproject.toml | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 
 mode=${PT_SETUP:-}
@@ -40,5 +40,6 @@ else
   rm -f "$("$VENV/bin/python" -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("torchaudio").origin))')"/lib/*.so
 fi
 pip install -r requirements.txt -r requirements-dev.txt
+pip install --no-deps -e .  # the project's packages and commands (pyproject.toml)
 "$VENV/bin/python" -c "import torch, torchaudio, nvidia.dali, webdataset, soundfile; print('venv ready: torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| dali', nvidia.dali.__version__)"
 echo "$want" > "$stamp"

@@ -1,24 +1,12 @@
+"""Session fixtures: a small generated data set in shards, and one real 2-rank training run."""
 import os
 import sys
 
 import pytest
+from helpers import ROOT, TRAIN_GENRES, TWO_RANK_ARGS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from preprocess.make_shards import make_shards  # noqa: E402
-from preprocess.synth import generate  # noqa: E402
-
-TRAIN_GENRES = ["classical", "disco", "metal", "reggae"]
-
-
-def _two_rank_args() -> list[str]:
-    """The tests' 2-rank runs go on the CPU (gloo) unless there are 2 GPUs: never 2 ranks on one GPU."""
-    import torch
-    return ["--cpu"] if torch.cuda.is_available() and torch.cuda.device_count() < 2 else []
-
-
-TWO_RANK_ARGS = _two_rank_args()
+from preprocess.make_shards import make_shards
+from preprocess.synth import generate
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +25,8 @@ def trained_run(train_shards, tmp_path_factory):
     import subprocess
     shards, src, _ = train_shards
     run_dir = str(tmp_path_factory.mktemp("run") / "r")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", os.path.join(ROOT, "train.py"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           os.path.join(ROOT, "train.py"),
            "--shards", shards, "--run-dir", run_dir, "--epochs", "8", "--batch-size", "4", "--crops-per-track", "1",
            "--clip-seconds", "2", "--amp", "--lr", "2e-3", "--model", "resnet", *TWO_RANK_ARGS]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)

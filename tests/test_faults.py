@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, TWO_RANK_ARGS
+from helpers import ROOT, TWO_RANK_ARGS
 
 TRAIN = os.path.join(ROOT, "train.py")
 

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from audio_files import sine, write
-from conftest import ROOT
+from helpers import ROOT
 from pipeline.audio import decode
 from preprocess.make_shards import verify, make_shards
 from preprocess.synth import generate

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from audio_files import sine, write
-from conftest import ROOT
+from helpers import ROOT
 from pipeline.audio import decode, to_pcm16
 from preprocess.make_shards import SPLITS, make_shards, split_tracks
 from preprocess.synth import generate

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from audio_files import sine, write
-from conftest import ROOT
+from helpers import ROOT
 from preprocess.make_shards import main, make_shards
 from preprocess.synth import generate
 

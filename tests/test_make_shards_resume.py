@@ -12,7 +12,7 @@ import pytest
 
 import preprocess.make_shards as ms
 from audio_files import sine, truncate, write
-from conftest import ROOT
+from helpers import ROOT
 from pipeline.audio import decode
 from preprocess.make_shards import Item, decode_one, make_shards, summary_line, verify
 from preprocess.synth import generate

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TRAIN_GENRES
+from helpers import ROOT, TRAIN_GENRES
 from training import checkpoint
 
 
@@ -150,9 +150,9 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 def test_one_process_torchrun_with_nproc_launches_ranks(train_shards, tmp_path):
     """`torchrun -- train.py --nproc 2`: train.py starts the 2 ranks itself through torch's launcher."""
     run_dir = str(tmp_path / "r")
-    p = run(["-m", "torch.distributed.run", "--", os.path.join(ROOT, "train.py"), "--nproc", "2", "--shards",
-             train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8", "--crops-per-track", "2",
-             "--clip-seconds", "2", "--model", "resnet"])
+    p = run(["-m", "torch.distributed.run", "--standalone", "--", os.path.join(ROOT, "train.py"), "--nproc", "2",
+             "--shards", train_shards[0], "--run-dir", run_dir, "--epochs", "1", "--batch-size", "8",
+             "--crops-per-track", "2", "--clip-seconds", "2", "--model", "tiny"])
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.load(open(os.path.join(run_dir, "metrics.json")))["world_size"] == 2
     # 40 training tracks, 2 ranks, 8 crops = 4 tracks per step: 5 steps per epoch

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from preprocess.make_shards import make_shards
 from preprocess.synth import generate
 

@@ -6,11 +6,16 @@
 The song is decoded and resampled exactly as make_shards does, turned into log-mels with the
 checkpoint's FeatureSpec (torchaudio; DALI is not needed), cut into windows that cover the whole
 song, and the windows' logits are averaged. Exit code 2 if any file or the checkpoint fails.
+
+A file is checked as make_shards checks it (pipeline.audio.validate, the one place): a clip
+shorter than --min-seconds (default: make_shards' default, 1 s) is refused, as training never saw
+one, unless --allow-short. Warnings (a truncated file: "truncated: header says X frames, file
+holds Y"; a short clip predicted with --allow-short) are printed under the file's line
+("  warning: ...") and listed in --json's "warnings" of each file.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -19,8 +24,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_checkpoint() -> str | None:
-    found = glob.glob(os.path.join("runs", "*", "best.pt"))
-    return max(found, key=os.path.getmtime) if found else None
+    """runs/<newest run>/best.pt: the run whose best.pt was written last (training.checkpoint.newest_run)."""
+    from training.checkpoint import newest_run
+    run = newest_run("best.pt")
+    return os.path.join(run, "best.pt") if run else None
 
 
 def expand(paths: list[str]) -> list[str]:
@@ -70,18 +77,26 @@ class Predictor:
                             for i in range(0, len(windows), batch_windows)])
         return logits, window_starts(feats.shape[-1], clip, hop_frames)
 
-    def predict_file(self, path: str, timeline_hop: float | None = None) -> dict:
-        """Genre of one song (mean of window logits); with timeline_hop, also per-window probabilities."""
-        from pipeline.audio import decode
+    def predict_file(self, path: str, timeline_hop: float | None = None, min_seconds: float | None = None,
+                     allow_short: bool = False) -> dict:
+        """Genre of one song (mean of window logits); with timeline_hop, also per-window probabilities.
+
+        Raises AudioError for a file make_shards would reject (pipeline.audio.validate; too short
+        only with allow_short=False); result["warnings"] holds what validate reports."""
+        from pipeline.audio import MIN_SECONDS, AudioError, decode, validate
 
         torch = self.torch
         d = decode(path, self.spec.sample_rate)
+        warnings = validate(d, MIN_SECONDS if min_seconds is None else min_seconds, allow_short)
+        if len(d.samples) <= self.spec.n_fft // 2:  # even --allow-short: the centred STFT needs more
+            raise AudioError("too_short", f"{len(d.samples)} samples, fewer than the {self.spec.n_fft // 2 + 1} "
+                                          f"one feature frame needs")
         with torch.inference_mode():
             feats = self.logmel.long(torch.from_numpy(d.samples))[None]  # (1, mels, frames)
             logits, _ = self._logits(feats, None)
             probs = torch.softmax(logits.mean(0), dim=0)
             result = {"file": path, "seconds": round(len(d.samples) / self.spec.sample_rate, 2),
-                      "windows": len(logits), **self._ranked(probs)}
+                      "windows": len(logits), **self._ranked(probs), "warnings": warnings}
             if timeline_hop:
                 hop = max(1, round(timeline_hop * self.spec.sample_rate / self.spec.hop_length))
                 wl, starts = self._logits(feats, hop)
@@ -150,7 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeline", action="store_true", help="genre of each window over the whole song")
     p.add_argument("--hop", type=float, default=1.5, help="timeline hop in seconds (window: the clip length)")
     p.add_argument("--plot-dir", default=None, help="with --timeline: write <file>.timeline.png here")
+    from pipeline.audio import MIN_SECONDS
+    p.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
+                   help="refuse clips shorter than this, as make_shards rejects them (default: make_shards' "
+                        "default, %(default)g; the checkpoint does not record the value its shards used)")
+    p.add_argument("--allow-short", action="store_true",
+                   help="predict clips shorter than --min-seconds anyway, with a warning (shards made with the "
+                        "same --min-seconds hold none)")
     a = p.parse_args(argv)
+    if a.min_seconds < 0:
+        p.error("--min-seconds must not be negative")
 
     from pipeline.audio import AudioError
     from training.checkpoint import CheckpointError
@@ -167,15 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     results, failed = [], 0
     for path in expand(a.paths):
         try:
-            r = predictor.predict_file(path, a.hop if a.timeline else None)
+            r = predictor.predict_file(path, a.hop if a.timeline else None, a.min_seconds, a.allow_short)
         except AudioError as e:
-            print(f"predict: error: {path}: {e.message}", file=sys.stderr)
+            if e.reason == "too_short":
+                hint = "" if a.allow_short else "; --allow-short predicts it anyway"
+                print(f"predict: error: {path}: too short: {e.message}{hint}", file=sys.stderr)
+            else:
+                print(f"predict: error: {path}: {e.message}", file=sys.stderr)
             failed += 1
             continue
         results.append(r)
         if not a.json:
             top = list(r["probabilities"].items())[: a.top]
             print(f"{path}: {r['genre']}  ({', '.join(f'{g} {pr:.1%}' for g, pr in top)})")
+            for w in r["warnings"]:
+                print(f"  warning: {w}")
             if a.timeline:
                 for s0, s1, g, pr in timeline_segments(r["timeline"], r["seconds"]):
                     print(f"  {_mmss(s0)}-{_mmss(s1)}  {g} ({pr:.0%})")

@@ -9,6 +9,10 @@ interrupted copy) are decoded as far as they go and reported in `Decoded.warning
 ("truncated: header says X frames, file holds Y"); callers decide whether the rest suffices.
 libsndfile silently shrinks its frame count to what is present, so the WAV header's data size
 is read directly (`wav_header_frames`).
+
+`validate` is the one acceptance check after decoding, shared by make_shards (a failure is a
+manifest reject) and predict.py (a failure is refused, unless --allow-short): what training
+would not have seen, predict does not silently classify.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ _RESAMPLE_KW = dict(lowpass_filter_width=64, rolloff=0.9475937167399596,
                     resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
 _BLOCK_FRAMES = 1 << 18  # read long files in blocks: only the mono signal is ever whole in memory
 SILENCE_PEAK = 1.0 / 32768  # below one 16-bit step everywhere: digital silence
+MIN_SECONDS = 1.0  # the default --min-seconds of make_shards and of predict.py: the default tools agree
 
 
 class AudioError(Exception):
@@ -43,6 +48,11 @@ class Decoded:
     source_format: str       # e.g. "WAV/PCM_24", detected from content, not the file name
     source_frames: int       # frames in the file (before any truncation to max_seconds)
     warnings: list[str] = field(default_factory=list)  # usable but suspect, e.g. truncated
+    sample_rate: int = 0     # of `samples` (the target rate)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
 
 
 def wav_header_frames(path: str) -> tuple[int, int] | None:
@@ -147,7 +157,24 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
     if np.abs(mono).max() < SILENCE_PEAK:
         raise AudioError("silent", "audio is digital silence")
     out = np.clip(resample(mono, rate, target_rate), -1.0, 1.0)
-    return Decoded(out, rate, channels, fmt, frames, warnings)
+    return Decoded(out, rate, channels, fmt, frames, warnings, sample_rate=target_rate)
+
+
+def validate(d: Decoded, min_seconds: float = MIN_SECONDS, allow_short: bool = False) -> list[str]:
+    """Accept a decoded file or raise AudioError; returns the warnings to report with it.
+
+    decode() has already refused what cannot be used at all (empty, not audio, no samples,
+    NaN/inf, silent). Here: shorter than `min_seconds` is AudioError("too_short") (naming the
+    truncation if the file was cut short), or with `allow_short` one more warning
+    ("too short: ..."). The warnings are the decoder's (e.g. "truncated: header says X frames,
+    file holds Y") plus that one."""
+    if d.seconds >= min_seconds:
+        return list(d.warnings)
+    short = f"{d.seconds:.2f} s is shorter than --min-seconds {min_seconds:g}"
+    if not allow_short:
+        why = f" ({d.warnings[0]})" if d.warnings else ""
+        raise AudioError("too_short", short + why)
+    return [*d.warnings, f"too short: {short}"]
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:

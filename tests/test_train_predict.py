@@ -159,6 +159,30 @@ def test_one_process_torchrun_with_nproc_launches_ranks(train_shards, tmp_path):
     assert "5 steps/epoch" in p.stdout
 
 
+def test_predict_refuses_a_clip_training_would_have_rejected(trained_run, train_shards, tmp_path):
+    """The issue's case: 0.2 s of a training track, shorter than make_shards' --min-seconds, got a
+    confident genre. Now: one stderr line naming it, the whole track beside it still predicted,
+    exit 2; --allow-short predicts it, with a warning line."""
+    import soundfile as sf
+    run_dir, _ = trained_run
+    _, src, m = train_shards
+    track = os.path.join(src, next(s for s in m["samples"] if s["label"] == "metal" and s["split"] == "train")["source"])
+    x, sr = sf.read(track)
+    clip = str(tmp_path / "clip.wav")
+    sf.write(clip, x[: int(0.2 * sr)], sr)
+    ckpt = os.path.join(run_dir, "best.pt")
+    p = run([os.path.join(ROOT, "predict.py"), "--checkpoint", ckpt, clip, track])
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"predict: error: {clip}: too short: 0.20 s is shorter than "
+                                             f"--min-seconds 1; --allow-short predicts it anyway"]
+    assert p.stdout.splitlines() and p.stdout.splitlines()[0].startswith(f"{track}: metal")
+    assert len(p.stdout.splitlines()) == 1
+    allowed = run([os.path.join(ROOT, "predict.py"), "--checkpoint", ckpt, "--allow-short", clip])
+    assert allowed.returncode == 0, allowed.stderr
+    first, warning = allowed.stdout.splitlines()
+    assert first.startswith(f"{clip}: ") and warning == "  warning: too short: 0.20 s is shorter than --min-seconds 1"
+
+
 def test_predict_works_without_dali(trained_run, train_shards):
     """predict.py must run where DALI is not installed (a laptop, macOS): block its import."""
     run_dir, _ = trained_run

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pipeline import version  # light: imports neither torch nor DALI
 
 
 def default_checkpoint() -> str | None:
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="+", help="audio files or folders")
     p.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best.pt")
     p.add_argument("--top", type=int, default=3, help="probabilities to show per file")
+    p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     p.add_argument("--timeline", action="store_true", help="genre of each window over the whole song")

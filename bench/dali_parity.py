@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         rows["F  float64 reference on the shard's samples"] = sref
         diff = spcm.astype(np.int32) - pcm
         big = np.abs(pcm) > 16384
-        from pipeline.audio import to_pcm16  # what make_shards stores: round(x * 32767)
+        from pipeline.audio import to_pcm16  # what make_shards stores: round(x * 32768), clipped
         expect = to_pcm16(audio)
         shard_note = (f"{shard_dir}: {int((diff != 0).sum())} of {len(pcm)} samples differ from the source file "
                       f"(max {int(np.abs(diff).max())} LSB; {int(big.sum())} samples have |x| > 0.5 FS, "
                       f"{int((diff[big] != 0).sum())} of them differ, {int((diff[~big] != 0).sum())} of the others); "
-                      f"the shard equals pipeline.audio.to_pcm16(source samples), i.e. round(n * 32767 / 32768): "
+                      f"the shard equals pipeline.audio.to_pcm16(source samples), i.e. the source's 16-bit samples: "
                       f"{np.array_equal(spcm, expect)}")
     below = ref.max(axis=0, keepdims=True) - ref  # dB below the frame's loudest band
     loud = below <= a.range_db

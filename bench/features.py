@@ -774,9 +774,48 @@ def run_quietest(run_once: Callable[[], dict], retries: int, done_key: str, name
     return best
 
 
+def report_notes(results: list[dict], a: argparse.Namespace, parity_idx: list[int]) -> list[str]:
+    """The notes under the table that depend on the results so far (summarise() has run)."""
+    notes = []
+    busy = [f"{r['method']} {r['other_load_cores']:.2f}" for r in results
+            if r.get("other_load_cores", 0) > LOAD_LIMIT]
+    if busy:
+        notes.append("OTHER PROCESSES used CPU during: " + ", ".join(busy) + " cores on average: those timings are low")
+    for r in results:
+        w = r.get("worst")
+        if w and w["abs_db"] > 0.01:
+            notes.append(f"{r['method']}: {r['clips_over_0.01db']} of {r['parity_clips']} clips differ from librosa "
+                         f"by > 0.01 dB somewhere; worst {w['abs_db']:.3f} dB in {w['clip']} (mel {w['mel']}, "
+                         f"frame {w['frame']}), a band at {w['librosa_db']:.1f} dB, "
+                         f"{w['frame_peak_db'] - w['librosa_db']:.0f} dB below that frame's loudest band")
+        if r.get("parity_error"):
+            notes.append(f"{r['method']}: parity not computed: {r['parity_error']}")
+    for r in results:
+        if "repeats" in r and r["repeats"] < a.repeats:
+            notes.append(f"{r['method']}: {r['repeats']} timed pass(es) instead of {a.repeats} "
+                         f"(--budget {a.budget:g} s)")
+    notes += [
+        "Every method processes the same clips; clips/s counts each clip once per pass.",
+        "dali-*: read shards that make_shards wrote beforehand (validation, downmix, resampling and packing "
+        "are offline and not timed; DALI still decodes the WAV bytes in every pass); the file methods decode "
+        "the source files in every pass. DALI's last batch is filled with repeated clips "
+        "(LastBatchPolicy.FILL): their work is in the time, not in the count.",
+        "librosa-1proc runs with the default BLAS threads; librosa-dataloader with one worker per core and "
+        "OMP/OPENBLAS/MKL_NUM_THREADS=1; torchaudio-cpu* with torch's default threads "
+        f"({os.cpu_count()}); DALI with num_threads={os.cpu_count()}.",
+        "Warm: page cache read first; each method does one untimed pass before the timed ones "
+        "(persistent DataLoader workers, built DALI pipeline).",
+        "max abs ΔdB: librosa dB vs the method's output (normalisation undone) over the valid frames "
+        f"(1 + n_samples // hop) of {len(parity_idx)} clips; in brackets the median over clips of each "
+        "clip's max.",
+    ]
+    return notes
+
+
 def run_in_subprocess(name: str, job: dict, a: argparse.Namespace) -> dict:
+    timeout = a.method_timeout if a.method_timeout else max(600.0, 10 * a.budget)
     return run_method_process(__file__, name, job, cache=a.cache, prefix="", wait_idle_s=a.wait_idle,
-                              timeout=max(600.0, 10 * a.budget), single_thread_blas=name == "librosa-dataloader")
+                              timeout=timeout, single_thread_blas=name == "librosa-dataloader")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -793,7 +832,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="before each method, wait up to this many seconds for other processes to go quiet")
     p.add_argument("--retries", type=int, default=1,
                    help="reruns of a method whose run other processes disturbed (default 1)")
-    p.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--methods", help="comma-separated subset of: " + ", ".join(METHODS) + " (run in that order)")
+    p.add_argument("--method-timeout", type=float, default=0.0,
+                   help="seconds per method process at most, warm-up included (default: max(600, 10 x --budget))")
     p.add_argument("--cache", default=os.path.join(BENCH, ".cache"), help="generated data and shards")
     p.add_argument("--out", default=os.path.join(BENCH, "results"), help="where the JSON and PNG go")
     p.add_argument("--_child", help=argparse.SUPPRESS)
@@ -858,10 +899,32 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"features.py: error: unknown methods {unknown}; choose from {list(METHODS)}", file=sys.stderr)
         return 2
-    results = []
+    date = datetime.date.today().strftime("%Y%m%d")
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"features-{host['kind']}-{date}")
+    from training.report import write_json  # atomic; imported here to keep the top level light
+
+    def report(results: list[dict], complete: bool) -> dict:
+        """The JSON as it stands; written after every method, so a run cut short keeps what finished."""
+        summarise(results, total_seconds, len(items))
+        r = {
+            "benchmark": "features", "date": date, "host": host, "complete": complete,
+            "methods_wanted": wanted,
+            "data": {"src": src, "synthetic": a.src is None, "clips": len(items), "total_seconds": total_seconds,
+                     "shard_dir": shard_dir, "parity_clips": len(parity_idx)},
+            "settings": {"repeats": a.repeats, "batch": a.batch, "budget_s": a.budget,
+                         "method_timeout_s": a.method_timeout or None, "spec": spec.to_dict()},
+            "methods": results, "notes": notes + report_notes(results, a, parity_idx),
+            "total_wall_s": time.perf_counter() - t_start,
+        }
+        write_json(stem + ".json", r)
+        return r
+
+    results: list[dict] = []
     for name in wanted:
         if name in GPU_METHODS and not host["gpu"]:
             results.append({"method": name, "skipped": "no CUDA device (torch.cuda.is_available() is False)"})
+            report(results, complete=False)
             continue
         job = {"method": name, "items": items, "shard_dir": shard_dir, "shard_error": shard_error,
                "batch": a.batch, "repeats": a.repeats, "budget_s": a.budget, "spec": spec.to_dict(),
@@ -876,54 +939,12 @@ def main(argv: list[str] | None = None) -> int:
             best.update(compare_parity(ref_dir, job["parity_dir"], items, parity_idx))
         shutil.rmtree(job["parity_dir"], ignore_errors=True)
         results.append(best)
+        report(results, complete=False)
 
     shutil.rmtree(parity_root, ignore_errors=True)  # ~0.7 MB per clip; rebuilt every run anyway
-    summarise(results, total_seconds, len(items))
-    busy = [f"{r['method']} {r['other_load_cores']:.2f}" for r in results
-            if r.get("other_load_cores", 0) > LOAD_LIMIT]
-    if busy:
-        notes.append("OTHER PROCESSES used CPU during: " + ", ".join(busy) + " cores on average: those timings are low")
-    for r in results:
-        w = r.get("worst")
-        if w and w["abs_db"] > 0.01:
-            notes.append(f"{r['method']}: {r['clips_over_0.01db']} of {r['parity_clips']} clips differ from librosa "
-                         f"by > 0.01 dB somewhere; worst {w['abs_db']:.3f} dB in {w['clip']} (mel {w['mel']}, "
-                         f"frame {w['frame']}), a band at {w['librosa_db']:.1f} dB, "
-                         f"{w['frame_peak_db'] - w['librosa_db']:.0f} dB below that frame's loudest band")
-        if r.get("parity_error"):
-            notes.append(f"{r['method']}: parity not computed: {r['parity_error']}")
-    for r in results:
-        if "repeats" in r and r["repeats"] < a.repeats:
-            notes.append(f"{r['method']}: {r['repeats']} timed pass(es) instead of {a.repeats} "
-                         f"(--budget {a.budget:g} s)")
-    notes += [
-        "Every method processes the same clips; clips/s counts each clip once per pass.",
-        "dali-*: read shards that make_shards wrote beforehand (validation, downmix, resampling and packing "
-        "are offline and not timed; DALI still decodes the WAV bytes in every pass); the file methods decode "
-        "the source files in every pass. DALI's last batch is filled with repeated clips "
-        "(LastBatchPolicy.FILL): their work is in the time, not in the count.",
-        "librosa-1proc runs with the default BLAS threads; librosa-dataloader with one worker per core and "
-        "OMP/OPENBLAS/MKL_NUM_THREADS=1; torchaudio-cpu* with torch's default threads "
-        f"({os.cpu_count()}); DALI with num_threads={os.cpu_count()}.",
-        "Warm: page cache read first; each method does one untimed pass before the timed ones "
-        "(persistent DataLoader workers, built DALI pipeline).",
-        "max abs ΔdB: librosa dB vs the method's output (normalisation undone) over the valid frames "
-        f"(1 + n_samples // hop) of {len(parity_idx)} clips; in brackets the median over clips of each "
-        "clip's max.",
-    ]
-    date = datetime.date.today().strftime("%Y%m%d")
-    report = {
-        "benchmark": "features", "date": date, "host": host,
-        "data": {"src": src, "synthetic": a.src is None, "clips": len(items), "total_seconds": total_seconds,
-                 "shard_dir": shard_dir, "parity_clips": len(parity_idx)},
-        "settings": {"repeats": a.repeats, "batch": a.batch, "budget_s": a.budget, "spec": spec.to_dict()},
-        "methods": results, "notes": notes, "total_wall_s": time.perf_counter() - t_start,
-    }
-    os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"features-{host['kind']}-{date}")
-    from training.report import write_json  # atomic; imported here to keep the top level light
-    write_json(stem + ".json", report)
-    bar_chart(report, stem + ".png")
+    rep = report(results, complete=True)
+    notes = rep["notes"]
+    bar_chart(rep, stem + ".png")
 
     print(f"## Log-mel features: {len(items)} clips ({total_seconds / 60:.1f} min of audio), "
           f"host {host['kind']} ({host['cpu_model'] or '?'}{', ' + host['gpu'] if host['gpu'] else ''}), {date}\n")

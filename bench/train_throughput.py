@@ -3,13 +3,16 @@
 
     .venv/bin/pip install -r bench/requirements.txt     # librosa, for the librosa loader
     .venv/bin/python bench/train_throughput.py [--device cpu|cuda] [--steps N] [--repeats R] [--batch 32]
+                     [--model resnet|baseline|...] [--crops 4,1]   # crops: one dali run per count
 
 Both loaders feed the same model (model.build_model('resnet', n_classes), AdamW, label smoothing
 0.1, train.py's loss and step) with the same batch size and the same AMP setting
 (training.amp.Amp.create(device, --amp)), one process, no DDP:
 
   dali      pipeline.loader.DaliLoader(train=True): WebDataset shards -> decode -> a random
-            FeatureSpec.clip_seconds (3 s) crop -> log-mel (on the GPU when --device cuda)
+            FeatureSpec.clip_seconds (3 s) crop -> log-mel (on the GPU when --device cuda);
+            with --crops k, k crops per decoded track and --batch / k tracks per step (train.py's
+            --crops-per-track; its default is 4)
   librosa   a torch DataLoader (num_workers = cores, persistent, pinned memory on CUDA) whose items
             are librosa.load of a random 3 s crop of the source file + melspectrogram + power_to_db
             with the same FeatureSpec and normalisation (db - norm_mean) / norm_std
@@ -129,15 +132,16 @@ def make_source(job: dict, spec: Any, dev: Any):
     batch = job["batch"]
     if job["method"] == "dali":
         from pipeline.loader import DaliLoader
-        loader = DaliLoader(job["shard_dir"], SPLIT, spec, batch, train=True, device=dev, seed=0,
-                            num_threads=job["num_threads"], prefetch=job["prefetch"])
+        crops = job.get("crops", 1)  # batch counts rows, as train.py's --batch-size: batch // crops tracks
+        loader = DaliLoader(job["shard_dir"], SPLIT, spec, batch // crops, train=True, device=dev, seed=0,
+                            num_threads=job["num_threads"], prefetch=job["prefetch"], crops=crops)
 
         def gen():
             while True:  # epochs back to back, as train.py's loop does
                 for b in loader:
                     yield b.x, b.y, b.weight
-        return gen(), {"num_threads": job["num_threads"], "prefetch": job["prefetch"],
-                       "batches_per_epoch": len(loader)}
+        return gen(), {"num_threads": job["num_threads"], "prefetch": job["prefetch"], "crops": crops,
+                       "tracks_per_batch": batch // crops, "batches_per_epoch": len(loader)}
     if job["method"] == "synthetic":  # no loader: one fixed random batch already on the device
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 1, spec.n_mels, spec.clip_frames, generator=g).to(dev)
@@ -386,6 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="timed windows (default: cpu %d, cuda %d)"
                    % (DEFAULTS["cpu"][2], DEFAULTS["cuda"][2]))
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
+    p.add_argument("--crops", default="1",
+                   help="dali: crops per decoded track, comma-separated for one dali run each (e.g. 4,1; "
+                        "train.py's --crops-per-track); --batch counts crops, as train.py's --batch-size")
     p.add_argument("--num-threads", type=int, default=cores, help=f"DaliLoader num_threads (default cores: {cores})")
     p.add_argument("--prefetch", type=int, default=2, help="DaliLoader prefetch queue depth (default 2)")
     p.add_argument("--workers", type=int, default=cores, help=f"librosa DataLoader workers (default cores: {cores})")
@@ -404,6 +411,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
     if a.workers < 0:
         p.error("--workers must be >= 0")
+    try:
+        a.crops = [int(c) for c in str(a.crops).split(",") if c.strip()]
+    except ValueError:
+        p.error(f"--crops: comma-separated integers, not {a.crops!r}")
+    if not a.crops or any(c < 1 or a.batch % c for c in a.crops):
+        p.error(f"--crops {a.crops}: each must be >= 1 and divide --batch {a.batch}")
     return a
 
 
@@ -471,55 +484,72 @@ def main(argv: list[str] | None = None) -> int:
     fb.warm_page_cache([it["path"] for it in items] +
                        ([os.path.join(shard_dir, f) for f in os.listdir(shard_dir)] if shard_dir else []))
 
-    results = []
-    for name in wanted:
-        label = {"dali": f"dali-{device} (threads {a.num_threads}, prefetch {a.prefetch})",
+    date = datetime.date.today().strftime("%Y%m%d")
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"train-{host['kind']}-{date}" + (f"-{a.tag}" if a.tag else ""))
+    from training.report import write_json  # atomic; imported here to keep the top level light
+    # One run per method, and per crop count for dali (--crops 4,1): (run name, method, crops).
+    runs = [(f"dali-c{c}" if len(a.crops) > 1 else "dali", "dali", c) if m == "dali" else (m, m, 1)
+            for m in wanted for c in (a.crops if m == "dali" else [1])]
+
+    def report(results: list[dict], complete: bool) -> dict:
+        """The JSON as it stands; written after every loader, so a run cut short keeps what finished."""
+        precision = next((r["precision"] for r in results if "precision" in r), "fp32" if not a.amp else "amp")
+        busy = [f"{r['label']} {r['other_load_cores']:.2f}" for r in results
+                if r.get("other_load_cores", 0) > fb.LOAD_LIMIT]
+        more = ["OTHER PROCESSES used CPU during: " + ", ".join(busy) + " cores on average: those timings are low"
+                ] if busy else []
+        more += [
+            f"Each loader in a fresh process: {warmup} untimed warm-up steps, then {repeats} windows of {steps} timed "
+            "steps; samples/s counts batch × steps (DALI's last batch of an epoch is filled with repeated tracks, "
+            "weight 0 in the loss; they are counted too, as their compute is the same).",
+            "Data wait: time in next(iterator) (+ the copy to the device for librosa), CUDA synchronised before and "
+            "after each step, as a fraction of the whole step time.",
+            f"dali: DaliLoader(train=True, num_threads={a.num_threads}, prefetch={a.prefetch}) decodes the whole "
+            "track from the shard and crops it; with crops k, one step takes batch / k tracks and k crops of each "
+            "(samples/s counts crops); librosa: librosa.load reads only the 3 s crop from the source "
+            f"file (soundfile seek); {a.workers} workers, OMP/OPENBLAS/MKL_NUM_THREADS=1 in them; torch in the "
+            f"training process uses {a.torch_threads} threads in both runs.",
+        ]
+        r = {
+            "benchmark": "train_throughput", "date": date, "host": host, "complete": complete,
+            "runs_wanted": [n for n, _, _ in runs],
+            "data": {"src": src, "synthetic": a.src is None, "tracks": len(items), "total_seconds": total_s,
+                     "shard_dir": shard_dir, "classes": classes},
+            "settings": {"device": device, "model": a.model, "batch": a.batch, "amp": a.amp, "precision": precision,
+                         "warmup": warmup, "steps": steps, "repeats": repeats, "num_threads": a.num_threads,
+                         "prefetch": a.prefetch, "crops": a.crops, "workers": a.workers,
+                         "torch_threads": a.torch_threads, "method_timeout_s": a.method_timeout,
+                         "spec": spec.to_dict()},
+            "methods": results, "notes": notes + more, "total_wall_s": time.perf_counter() - t_start,
+        }
+        write_json(stem + ".json", r)
+        return r
+
+    results: list[dict] = []
+    for run, name, crops in runs:
+        label = {"dali": f"dali-{device} (threads {a.num_threads}, prefetch {a.prefetch}"
+                         + (f", crops {crops})" if crops > 1 or len(a.crops) > 1 else ")"),
                  "librosa": f"librosa DataLoader ({a.workers} workers)",
                  "synthetic": "no loader (one random batch, reused)"}[name]
         if name == "dali" and not shard_dir:
-            results.append({"method": name, "label": label, "skipped": f"no shards ({shard_error})"})
+            results.append({"method": name, "crops": crops, "label": label, "skipped": f"no shards ({shard_error})"})
+            report(results, complete=False)
             continue
         job = {"method": name, "device": device, "items": items, "shard_dir": shard_dir, "batch": a.batch,
                "amp": a.amp, "model": a.model, "n_classes": len(classes), "spec": spec.to_dict(),
                "warmup": warmup, "steps": steps, "repeats": repeats, "num_threads": a.num_threads,
-               "prefetch": a.prefetch, "workers": a.workers, "torch_threads": a.torch_threads}
-        best = fb.run_quietest(lambda: run_in_subprocess(name, job, a), a.retries, "windows", name)
-        best["label"] = label
+               "prefetch": a.prefetch, "workers": a.workers, "torch_threads": a.torch_threads, "crops": crops}
+        best = fb.run_quietest(lambda: run_in_subprocess(run, job, a), a.retries, "windows", run)
+        best.update(method=name, crops=crops, label=label)
         summarise(best, a.batch)
         results.append(best)
+        report(results, complete=False)
 
-    precision = next((r["precision"] for r in results if "precision" in r), "fp32" if not a.amp else "amp")
-    busy = [f"{r['label']} {r['other_load_cores']:.2f}" for r in results if r.get("other_load_cores", 0) > fb.LOAD_LIMIT]
-    if busy:
-        notes.append("OTHER PROCESSES used CPU during: " + ", ".join(busy) + " cores on average: those timings are low")
-    notes += [
-        f"Each loader in a fresh process: {warmup} untimed warm-up steps, then {repeats} windows of {steps} timed "
-        "steps; samples/s counts batch × steps (DALI's last batch of an epoch is filled with repeated tracks, "
-        "weight 0 in the loss; they are counted too, as their compute is the same).",
-        "Data wait: time in next(iterator) (+ the copy to the device for librosa), CUDA synchronised before and "
-        "after each step, as a fraction of the whole step time.",
-        f"dali: DaliLoader(train=True, num_threads={a.num_threads}, prefetch={a.prefetch}) decodes the whole "
-        "track from the shard and crops it; librosa: librosa.load reads only the 3 s crop from the source "
-        f"file (soundfile seek); {a.workers} workers, OMP/OPENBLAS/MKL_NUM_THREADS=1 in them; torch in the "
-        f"training process uses {a.torch_threads} threads in both runs.",
-    ]
-    date = datetime.date.today().strftime("%Y%m%d")
-    report = {
-        "benchmark": "train_throughput", "date": date, "host": host,
-        "data": {"src": src, "synthetic": a.src is None, "tracks": len(items), "total_seconds": total_s,
-                 "shard_dir": shard_dir, "classes": classes},
-        "settings": {"device": device, "model": a.model, "batch": a.batch, "amp": a.amp, "precision": precision,
-                     "warmup": warmup, "steps": steps, "repeats": repeats, "num_threads": a.num_threads,
-                     "prefetch": a.prefetch, "workers": a.workers, "torch_threads": a.torch_threads,
-                     "spec": spec.to_dict()},
-        "methods": results, "notes": notes, "total_wall_s": time.perf_counter() - t_start,
-    }
-    os.makedirs(a.out, exist_ok=True)
-    stem = os.path.join(a.out, f"train-{host['kind']}-{date}" + (f"-{a.tag}" if a.tag else ""))
-    from training.report import write_json  # atomic; imported here to keep the top level light
-    write_json(stem + ".json", report)
+    rep = report(results, complete=True)
+    precision, notes = rep["settings"]["precision"], rep["notes"]
     try:
-        bar_chart(report, stem + ".png")
+        bar_chart(rep, stem + ".png")
         png = os.path.relpath(stem + ".png", ROOT)
     except ImportError as e:
         png = f"none ({e})"

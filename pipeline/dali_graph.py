@@ -95,16 +95,25 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
     if crop_from not in ("features", "audio"):
         raise ValueError(f"crop_from must be 'features' or 'audio', not {crop_from!r}")
     aug = augment if (augment is not None and augment.active) else None
-    gain = aug.gain_db if aug else 0.0
-    hop, clip = spec.hop_length, spec.clip_frames
-    half = spec.n_fft // 2
-    margin = -(-half // hop)  # frames whose window reaches past the track's edge
-    frames = 1 + n // hop  # spec.valid_frames(n)
-    # Start frames in [margin, frames - clip - margin] when the track allows, else [0, frames - clip].
-    inner = frames - clip - 2 * margin
+    return training_crops(audio, n, spec, on_gpu, aug, crops, crop_from), label, uid, n
+
+
+def crop_starts(n, spec: FeatureSpec):
+    """(lowest start frame, room above it) for a track of n samples: starts in [margin, frames -
+    clip - margin] when the track allows (clear of the reflect-padded edges), else [0, frames - clip]."""
+    margin = -(-(spec.n_fft // 2) // spec.hop_length)  # frames whose window reaches past the track's edge
+    frames = 1 + n // spec.hop_length  # spec.valid_frames(n)
+    inner = frames - spec.clip_frames - 2 * margin
     fits = fn.cast(inner >= 0, dtype=types.INT32)
-    lo = fits * margin
-    room = fn.cast(fits * inner + (1 - fits) * dmath.max(frames - clip, 0), dtype=types.FLOAT)
+    room = fits * inner + (1 - fits) * dmath.max(frames - spec.clip_frames, 0)
+    return fits * margin, fn.cast(room, dtype=types.FLOAT)
+
+
+def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | None, crops: int, crop_from: str):
+    """`crops` random windows of the track's log-mel, stacked to (crops, mels, frames)."""
+    gain = aug.gain_db if aug else 0.0
+    hop, clip, half = spec.hop_length, spec.clip_frames, spec.n_fft // 2
+    lo, room = crop_starts(n, spec)
     # Every random draw before any operator that only one crop_from has: DALI seeds operators in
     # the order they are made, so both ways draw the same crops, gains and masks.
     draws = [(lo + fn.cast(fn.random.uniform(range=[0.0, 1.0]) * room, dtype=types.INT32),
@@ -132,6 +141,5 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
             if gain:
                 crop = crop * dmath.pow(10.0, g / 20.0)
             f = spec.normalise(mel_db(crop.gpu() if on_gpu else crop, spec, spec.db_floor, center=False))
-        f = spec_augment(f, masks)
-        feats.append(f)
-    return fn.stack(*feats), label, uid, n
+        feats.append(spec_augment(f, masks))
+    return fn.stack(*feats)

@@ -19,6 +19,8 @@
 # XZ_LEVEL (9), GPU_CHECK_IMAGE_CODECS=1 (also bring DALI's image-codec wheels; still 3 pieces).
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+# From the repo root, every Python tool as `"$PY" -m bench.X` / `-m preprocess.X`: there is no
+# `pip install -e .` there, and -m puts the current folder (the root) first on sys.path.
 cd "$(dirname "$SELF")/.."
 PY=${PYTHON:-python3}
 WHL=.whl
@@ -44,7 +46,7 @@ fetch() {
     || { grep -v "^WARNING: Location" "$WHL/download.log" >&2; die "pip download failed (above)"; }
   local codecs=()
   [ "${GPU_CHECK_IMAGE_CODECS:-0}" = 1 ] && codecs=(--with-image-codecs)
-  "$PY" bench/gpu_wheels.py pack "$WHL/all" --whl "$WHL" --xz-level "${XZ_LEVEL:-9}" "${codecs[@]}"
+  "$PY" -m bench.gpu_wheels pack "$WHL/all" --whl "$WHL" --xz-level "${XZ_LEVEL:-9}" "${codecs[@]}"
   cat >&2 <<EOF
 
 Next, with the device tool, back to back (the machine goes back after ~30 s idle):
@@ -77,7 +79,7 @@ preflight() {
 }
 
 publish() {  # results so far -> summary.md, and to $OUT (at most 8 flat files there)
-  "$PY" bench/gpu_smoke.py --summary "$RES" > "$RES/summary.md.tmp" 2>/dev/null && mv "$RES/summary.md.tmp" "$RES/summary.md"
+  "$PY" -m bench.gpu_smoke --summary "$RES" > "$RES/summary.md.tmp" 2>/dev/null && mv "$RES/summary.md.tmp" "$RES/summary.md"
   [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] || return 0
   local f
   for f in summary.md console.log smoke-call1.json smoke.json; do
@@ -116,16 +118,16 @@ smoke() {  # call 1: the machine itself, before any DALI (it arrives with the la
   preflight
   : > "$RES/stages.tsv"
   DEADLINE=$(( $(date +%s) + 100 ))
-  "$PY" bench/gpu_wheels.py check --need 1 --whl "$WHL" || say "piece 1 is not here or damaged (above)"
-  stage smoke-call1 60 0 "$PY" bench/gpu_smoke.py --out "$RES/smoke-call1.json" "${SMOKE_ARGS[@]}"
+  "$PY" -m bench.gpu_wheels check --need 1 --whl "$WHL" || say "piece 1 is not here or damaged (above)"
+  stage smoke-call1 60 0 "$PY" -m bench.gpu_smoke --out "$RES/smoke-call1.json" "${SMOKE_ARGS[@]}"
 }
 
 pieces() {  # call 2: nothing to run but the check
-  "$PY" bench/gpu_wheels.py check --need 2 --whl "$WHL"
+  "$PY" -m bench.gpu_wheels check --need 2 --whl "$WHL"
 }
 
 train_py() {  # shards with val/test splits from features.py's clips, then one epoch as train.py does it
-  # (python -m: the repo root is on sys.path whatever the scripts do about it themselves)
+  # (python -m: the repo root is on sys.path; train.py, a file in the root, has it anyway)
   local src shards=$WORK/train-shards
   src=$(ls -d "$WORK"/cache/synth-pc*-30s 2>/dev/null | head -1)
   if [ -z "$src" ] || [ ! -f "$src/.done" ]; then
@@ -146,7 +148,7 @@ run() {  # call 3
   "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "|",
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", __import__("os").cpu_count(), "cores")'
 
-  stage unpack 90 225 "$PY" bench/gpu_wheels.py unpack --whl "$WHL" --site "$SITE" \
+  stage unpack 90 225 "$PY" -m bench.gpu_wheels unpack --whl "$WHL" --site "$SITE" \
     || { say "cannot go on without the packages: bring the pieces named above and run again"; publish; return 2; }
   export PYTHONPATH="$PWD/$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -160,11 +162,11 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
 
   # Limits and reserves (s). A stage runs at most LIMIT, and never into the RESERVE kept for the stages
   # after it: the sum of their floors (smoke 20, features 60, each training 30, pytest 45, train.py 40).
-  stage smoke 45 205 "$PY" bench/gpu_smoke.py --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
-  stage features 150 145 "$PY" bench/features.py --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
+  stage smoke 45 205 "$PY" -m bench.gpu_smoke --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
+  stage features 150 145 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
     --parity-clips 50 --method-timeout 45 "${common[@]}"
-  stage train-baseline 80 115 "$PY" bench/train_throughput.py --model baseline --tag baseline "${tp[@]}"
-  stage train-resnet 80 85 "$PY" bench/train_throughput.py --model resnet --tag resnet "${tp[@]}"
+  stage train-baseline 80 115 "$PY" -m bench.train_throughput --model baseline --tag baseline "${tp[@]}"
+  stage train-resnet 80 85 "$PY" -m bench.train_throughput --model resnet --tag resnet "${tp[@]}"
   stage pytest-gpu 120 40 "$PY" -m pytest "${pt[@]}"
   stage train-py 90 0 bash "$SELF" train-py
 

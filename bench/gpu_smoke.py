@@ -1,18 +1,17 @@
-#!/usr/bin/env python3
 """A 20-second smoke test of the GPU machine: what the long checks rely on, each part timed.
 
-    python3 bench/gpu_smoke.py [--out smoke.json] [--allow-cpu]
+    python3 -m bench.gpu_smoke [--out smoke.json] [--allow-cpu] [--parts torch,loader]   # from the repo root
 
 Parts (each recorded as ok / FAILED / skipped with its seconds; the JSON is rewritten after each):
   versions   python, torch (+ CUDA, cuDNN), torchaudio, numpy, DALI if importable, cores, memory
   driver     nvidia-smi: GPU name, driver, memory
   image      the image's packages that the brought wheels rely on (numba, scipy, ...), by version
   torch      a bf16 matrix product on the GPU; LogMel (pipeline.features_torch) on cuda vs cpu;
-             one AMP training step of the baseline model
+             one AMP training step of the baseline model (training.step.train_step, train.py's)
   dali-gpu   one DALI pipeline with fn.spectrogram + fn.mel_filter_bank on the GPU vs the same
              on the CPU (needs nvidia.dali: skipped until the pieces are unpacked)
   loader     tiny shards (preprocess/synth.py + preprocess/make_shards.py, 8 clips of 4 s, into
-             /tmp/gpu_smoke) and one batch of pipeline.loader.DaliLoader on cuda:0, crops 4
+             --tmp, /tmp/gpu_smoke) and one batch of pipeline.loader.DaliLoader on cuda:0, crops 4
 
 Without CUDA the GPU parts are skipped; --allow-cpu runs them on the CPU instead, to rehearse
 the script on a machine without a GPU. Exit status 0 when nothing FAILED.
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -31,15 +29,11 @@ import time
 import traceback
 from importlib import metadata
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 # On the image (device KINDS.md); the packed wheels need them: bench/gpu_wheels.py ON_IMAGE.
 IMAGE_PACKAGES = ["numpy", "scipy", "numba", "llvmlite", "scikit-learn", "joblib", "msgpack", "lazy-loader",
                   "pyyaml", "six", "packaging", "requests", "typing-extensions", "threadpoolctl", "tqdm",
                   "matplotlib", "pytest", "pytest-timeout"]
-TMP = "/tmp/gpu_smoke"
+TMP = "/tmp/gpu_smoke"  # --tmp
 
 
 class Skip(Exception):
@@ -158,12 +152,12 @@ def image_packages() -> dict:
 
 def torch_part(allow_cpu: bool) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from model import build_model
     from pipeline.features_torch import LogMel
     from pipeline.spec import FeatureSpec
     from training.amp import Amp
+    from training.step import train_step
     dev = need_device(allow_cpu)
     res: dict = {"device": str(dev)}
     n = 4096 if dev.type == "cuda" else 512
@@ -180,7 +174,7 @@ def torch_part(allow_cpu: bool) -> dict:
     x = 0.1 * torch.randn(4, spec.sample_rate * 3, generator=g)
     ref = LogMel(spec)(x)
     got = LogMel(spec).to(dev)(x.to(dev)).float().cpu()
-    res["logmel_max_abs_db_vs_cpu"] = round(float((got - ref).abs().max()) * spec.norm_std, 5)
+    res["logmel_max_abs_db_vs_cpu"] = round(float((spec.denormalise(got) - spec.denormalise(ref)).abs().max()), 5)
     if res["logmel_max_abs_db_vs_cpu"] > 0.05:
         raise RuntimeError(f"LogMel on {dev} differs from CPU by {res['logmel_max_abs_db_vs_cpu']} dB")
 
@@ -190,10 +184,7 @@ def torch_part(allow_cpu: bool) -> dict:
     amp = Amp.create(dev, True)
     xb = torch.randn(8, 1, spec.n_mels, spec.clip_frames, device=dev)
     yb = torch.randint(0, 10, (8,), device=dev)
-    with amp.autocast():
-        logits = model(xb)
-    loss = F.cross_entropy(logits.float(), yb)
-    amp.step(loss, opt)
+    loss = train_step(model, xb, yb, torch.ones(8, device=dev), opt, amp, n_classes=10, label_smoothing=0.1).loss
     res.update(amp=amp.name, loss=round(float(loss.detach()), 4))
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss {loss}")
@@ -207,10 +198,11 @@ def dali_gpu(allow_cpu: bool) -> dict:
         raise Skip(f"nvidia.dali not importable yet ({e}): it arrives with the last piece") from None
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
+
+    from pipeline.dali_graph import mel_db
     from pipeline.spec import FeatureSpec
     dev = need_device(allow_cpu)
     spec = FeatureSpec()
-    hann = [0.5 - 0.5 * math.cos(2.0 * math.pi * i / spec.n_fft) for i in range(spec.n_fft)]
     rng = np.random.default_rng(0)
     clips = [(0.1 * rng.standard_normal(spec.sample_rate * 3)).astype(np.float32) for _ in range(4)]
 
@@ -220,13 +212,7 @@ def dali_gpu(allow_cpu: bool) -> dict:
             a = fn.external_source(source=lambda: clips, batch=True, dtype=types.FLOAT)
             if on_gpu:
                 a = a.gpu()
-            # pipeline/dali_graph.py's arguments (FeatureSpec: 2048 / 512, 128 slaney mels, periodic Hann)
-            s = fn.spectrogram(a, nfft=spec.n_fft, window_length=spec.n_fft, window_step=spec.hop_length,
-                               window_fn=hann, center_windows=True, reflect_padding=True, power=2, layout="ft")
-            m = fn.mel_filter_bank(s, sample_rate=spec.sample_rate, nfilter=spec.n_mels, freq_low=spec.f_min,
-                                   freq_high=spec.f_max, mel_formula=spec.mel_scale,
-                                   normalize=spec.mel_norm == "slaney")
-            return fn.to_decibels(m, multiplier=10.0, reference=1.0, cutoff_db=-100.0)
+            return mel_db(a, spec, spec.db_floor)  # the training graph's spectrogram, mel bank and dB
         pipe = p()
         pipe.build()
         (out,) = pipe.run()
@@ -257,7 +243,7 @@ def loaded_libs() -> list[str]:
     return sorted(names)
 
 
-def loader(allow_cpu: bool) -> dict:
+def loader(allow_cpu: bool, tmp: str = TMP) -> dict:
     try:
         import nvidia.dali  # noqa: F401
     except ImportError as e:
@@ -269,10 +255,10 @@ def loader(allow_cpu: bool) -> dict:
     from preprocess.make_shards import make_shards
     from preprocess.synth import generate
     dev = need_device(allow_cpu)
-    src, shards = os.path.join(TMP, "src"), os.path.join(TMP, "shards")
+    src, shards = os.path.join(tmp, "src"), os.path.join(tmp, "shards")
     t = time.perf_counter()
     if not os.path.exists(os.path.join(shards, "manifest.json")):
-        shutil.rmtree(TMP, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         generate(src, per_class=2, seconds=4.0, genres=["classical", "disco", "metal", "reggae"], progress=False)
         make_shards(src, shards, val=0, test=0, seed=0, workers=2, progress=False)
     res = {"shards_s": round(time.perf_counter() - t, 2), "device": str(dev)}
@@ -366,17 +352,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON report, rewritten after each part")
     p.add_argument("--allow-cpu", action="store_true", help="without CUDA, run the GPU parts on the CPU")
     p.add_argument("--summary", metavar="RES", help="print the markdown summary of a gpu_check.sh results folder")
+    p.add_argument("--tmp", default=TMP, help=f"the loader part's shards (default {TMP})")
+    p.add_argument("--parts", help="comma-separated subset of the parts (default: all, in order)")
     a = p.parse_args(argv)
     if a.summary:
         print(summary(a.summary))
         return 0
+    parts = {"versions": versions, "driver": driver, "image": image_packages,
+             "torch": lambda: torch_part(a.allow_cpu), "dali-gpu": lambda: dali_gpu(a.allow_cpu),
+             "loader": lambda: loader(a.allow_cpu, a.tmp)}
+    wanted = [x.strip() for x in a.parts.split(",") if x.strip()] if a.parts else list(parts)
+    if set(wanted) - set(parts):
+        p.error(f"--parts: unknown {sorted(set(wanted) - set(parts))}; choose from {', '.join(parts)}")
     s = Smoke(a.out, a.allow_cpu)
-    s.part("versions", versions)
-    s.part("driver", driver)
-    s.part("image", image_packages)
-    s.part("torch", lambda: torch_part(a.allow_cpu))
-    s.part("dali-gpu", lambda: dali_gpu(a.allow_cpu))
-    s.part("loader", lambda: loader(a.allow_cpu))
+    for name in wanted:
+        s.part(name, parts[name])
     failed = [k for k, v in s.report["parts"].items() if v["state"] == "FAILED"]
     s.report["failed"] = failed
     s.write()

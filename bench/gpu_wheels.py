@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """The packages the GPU machine lacks, packed for an offline machine that takes 64 MiB per call.
 
-    python bench/gpu_wheels.py pack WHEEL_DIR [--whl .whl]   # here: wheels -> .whl/p01 .. .whl/pNN
-    python3 bench/gpu_wheels.py check [--whl .whl] [--need N] # there: which pieces are here, sha256
-    python3 bench/gpu_wheels.py unpack [--whl .whl]          # there: pieces -> .whl/site (PYTHONPATH)
+    python3 -m bench.gpu_wheels pack WHEEL_DIR [--whl .whl]    # here: wheels -> .whl/p01 .. .whl/pNN
+    python3 -m bench.gpu_wheels check [--whl .whl] [--need N]  # there: which pieces are here, sha256
+    python3 -m bench.gpu_wheels unpack [--whl .whl]           # there: pieces -> .whl/site (PYTHONPATH)
+
+(from the repository root; standard library only, apart from `packaging` for pack)
 
 `pack` takes the wheels that `bench/gpu_check.sh fetch` downloaded, keeps those the audio path
 needs and the GPU image lacks (KEEP), checks that every dependency of a kept wheel is kept, on the

@@ -1,0 +1,193 @@
+"""Smoke tests of bench/: every script on a few clips of a few seconds, its JSON and table checked.
+
+Each script runs as `python -m bench.<script>` from the repository root (what the docs and
+bench/gpu_check.sh do), in a fresh process with a timeout, into a temporary cache and results
+folder. librosa is a benchmark-only dependency (bench/requirements.txt): without it the methods
+that need it must report themselves skipped; with it, their figures are checked too.
+"""
+import glob
+import importlib.util
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from helpers import ROOT, TRAIN_GENRES
+
+HAVE_LIBROSA = importlib.util.find_spec("librosa") is not None
+CLIPS = 2 * len(TRAIN_GENRES)  # 8 clips of 3 s
+
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    """(source folder, cache shared by the scripts: shards are packed once)."""
+    from preprocess.synth import generate
+    base = tmp_path_factory.mktemp("bench")
+    generate(str(base / "src"), per_class=2, seconds=3.0, seed=0, genres=TRAIN_GENRES, progress=False)
+    return str(base / "src"), str(base / "cache")
+
+
+def run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, f"{module} exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
+    return p
+
+
+def only_json(folder: str, pattern: str) -> dict:
+    found = glob.glob(os.path.join(folder, pattern))
+    assert len(found) == 1, found
+    with open(found[0], encoding="utf-8") as f:
+        return json.load(f)
+
+
+def assert_librosa_row(r: dict) -> None:
+    """Skipped, naming librosa, where it is not installed; a real timing where it is."""
+    if HAVE_LIBROSA:
+        assert "error" not in r and "skipped" not in r, r
+    else:
+        assert "librosa not installed" in r.get("skipped", ""), r
+
+
+def test_features(bench_data, tmp_path):
+    src, cache = bench_data
+    methods = ["librosa-1proc", "torchaudio-cpu", "dali-cpu", "torchaudio-cuda"]
+    p = run("bench.features", "--src", src, "--clips", str(CLIPS), "--repeats", "1", "--budget", "5",
+            "--wait-idle", "0", "--retries", "0", "--method-timeout", "90", "--methods", ",".join(methods),
+            "--cache", cache, "--out", str(tmp_path))
+    rep = only_json(str(tmp_path), "features-*.json")
+    assert rep["complete"] and rep["data"]["clips"] == CLIPS and rep["data"]["shard_dir"]
+    assert abs(rep["data"]["total_seconds"] - 3.0 * CLIPS) < 0.1
+    rows = {r["method"]: r for r in rep["methods"]}
+    assert list(rows) == methods
+    for name in ("torchaudio-cpu", "dali-cpu"):
+        r = rows[name]
+        assert "error" not in r and "skipped" not in r, r
+        assert len(r["times_s"]) == 1 and r["clips_per_s"]["median"] > 0 and r["peak_rss_mb"] > 100
+        assert r["other_load_cores"] >= 0 and r["attempts"] == 1
+        assert f"| {name} | " in p.stdout
+    assert_librosa_row(rows["librosa-1proc"])
+    if HAVE_LIBROSA:  # every method against the librosa reference (bench.reference)
+        for name in ("librosa-1proc", "torchaudio-cpu", "dali-cpu"):
+            assert rows[name]["parity_clips"] == CLIPS and rows[name]["max_abs_db"] < 0.05, rows[name]
+        assert rows["dali-cpu"]["ratio_to_librosa"] > 0
+    else:
+        assert any("no parity reference" in n for n in rep["notes"])
+    import torch
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in rows["torchaudio-cuda"]["skipped"]
+    assert os.path.getsize(glob.glob(os.path.join(str(tmp_path), "features-*.png"))[0]) > 1000
+
+
+def test_train_throughput(bench_data, tmp_path):
+    src, cache = bench_data
+    run("bench.train_throughput", "--src", src, "--clips", str(CLIPS), "--model", "tiny", "--batch", "4",
+        "--crops", "2,1", "--methods", "dali,librosa,synthetic", "--device", "cpu", "--warmup", "1", "--steps", "2",
+        "--repeats", "1", "--wait-idle", "0", "--retries", "0", "--method-timeout", "90",
+        "--cache", cache, "--out", str(tmp_path), timeout=240)
+    rep = only_json(str(tmp_path), "train-*.json")
+    assert rep["complete"] and rep["runs_wanted"] == ["dali-c2", "dali-c1", "librosa", "synthetic"]
+    assert rep["settings"]["label_smoothing"] == 0.1 and rep["data"]["tracks"] == CLIPS
+    rows = rep["methods"]
+    for r in (rows[0], rows[1], rows[3]):
+        assert "error" not in r and "skipped" not in r, r
+        assert r["shape"] == [4, 1, 128, 130] and r["samples_per_s"]["median"] > 0
+        assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2
+        assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])  # train_step's weighted loss
+    assert rows[0]["loader"]["crops"] == 2 and rows[0]["loader"]["tracks_per_batch"] == 2
+    assert rows[1]["loader"]["tracks_per_batch"] == 4
+    assert_librosa_row(rows[2])
+
+
+def test_dali_tuning(bench_data, tmp_path):
+    src, cache = bench_data
+    p = run("bench.dali_tuning", "--src", src, "--clips", str(CLIPS), "--epochs", "1", "--vary", "crops",
+            "--modes", "train,eval", "--wait-idle", "0", "--cache", cache, "--out", str(tmp_path))
+    rows = only_json(str(tmp_path), "dali-tuning-*.json")["rows"]
+    assert [(r["mode"], r["crops"]) for r in rows] == [("train", 1), ("train", 4), ("eval", 1)]
+    for r in rows:
+        # every track once per epoch: FILL repeats carry weight 0, 4 crops count as one track
+        assert r["tracks"] == CLIPS and r["tracks_per_s"]["median"] > 0 and r["peak_rss_mb"] > 100, r
+    assert p.stdout.count("| train |") == 2 and p.stdout.count("| eval |") == 1
+
+
+def test_dali_parity(bench_data, tmp_path):
+    src, cache = bench_data
+    wav = sorted(glob.glob(os.path.join(src, "*", "*.wav")))[0]
+    out = str(tmp_path / "parity.json")
+    run("bench.dali_parity", wav, "--cache", cache, "--json", out)
+    with open(out, encoding="utf-8") as f:
+        r = json.load(f)
+    assert r["samples"] == 3 * 22050 and r["frames"] == 1 + r["samples"] // 512
+    floor = r["fft_floor_db"]  # DALI's power spectrum vs float64 torch.stft: -65 dB at worst, measured
+    assert floor["dali"]["max"] < -40 and floor["dali"]["median"] < -80 and floor["torch_float32"]["max"] < -40
+    if HAVE_LIBROSA:
+        a = r["rows"][0]
+        assert a["stages"].startswith("A") and a["max_abs_db"] < 0.01, a
+    else:
+        assert "librosa not installed" in r["rows_skipped"]
+
+
+def test_hard_set(tmp_path):
+    args = ["--configs", "tiny", "--per-class", "3", "--seconds", "4", "--epochs", "1", "--nproc", "1",
+            "--run-timeout", "150", "--cache", str(tmp_path / "cache")]
+    p = run("bench.hard_set", *args, "--out", str(tmp_path / "a"), timeout=200)
+    rep = only_json(str(tmp_path / "a"), "hard-*.json")
+    assert rep["split"] == "10/10/10" and rep["epochs"] == 1  # stratified 70/15/15 of 3 tracks per genre
+    (r,) = rep["rows"]
+    assert r["config"] == "tiny" and r["best_epoch"] == 1 and r["wall_s"] > 0
+    assert all(0 <= r[k] <= 1 for k in ("best_val", "test_track", "test_window", "last_train_acc"))
+    assert "| tiny | 0 | " in p.stdout
+    run("bench.hard_set", *args, "--reuse-only", "--out", str(tmp_path / "b"), timeout=60)  # tabulates, trains nothing
+    assert only_json(str(tmp_path / "b"), "hard-*.json")["rows"] == rep["rows"]
+
+
+def test_gpu_smoke(tmp_path):
+    out = str(tmp_path / "res" / "smoke.json")
+    run("bench.gpu_smoke", "--allow-cpu", "--parts", "versions,torch,dali-gpu,loader", "--tmp", str(tmp_path / "tmp"),
+        "--out", out, timeout=120)
+    with open(out, encoding="utf-8") as f:
+        rep = json.load(f)
+    assert rep["failed"] == [] and list(rep["parts"]) == ["versions", "torch", "dali-gpu", "loader"]
+    assert all(v["state"] == "ok" for v in rep["parts"].values()), rep["parts"]
+    t = rep["parts"]["torch"]  # one train_step of the baseline model; LogMel on the device vs the CPU
+    assert math.isfinite(t["loss"]) and t["loss"] > 0 and t["logmel_max_abs_db_vs_cpu"] < 0.05
+    assert rep["parts"]["loader"]["x"] == [16, 1, 128, 130]
+    p = run("bench.gpu_smoke", "--summary", str(tmp_path / "res"), timeout=60)
+    assert "**smoke.json**" in p.stdout and "- loader: ok" in p.stdout
+
+
+def test_gpu_wheels_round_trip(tmp_path, monkeypatch):
+    """pack -> check -> unpack of a made-up wheel, cut into pieces; a damaged piece is named."""
+    import bench.gpu_wheels as gw
+    monkeypatch.setattr(gw, "KEEP", {"fakepkg": "the test's wheel"})
+    monkeypatch.setattr(gw, "PIECE_MAX", 4096)
+    payload = random.Random(0).randbytes(10_000)  # incompressible: pieces of at most 4 KiB
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "fakepkg-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("fakepkg/__init__.py", "X = 1\n")
+        z.writestr("fakepkg/blob.bin", payload)
+        z.writestr("fakepkg/_ext.cpython-39-x86_64-linux-gnu.so", b"other python")  # dropped: not 3.12
+        z.writestr("nvidia/fake/__init__.py", "")
+        z.writestr("nvidia/__init__.py", "")  # replaced by the pack's own extend_path
+        z.writestr("fakepkg-1.0.dist-info/METADATA", "Name: fakepkg\nVersion: 1.0\nRequires-Dist: numpy\n")
+    whl, site = str(tmp_path / "whl"), str(tmp_path / "site")
+    assert gw.main(["pack", str(wheels), "--whl", whl, "--xz-level", "1", "--python-xz"]) == 0
+    pieces = sorted(glob.glob(os.path.join(whl, "p*", "site.tar.xz.*")))
+    assert len(pieces) >= 2
+    assert gw.main(["check", "--whl", whl]) == 0
+    assert gw.main(["unpack", "--whl", whl, "--site", site]) == 0
+    with open(os.path.join(site, "fakepkg", "blob.bin"), "rb") as f:
+        assert f.read() == payload
+    with open(os.path.join(site, "nvidia", "__init__.py"), "rb") as f:
+        assert f.read() == gw.NVIDIA_INIT
+    assert not os.path.exists(os.path.join(site, "fakepkg", "_ext.cpython-39-x86_64-linux-gnu.so"))
+    assert os.path.exists(os.path.join(site, "fakepkg-1.0.dist-info", "METADATA"))
+    with open(pieces[1], "r+b") as f:
+        f.write(b"\0")
+    assert gw.main(["check", "--whl", whl, "--need", "1"]) == 0 and gw.main(["check", "--whl", whl]) == 3

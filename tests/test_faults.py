@@ -3,6 +3,7 @@
 Faults strike at a known step (train.py's PT_TEST_FAULT test aid), not by racing the clock, and
 the runs use the tiny model so checkpoints cost next to nothing.
 """
+import contextlib
 import json
 import os
 import signal
@@ -125,9 +126,14 @@ def test_hung_rank_does_not_hang_the_job(train_shards, tmp_path):
             assert time.time() - stopped < 90, "rank 0 still waits for the stopped rank"
             time.sleep(0.05)
         assert time.time() - stopped >= 5  # it waited for the timeout, it did not crash at once
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # torchrun and, in sessions of their own, its ranks: the stopped one would outlive the test
+        for pid in [*rank_pids(proc.pid).values(), *pids.values()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+    assert all(state(pid) in ("Z", "X") for pid in pids.values())
 
 
 def test_persistent_nan_stops_with_step_and_keys(train_shards, tmp_path):

@@ -3,6 +3,13 @@
     python predict.py song.mp3 [more.wav dir/ ...] [--checkpoint runs/X/best.pt] [--top 3] [--json]
     python predict.py song.mp3 --timeline [--hop 1.5] [--plot-dir DIR]   # genre over time
 
+Collection mode (--out; pipeline/collection.py): every track of a shard folder or of an audio
+folder through the sharded DALI path, on every rank, into one file; resumable:
+
+    python predict.py --shards SHARDS --out predictions.jsonl [--format jsonl|csv] [--timeline]
+    python predict.py FOLDER --out predictions.csv              # shards FOLDER first, then the same
+    python predict.py --nproc N ... / torchrun --nproc-per-node N predict.py --shards SHARDS --out ...
+
 The song is decoded and resampled exactly as make_shards does, turned into log-mels with the
 checkpoint's FeatureSpec (torchaudio; DALI is not needed), cut into windows that cover the whole
 song, and the windows' logits are averaged. Exit code 2 if any file or the checkpoint fails.
@@ -49,20 +56,10 @@ class Predictor:
     def __init__(self, ckpt_path: str, device: str = "cpu"):
         import torch
 
-        from model import build_model
+        from pipeline.collection import load_classifier
         from pipeline.features_torch import LogMel
-        from pipeline.spec import FeatureSpec
-        from training import checkpoint
 
-        state = checkpoint.load(ckpt_path, map_location=device)
-        self.classes: list[str] = state["classes"]
-        self.spec = FeatureSpec.from_dict(state["feature_spec"])
-        try:
-            self.model = build_model(state["model_name"], len(self.classes))
-        except ValueError as e:
-            raise checkpoint.CheckpointError(f"{ckpt_path}: {e}") from None
-        checkpoint.load_model_weights(self.model, state, ckpt_path)
-        self.model.eval().to(device)
+        self.model, self.classes, self.spec = load_classifier(ckpt_path, device)
         self.logmel = LogMel(self.spec)
         self.device = device
         self.torch = torch
@@ -157,7 +154,7 @@ def _mmss(s: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="audio files or folders")
+    p.add_argument("paths", nargs="*", help="audio files or folders (with --out: one folder, sharded first)")
     p.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best.pt")
     p.add_argument("--top", type=int, default=3, help="probabilities to show per file")
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
@@ -173,9 +170,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-short", action="store_true",
                    help="predict clips shorter than --min-seconds anyway, with a warning (shards made with the "
                         "same --min-seconds hold none)")
+    g = p.add_argument_group("collection mode (--out): the sharded DALI path on every rank, resumable")
+    g.add_argument("--out", default=None, metavar="FILE",
+                   help="write every track's prediction here (one line per track: .jsonl, or .csv); a rerun with "
+                        "the same --out finishes what is missing; summary in FILE-stem.summary.json/.genres.png")
+    g.add_argument("--shards", default=None, metavar="DIR",
+                   help="predict every track of this shard folder (make_shards.py --unlabeled, or labeled shards)")
+    g.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: from --out's extension, else jsonl")
+    g.add_argument("--nproc", default="1", help="launch N local ranks (like torchrun --nproc-per-node N); 'auto': "
+                                                 "one per GPU, 2 on a CPU. Never two ranks on one GPU")
+    g.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="whole tracks per DALI batch and rank (default: 32 on a GPU; 1 on a CPU, where it costs a "
+                        "few %% and gives the single-file mode's features exactly: the DALI graph pads a batch's "
+                        "audio, which moves the last 2 frames of its shorter tracks). Windows reach the model in "
+                        "batches of their own (256 on a GPU, 8 on a CPU), across tracks")
+    g.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / local ranks)")
+    g.add_argument("--source-root", default=None, metavar="DIR",
+                   help="prefix the manifest's source paths with DIR in the output (default for a folder: the folder)")
+    g.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (GPU speed; probabilities move: up to 2e-4 with bf16 on a CPU, untrained models)")
+    g.add_argument("--eager", action="store_true", help="on a CPU, skip the TorchScript-frozen model (slower)")
+    g.add_argument("--sharded-from", default=None, help=argparse.SUPPRESS)  # ranks started for a folder
     a = p.parse_args(argv)
     if a.min_seconds < 0:
         p.error("--min-seconds must not be negative")
+    if a.nproc == "auto":
+        from training.distributed import auto_nproc
+        a.nproc = auto_nproc(a.cpu)
+    elif not a.nproc.isdigit() or int(a.nproc) < 1:
+        p.error(f"--nproc {a.nproc}: give a number >= 1 or 'auto'")
+    a.nproc = int(a.nproc)
+    collection = a.out is not None or a.shards is not None
+    if not collection and not a.paths:
+        p.error("give audio files or folders, or --out FILE with --shards DIR or a folder")
 
     from pipeline.audio import AudioError
     from training.checkpoint import CheckpointError
@@ -184,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if ckpt is None:
         print("predict: error: no checkpoint given and none found in runs/*/best.pt (train first)", file=sys.stderr)
         return 2
+    if collection:
+        from pipeline.collection import run
+        return run(a, ckpt)
     try:
         predictor = Predictor(ckpt, a.device)
     except CheckpointError as e:

@@ -8,6 +8,7 @@ batch the same way. Those repeats carry weight 0: each sample counts exactly onc
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
@@ -37,16 +38,26 @@ class DaliLoader:
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None,
-                 augment: "Augment | None" = None, crops: int = 1, crop_from: str | None = None):
+                 augment: "Augment | None" = None, crops: int = 1, crop_from: str | None = None,
+                 shards: list[str] | None = None):
+        """shards: read only these tars of the split (names, e.g. `all-000003.tar`), in the split's
+        order: predict.py --shards skips the tars a resumed job has finished."""
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import OUTPUTS, READER_NAME, audio_pipeline
 
         manifest = read_manifest(shard_dir)
+        if split not in manifest.splits:
+            raise ValueError(f"{shard_dir}: no split '{split}' (it holds {', '.join(manifest.split_names)})")
         files, index_files = manifest.shard_paths(shard_dir, split)
+        self.split, self.size = split, manifest.splits[split].count
+        if shards is not None:
+            keep = set(shards)
+            index_files = [i for f, i in zip(files, index_files) if os.path.basename(f) in keep]
+            files = [f for f in files if os.path.basename(f) in keep]
+            self.size = sum(s.split == split and s.shard in keep for s in manifest.samples)
         if not files:
             raise ValueError(f"{shard_dir}: split '{split}' has no shards")
-        self.split, self.size = split, manifest.splits[split].count
         # DALI needs a sample per shard. With fewer samples than ranks, the extra ranks re-read an
         # existing shard with weight 0: every rank still steps, each sample still counts once.
         n_shards = min(world_size, self.size)

@@ -2,7 +2,7 @@
 
 A shard folder holds
 
-    {split}-NNNNNN.tar   WebDataset tar (split in SPLITS); per sample, under a dot-free key:
+    {split}-NNNNNN.tar   WebDataset tar (split in SPLITS, or UNLABELED_SPLIT); per sample, under a dot-free key:
                            <key>.wav   16-bit PCM mono WAV at the FeatureSpec's sample rate
                            <key>.cls   class index as ASCII text (the WebDataset convention)
                            <key>.lab   class index, int32 little-endian (what DALI reads)
@@ -10,6 +10,11 @@ A shard folder holds
                            <key>.json  {"source", "label", "duration", "pcm_sha256"}
     {split}-NNNNNN.idx   DALI's index of that tar
     manifest.json        the Manifest below, written last: a folder without one is unfinished
+
+An unlabeled collection (`make_shards.py --unlabeled`: a folder to predict, not to train on) has
+one split, UNLABELED_SPLIT ("all"), and a manifest with `"unlabeled": true`, `"classes": []` and
+`"label": null` in every sample; its .lab members hold NO_LABEL (-1) and its .cls members "-1".
+Labeled manifests carry no "unlabeled" field, so their bytes are what they were before it existed.
 
 Every byte is accounted for: the manifest records the sha256 of each tar and index file and of
 each sample's WAV member; the other members are rebuilt from the manifest's sample records, so
@@ -30,6 +35,9 @@ import numpy as np
 from pipeline.spec import FeatureSpec
 
 SPLITS = ("train", "val", "test")
+UNLABELED_SPLIT = "all"                    # the one split of an unlabeled collection
+ALL_SPLITS = SPLITS + (UNLABELED_SPLIT,)   # every split name a shard folder may hold, in order
+NO_LABEL = -1                              # .lab / .cls of an unlabeled sample
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2          # 2: sha256 of every tar, index and WAV member (1: PCM checksums only)
 READABLE_VERSIONS = (1, 2)    # readers take both; --verify needs 2
@@ -41,7 +49,7 @@ LABEL_DTYPE, UID_DTYPE = np.dtype("<i4"), np.dtype("<i8")
 META_FIELDS = ("source", "label", "duration", "pcm_sha256")
 STORAGE = "wav/pcm16"
 
-OUTPUT_FILE = re.compile(r"(?:(?:train|val|test)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\d+)?)")
+OUTPUT_FILE = re.compile(r"(?:(?:train|val|test|all)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\d+)?)")
 
 
 def shard_name(split: str, i: int) -> str:
@@ -140,6 +148,16 @@ class Manifest:
     @property
     def classes(self) -> list[str]:
         return self.doc["classes"]
+
+    @property
+    def unlabeled(self) -> bool:
+        """A collection sharded with --unlabeled: one split (UNLABELED_SPLIT), no classes, no labels."""
+        return bool(self.doc.get("unlabeled", False))
+
+    @property
+    def split_names(self) -> list[str]:
+        """The splits this folder holds, in ALL_SPLITS order (train, val, test; or all)."""
+        return [s for s in ALL_SPLITS if s in self.doc["splits"]]
 
     @property
     def spec(self) -> FeatureSpec:

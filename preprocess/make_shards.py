@@ -4,6 +4,7 @@
     python preprocess/make_shards.py --list FILE [SRC] OUT [--split list|random|gtzan-filtered]
     python preprocess/make_shards.py SRC OUT --split gtzan-filtered
     python preprocess/make_shards.py --verify OUT     # re-read shards, check against the manifest
+    python preprocess/make_shards.py --unlabeled SRC OUT   # a collection to predict (predict.py --shards)
 
 Inputs. SRC is GTZAN's layout or any folder-per-class tree (SRC/<class>/**/<file>; a single
 `genres_original/` or `genres/` folder inside SRC is entered; OUT is skipped if it lies inside
@@ -12,6 +13,12 @@ SRC). Or `--list FILE`: a CSV or TSV (delimiter detected: a tab in the first row
 columns may come in any order and extra columns are ignored). Relative paths are relative to the
 list file's folder, or to SRC when SRC is given; `#` lines and blank lines are skipped. Labels are
 free text: every label seen becomes a class.
+
+Unlabeled collections (`--unlabeled`): every non-hidden file anywhere below SRC goes into one
+split, "all" (`all-NNNNNN.tar`), with no label (`.lab` -1, `.cls` "-1", `"label": null`); the
+manifest says `"unlabeled": true` and `"classes": []`. For predict.py --shards, not for training.
+Rejects, duplicates (same decoded audio twice: the copy is rejected), resume and --verify work as
+for labeled shards; --list, --split, --val and --test do not apply.
 
 Splits (`--split`): `random` (the default without a split column) is stratified by class, whole
 tracks, seeded (--val/--test/--seed). `list` (the default when the list has a split column) takes
@@ -71,7 +78,8 @@ import numpy as np
 
 from pipeline.atomic import atomic_write as _atomic_write
 from pipeline.audio import MIN_SECONDS
-from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, OUTPUT_FILE, SPLITS, STORAGE, Sample,
+from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, NO_LABEL, OUTPUT_FILE, SPLITS, STORAGE,
+                             UNLABELED_SPLIT, Sample,
                              index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
 from pipeline import version
 from pipeline.spec import FeatureSpec
@@ -124,6 +132,21 @@ def find_inputs(src: str, exclude: str | None = None) -> tuple[list[Item], list[
             empty.append(entry)
         items.extend(found)
     return items, empty, rejects
+
+
+def find_unlabeled(src: str, exclude: str | None = None) -> list[Item]:
+    """--unlabeled: every non-hidden file below SRC, at any depth, sorted, without a label
+    (`exclude`, OUT, is skipped as in find_inputs)."""
+    skip = os.path.realpath(exclude) if exclude else None
+    items = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) != skip)
+        for fn in sorted(filenames):
+            if not fn.startswith("."):
+                p = os.path.join(dirpath, fn)
+                items.append(Item(p, os.path.relpath(p, src), None))
+    return items
 
 
 _PATH_COLS = {"path", "file", "filename", "filepath", "file_path", "audio"}
@@ -383,7 +406,8 @@ def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str
                 wav = w.read()
             r["wav_sha256"] = sha256_bytes(wav)
             smp = Sample.from_dict({**r, "split": "", "shard": ""})
-            tw.write({"__key__": r["key"], **smp.members(class_index[r["label"]], wav)})
+            label = NO_LABEL if r["label"] is None else class_index[r["label"]]
+            tw.write({"__key__": r["key"], **smp.members(label, wav)})
         tw.close()
         f.flush()
         os.fsync(f.fileno())
@@ -421,11 +445,12 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
                 val: float = 0.1, test: float = 0.1, seed: int = 0,
                 workers: int | None = None, min_seconds: float = MIN_SECONDS, max_seconds: float | None = 600.0,
                 max_per_shard: int = 256, min_shards: int = 8, spec: FeatureSpec | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, unlabeled: bool = False) -> dict:
     """Build the shards and manifest; returns the manifest. Raises UsageError on unusable input.
 
     src: folder of class folders, or (with list_file) the base for the list's relative paths.
-    split: "random" | "list" | "gtzan-filtered"; None picks "list" if the list has a split column."""
+    split: "random" | "list" | "gtzan-filtered"; None picks "list" if the list has a split column.
+    unlabeled: every file below src in one split (UNLABELED_SPLIT), no labels (module docstring)."""
     from tqdm import tqdm
 
     spec = spec or FeatureSpec()
@@ -433,7 +458,14 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
         raise UsageError(f"--split {split}: choose one of {', '.join(SPLIT_METHODS)}")
     if src is not None and not os.path.isdir(src):
         raise UsageError(f"{src}: not a directory")
-    if list_file is not None:
+    if unlabeled and (list_file is not None or split is not None):
+        raise UsageError("--unlabeled takes a SRC folder; --list and --split do not apply")
+    if unlabeled:
+        if src is None:
+            raise UsageError("give a SRC folder")
+        items, rejects, empty_classes = find_unlabeled(src, exclude=out), [], []
+        has_split_column, origin = False, src
+    elif list_file is not None:
         items, rejects, has_split_column = read_list(list_file, base=src)
         empty_classes: list[str] = []
         origin = list_file
@@ -485,7 +517,7 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
             rejects.append(_reject(r["source"], r["reason"], r["message"]))
     good, dup_rejects, duplicates = resolve_duplicates(good)
     rejects.extend(dup_rejects)
-    classes = sorted({r["label"] for r in good})
+    classes = [] if unlabeled else sorted({r["label"] for r in good})
     if not good:
         raise UsageError(f"{origin}: no usable audio found ({len(rejects)} files rejected)")
     class_index = {c: i for i, c in enumerate(classes)}
@@ -493,12 +525,17 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
     for uid, r in enumerate(good):
         r["uid"] = uid
 
-    splits = split_tracks(good, classes, val, test, seed) if method == "random" else fixed_splits(good, seed)
+    if unlabeled:
+        split_names: tuple[str, ...] = (UNLABELED_SPLIT,)
+        splits = {UNLABELED_SPLIT: good}  # in uid (source path) order
+    else:
+        split_names = SPLITS
+        splits = split_tracks(good, classes, val, test, seed) if method == "random" else fixed_splits(good, seed)
     _clear_outputs(out)  # shards of an earlier, different or killed run must not mix with these
     split_info, files = {}, {}
-    n_total_shards = sum(shard_count(len(splits[s]), max_per_shard, min_shards) for s in SPLITS)
+    n_total_shards = sum(shard_count(len(splits[s]), max_per_shard, min_shards) for s in split_names)
     sbar = tqdm(total=n_total_shards, desc="shards", unit="shard", disable=not progress)
-    for s in SPLITS:
+    for s in split_names:
         rs = splits[s]
         n_sh = shard_count(len(rs), max_per_shard, min_shards)
         bounds = np.linspace(0, len(rs), n_sh + 1).round().astype(int) if n_sh else [0]
@@ -518,6 +555,9 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
 
     opts = {"split": method, "val": val, "test": test, "seed": seed, "min_seconds": min_seconds,
             "max_seconds": max_seconds, "max_per_shard": max_per_shard, "min_shards": min_shards}
+    if unlabeled:  # labeled manifests keep their exact bytes: no field they did not have before
+        opts = {"split": UNLABELED_SPLIT, "min_seconds": min_seconds, "max_seconds": max_seconds,
+                "max_per_shard": max_per_shard, "min_shards": min_shards}
     if list_file is not None:  # identifies the list without recording where it lived
         with open(list_file, "rb") as f:
             opts["list_sha256"] = hashlib.sha256(f.read()).hexdigest()
@@ -543,6 +583,8 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
         "samples": samples,
         "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"], r["message"])),
     }
+    if unlabeled:
+        manifest["unlabeled"] = True
     _atomic_write(os.path.join(out, MANIFEST), manifest_bytes(manifest))
     shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -590,7 +632,7 @@ def verify(out: str) -> list[str]:
     for smp in m.samples:
         by_shard[smp.shard][smp.key] = smp
     problems = []
-    for split in SPLITS:
+    for split in m.split_names:
         seen = 0
         for name in m.splits[split].shards:
             tar, idx = os.path.join(out, name), os.path.join(out, index_name(name))
@@ -613,7 +655,8 @@ def verify(out: str) -> list[str]:
                 problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
             for key in sorted(set(want) & set(found)):
                 smp, got = want[key], found[key]
-                expect = smp.members(class_index[smp.label], got.get(AUDIO, b""))
+                label = NO_LABEL if smp.label is None else class_index[smp.label]
+                expect = smp.members(label, got.get(AUDIO, b""))
                 for ext in sorted(set(expect) | set(got)):
                     if ext not in got:
                         problems.append(f"{name}: sample {key} member .{ext} is missing")
@@ -643,14 +686,16 @@ def _read_shard(tar: str) -> dict[str, dict[str, bytes]]:
 
 
 def summary_line(m: dict) -> str:
-    n_ok = sum(m["splits"][s]["count"] for s in SPLITS)
+    names = [s for s in (*SPLITS, UNLABELED_SPLIT) if s in m["splits"]]
+    n_ok = sum(m["splits"][s]["count"] for s in names)
     reasons = Counter(r["reason"] for r in m["rejects"])
     rej = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"
-    counts = " / ".join(f"{m['splits'][s]['count']} {s}" for s in SPLITS)
+    counts = " / ".join(f"{m['splits'][s]['count']} {s}" for s in names)
     n_warn = sum(bool(smp.get("warnings")) for smp in m["samples"])
     warn = f", {n_warn} with warnings (see manifest)" if n_warn else ""
     return (f"accepted {n_ok} ({counts}), rejected {len(m['rejects'])} ({rej}), "
-            f"{m['total_seconds'] / 3600:.2f} h of audio, {len(m['classes'])} classes{warn}")
+            f"{m['total_seconds'] / 3600:.2f} h of audio, "
+            f"{'unlabeled' if m.get('unlabeled') else str(len(m['classes'])) + ' classes'}{warn}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -662,7 +707,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                 usage="make_shards.py SRC [OUT] [options]\n       make_shards.py --list FILE [SRC] [OUT] [options]"
-                      "\n       make_shards.py --verify OUT")
+                      "\n       make_shards.py --unlabeled SRC [OUT] [options]\n       make_shards.py --verify OUT")
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--verify"]:
@@ -696,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-per-shard", type=int, default=256, help="samples per tar at most")
     p.add_argument("--min-shards", type=int, default=8, help="tars per split at least (if enough samples)")
     p.add_argument("--sample-rate", type=int, default=FeatureSpec.sample_rate, help="stored sample rate")
+    p.add_argument("--unlabeled", action="store_true",
+                   help="SRC is a collection without class folders: every file in one split ('all'), no labels "
+                        "(for predict.py --shards)")
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     a = p.parse_intermixed_args(argv)
     if a.list_file is None and not 1 <= len(a.paths) <= 2:
@@ -717,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         m = make_shards(src, out, list_file=a.list_file, split=a.split, val=a.val, test=a.test, seed=a.seed,
                         workers=a.workers, min_seconds=a.min_seconds, max_seconds=a.max_seconds or None,
                         max_per_shard=a.max_per_shard, min_shards=a.min_shards,
-                        spec=FeatureSpec(sample_rate=a.sample_rate))
+                        spec=FeatureSpec(sample_rate=a.sample_rate), unlabeled=a.unlabeled)
     except UsageError as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2

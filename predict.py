@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / local ranks)")
     g.add_argument("--source-root", default=None, metavar="DIR",
                    help="prefix the manifest's source paths with DIR in the output (default for a folder: the folder)")
-    g.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (GPU speed; probabilities move: up to 2e-4 with bf16 on a CPU, untrained models)")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16/fp16 autocast (GPU speed; probabilities move: up to 2e-4 with bf16 on a CPU, "
+                        "untrained models)")
     g.add_argument("--eager", action="store_true", help="on a CPU, skip the TorchScript-frozen model (slower)")
     g.add_argument("--sharded-from", default=None, help=argparse.SUPPRESS)  # ranks started for a folder
     a = p.parse_args(argv)

@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
     try:
         manifest = read_manifest(args.shards)
+        if manifest.unlabeled:
+            raise ValueError(f"{manifest.path}: an unlabeled collection (make_shards --unlabeled) has no labels to "
+                             "train on; predict it with predict.py --shards")
     except (FileNotFoundError, ValueError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2

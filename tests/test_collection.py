@@ -342,3 +342,10 @@ def test_refusals_are_one_line(shards, collection, ckpt, tmp_path):
         p = _run(cmd)
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [want], (name, p.stderr)
         assert not any(f.startswith(("r.", "n.")) for f in os.listdir(tmp_path)), name
+
+
+def test_train_refuses_unlabeled_shards_in_one_line(shards, capsys):
+    import train
+    assert train.main(["--shards", shards]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unlabeled collection" in err[0] and "predict.py --shards" in err[0], err

@@ -1,7 +1,7 @@
 """Collection-scale prediction: the single-file path vs the collection path, same files, same run.
 
-    .venv/bin/python bench/collection.py                  # 60 generated clips of 30 s, 3 rounds
-    .venv/bin/python bench/collection.py --clips 200 --rounds 2 --checkpoint runs/X/best.pt
+    .venv/bin/python -m bench.collection                  # 60 generated clips of 30 s, 3 rounds
+    .venv/bin/python -m bench.collection --clips 200 --rounds 2 --checkpoint runs/X/best.pt
 
 Every method is the command a user types, in a fresh process, timed from start to exit (start-up,
 checkpoint, decoding, features, model and output included), in rounds: each round runs every
@@ -29,16 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from typing import Any
+
+from bench.host import host_info  # run as: python -m bench.collection
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -49,34 +48,6 @@ CLIP_S = 30.0
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def host_info() -> dict:
-    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                            "python": platform.python_version(), "cpu_model": None, "gpu": None}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        pass
-    import torch
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus:
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpus"] = gpus
-    slug = ""
-    if info["gpu"]:
-        words = [w.lower() for w in re.split(r"[\s_]+", info["gpu"]) if w.lower() not in ("nvidia", "geforce", "tesla")]
-        slug = "-" + re.sub(r"[^a-z0-9]+", "", "".join(words[:1]))
-    info["kind"] = f"cpu{os.cpu_count()}{slug}"
-    versions = {}
-    for dist in ("torch", "torchaudio", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "numpy", "soundfile"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    info["versions"] = versions
-    return info
 
 
 def one_clip(src: str, shards_of) -> tuple[str, str, float]:
@@ -192,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.checkpoint is None:
         make_checkpoint(ckpt, a.model)
     host = host_info()
-    two_rank = ["--cpu"] if host.get("gpus", 0) == 1 else []
+    import torch
+    two_rank = ["--cpu"] if torch.cuda.is_available() and torch.cuda.device_count() < 2 else []  # one GPU per rank
     work = os.path.join(a.cache, "collection-out")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

@@ -30,7 +30,6 @@ Errors are one line, `predict: error: <file or folder>: <reason>`, exit 2.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from pipeline.shards import sha256_file
 
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
 CLIP_UNIT_S = 30.0     # throughput is reported in clips of 30 s per second
@@ -227,14 +228,6 @@ def read_output(paths: Paths, fmt: str, classes: list[str]) -> list[dict]:
                     {"start": float(row["start"]), "end": float(row["end"]), "genre": row["genre"],
                      "probabilities": _ranked_dict({c: float(row[f"p_{c}"]) for c in classes})})
     return records
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------- the job

@@ -56,7 +56,7 @@ class Predictor:
     def __init__(self, ckpt_path: str, device: str = "cpu"):
         import torch
 
-        from pipeline.collection import load_classifier
+        from training.checkpoint import load_classifier
         from pipeline.features_torch import LogMel
 
         self.model, self.classes, self.spec = load_classifier(ckpt_path, device)

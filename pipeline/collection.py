@@ -260,27 +260,11 @@ def _source(root: str | None, source: str) -> str:
     return os.path.normpath(os.path.join(root, source)) if root else source
 
 
-def load_classifier(ckpt_path: str, device: str = "cpu"):
-    """(model in eval mode on `device`, classes, FeatureSpec) from a checkpoint; CheckpointError in one line."""
-    from model import build_model
-    from pipeline.spec import FeatureSpec
-    from training import checkpoint
-
-    state = checkpoint.load(ckpt_path, map_location=device)
-    classes, spec = state["classes"], FeatureSpec.from_dict(state["feature_spec"])
-    try:
-        model = build_model(state["model_name"], len(classes))
-    except ValueError as e:
-        raise checkpoint.CheckpointError(f"{ckpt_path}: {e}") from None
-    checkpoint.load_model_weights(model, state, ckpt_path)
-    return model.eval().to(device), classes, spec
-
-
 def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
     """Check the request and resolve the shard folder (sharding a plain folder first when
     `may_shard`); raise CollectionError naming the file or folder."""
     from pipeline.shards import read_manifest
-    from training.checkpoint import CheckpointError
+    from training.checkpoint import CheckpointError, load_classifier
 
     if not a.out:
         raise CollectionError("--shards needs --out FILE (where the predictions go)")
@@ -492,6 +476,7 @@ def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int
     from pipeline.loader import DaliLoader
     from pipeline.shards import read_manifest
     from training.amp import Amp
+    from training.checkpoint import load_classifier
 
     manifest = read_manifest(job.shards)
     model, classes, spec = load_classifier(job.checkpoint, str(env.device))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.shards import Manifest, read_manifest  # noqa: F401  (read_manifest: importable from here too)
+from pipeline.shards import read_manifest
 from pipeline.spec import FeatureSpec
 
 if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no DALI never load it

@@ -22,7 +22,7 @@ from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
 from pipeline.shards import AUDIO, LABEL, UID
-from pipeline.spec import Augment, FeatureSpec  # noqa: F401  (Augment: importable from here too)
+from pipeline.spec import Augment, FeatureSpec
 
 READER_NAME = "reader"
 # The graph's outputs, in order, as the loader names them: features, label, sample id, track length.

@@ -9,7 +9,7 @@ whatever random numbers the graph draws for crop positions. Both ways the graph 
 import pytest
 import torch
 
-from pipeline.dali_graph import Augment
+from pipeline.spec import Augment
 from pipeline.loader import DaliLoader
 from pipeline.spec import FeatureSpec
 from training.evaluate import track_logits

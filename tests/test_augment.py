@@ -9,9 +9,8 @@ whatever random numbers the graph draws for crop positions. Both ways the graph 
 import pytest
 import torch
 
-from pipeline.spec import Augment
 from pipeline.loader import DaliLoader
-from pipeline.spec import FeatureSpec
+from pipeline.spec import Augment, FeatureSpec
 from training.evaluate import track_logits
 from training.mixup import mixup
 

@@ -29,6 +29,7 @@ from pipeline.loader import DaliLoader  # (DALI itself loads when a loader is ma
 from pipeline.atomic import atomic_copy
 from pipeline.shards import Manifest, read_manifest
 from pipeline.spec import Augment, FeatureSpec
+from pipeline.storage import StorageError
 from training import checkpoint, distributed, report
 from training.amp import Amp
 from training.evaluate import EvalResult, evaluate
@@ -40,7 +41,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     g = p.add_argument_group("data")
-    g.add_argument("--shards", default="shards", help="folder written by make_shards (default: shards/)")
+    g.add_argument("--shards", default="shards",
+                   help="folder written by make_shards (default: shards/), or a remote one: s3://bucket/prefix, "
+                        "gs://bucket/prefix, https://host/path (read through the node cache)")
+    g.add_argument("--cache-dir", default=None,
+                   help="node-local cache of remote shards, shared by the node's ranks (default: "
+                        "$XDG_CACHE_HOME or ~/.cache, /parallel_tunes/shards)")
+    g.add_argument("--cache-limit", type=float, default=None,
+                   help="GB the cache may hold; least recently used shards are evicted (default: no limit)")
+    g.add_argument("--shuffle-window", type=int, default=1024,
+                   help="training samples shuffled together: shards in random order, then the samples of each "
+                        "run of shards holding this many shuffled (also the cache's working set per rank)")
     g.add_argument("--clip-seconds", type=float, default=FeatureSpec.clip_seconds, help="training crop length")
     g.add_argument("--crops-per-track", type=int, default=4,
                    help="random crops cut from each decoded track per epoch (divides --batch-size; 1: one crop)")
@@ -88,6 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.nproc = int(args.nproc)
     if args.sync_every < 1:
         p.error("--sync-every must be >= 1")
+    if args.cache_limit is not None and args.cache_limit <= 0:
+        p.error("--cache-limit must be > 0 GB")
+    if args.shuffle_window < 1:
+        p.error("--shuffle-window must be >= 1")
     return args
 
 
@@ -127,13 +142,20 @@ class Trainer:
     def loader(self, split: str) -> DaliLoader:
         """An evaluation loader (whole tracks, in order) of `split` for this rank."""
         return DaliLoader(self.args.shards, split, self.spec, self.args.eval_batch_size, train=False,
-                          **loader_kw(self.args, self.env))
+                          **loader_kw(self.args, self.env, self.manifest))
 
 
-def loader_kw(args: argparse.Namespace, env: distributed.DistEnv) -> dict:
+def loader_kw(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest) -> dict:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
-    return dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed)
+    limit = None if args.cache_limit is None else int(args.cache_limit * 1e9)
+    return dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed,
+                manifest=manifest, cache_dir=args.cache_dir, cache_limit=limit, log=_warn)
+
+
+def _warn(line: str) -> None:
+    """Storage retries and cache warnings, from any rank, on stderr (the bar is on stdout)."""
+    print(f"[rank {os.environ.get('RANK', '0')}] {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if manifest.unlabeled:
             raise ValueError(f"{manifest.path}: an unlabeled collection (make_shards --unlabeled) has no labels to "
                              "train on; predict it with predict.py --shards")
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, StorageError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     env = distributed.setup(force_cpu=args.cpu)
@@ -203,10 +225,13 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
                       time_masks=2 if args.specaugment else 0)
+    first_epoch = 1 if state is None else state["epoch"] + (state["step"] >= state["steps"])
     train_loader = DaliLoader(args.shards, "train", spec, args.batch_size // args.crops_per_track, train=True,
-                              augment=augment, crops=args.crops_per_track,
-                              state=rank_state["loader"] if rank_state else None, **loader_kw(args, env))
-    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False, **loader_kw(args, env))
+                              augment=augment, crops=args.crops_per_track, window=args.shuffle_window,
+                              epoch=first_epoch, state=rank_state["loader"] if rank_state else None,
+                              **loader_kw(args, env, manifest))
+    val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False,
+                            **loader_kw(args, env, manifest))
     net = torch.compile(model) if args.compile else model  # checkpoints keep the plain module's weights
     if env.distributed:
         net = DDP(net, device_ids=[env.device.index] if env.device.type == "cuda" else None)
@@ -343,10 +368,13 @@ def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> Non
          "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
          "lr": t.scheduler.get_last_lr()[0], "samples_per_s": stats.samples_per_s, "data_wait": stats.data_wait,
          "epoch_seconds": stats.seconds}
+    traffic = epoch_traffic(t, stats.seconds)
+    if traffic:
+        h["storage"] = traffic
     t.history.append(h)
     t.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
           f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
-          f"| data wait {100 * h['data_wait']:.1f}%")
+          f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
     improved = val.track_acc > t.best
     t.best = max(t.best, val.track_acc)
     save_checkpoint(t, epoch, t.steps, [0.0] * 5)
@@ -355,6 +383,28 @@ def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> Non
             atomic_copy(t.path("last.pt"), t.path("best.pt"))
         report.plot_curves(t.history, t.path("curves.png"))
     distributed.barrier(t.env)
+
+
+def epoch_traffic(t: Trainer, seconds: float) -> dict | None:
+    """Every rank's shard traffic this epoch (remote shards only): fetched bytes and rate, cache hits."""
+    mine = [ld.traffic() for ld in (t.train_loader, t.val_loader)]
+    if not t.train_loader.files.remote:
+        return None
+    b = sum(m.bytes_fetched for m in mine)
+    hits, misses = sum(m.hits for m in mine), sum(m.misses for m in mine)
+    row = {"bytes_fetched": b, "fetch_mb_s": b / 1e6 / max(seconds, 1e-9), "hits": hits, "misses": misses,
+           "hit_rate": hits / (hits + misses) if hits + misses else None,
+           "retries": sum(m.retries for m in mine), "evictions": sum(m.evictions for m in mine)}
+    ranks = distributed.all_gather_object(row, t.env)
+    return {"bytes_fetched": sum(r["bytes_fetched"] for r in ranks), "retries": sum(r["retries"] for r in ranks),
+            "evictions": sum(r["evictions"] for r in ranks), "ranks": ranks}
+
+
+def traffic_line(traffic: dict) -> str:
+    rates = "/".join(f"{r['fetch_mb_s']:.1f}" for r in traffic["ranks"])
+    hits = "/".join("-" if r["hit_rate"] is None else f"{100 * r['hit_rate']:.0f}%" for r in traffic["ranks"])
+    return (f"fetched {traffic['bytes_fetched'] / 1e6:.1f} MB, {rates} MB/s per rank, cache hits {hits}, "
+            f"{traffic['retries']} retries, {traffic['evictions']} evictions")
 
 
 def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float]) -> None:
@@ -455,6 +505,9 @@ def cli() -> int:
     except FloatingPointError as e:  # raised on every rank together (NonFiniteWatch); rank 0 reports
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train: error: {e}", file=sys.stderr)
+        return 1
+    except StorageError as e:  # raised by the rank(s) whose shards failed; each says which URL
+        print(f"train: error: {e}", file=sys.stderr)
         return 1
     except distributed.PlacementError as e:  # raised on every rank of a machine together; its first reports
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:

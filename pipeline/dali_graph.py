@@ -1,4 +1,4 @@
-"""The DALI graph: WebDataset shards -> decode -> [GPU] -> log-mel of the track -> crops -> normalise.
+"""The DALI graph: a rank's sample stream (WebDataset shards) -> decode -> [GPU] -> log-mel of the track -> crops -> normalise.
 
 One graph for CPU and GPU. On a GPU the stages after decoding run on the device (`audio.gpu()`);
 without one (device_id=None) the same operators run on the CPU.
@@ -21,10 +21,8 @@ import math
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
-from pipeline.shards import AUDIO, LABEL, UID
 from pipeline.spec import Augment, FeatureSpec
 
-READER_NAME = "reader"
 # The graph's outputs, in order, as the loader names them: features, label, sample id, track length.
 OUTPUTS = ("x", "y", "uid", "n")
 
@@ -68,10 +66,13 @@ def log_mel(audio, spec: FeatureSpec):
 
 
 @pipeline_def(enable_conditionals=False)
-def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, train: bool,
-                   shard_id: int, num_shards: int, on_gpu: bool, shuffle_buffer: int = 1024,
-                   augment: Augment | None = None, crops: int = 1, crop_from: str | None = None):
+def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment: Augment | None = None,
+                   crops: int = 1, crop_from: str | None = None):
     """Outputs OUTPUTS: (features, label, uid, n_samples).
+
+    source: a pipeline.stream.SampleStream, called per batch with DALI's BatchInfo and returning
+    the batch's encoded WAV members, labels and sample ids (shard order, shuffling and fetching
+    are its job; DALI's checkpoint records the epoch and batch index it was called with).
 
     train=True: shuffled; `crops` independent random windows of spec.clip_frames per track, cut
     from the track's log-mel at frame boundaries (floor-padded if the track is short), each with
@@ -80,11 +81,9 @@ def audio_pipeline(files: list[str], index_files: list[str], spec: FeatureSpec, 
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (pipeline.windows) so evaluation covers the whole track.
     """
-    wav, label, uid = fn.readers.webdataset(
-        paths=files, index_paths=index_files, ext=[AUDIO, LABEL, UID],  # pipeline/shards.py: int32 label, int64 uid
-        dtypes=[types.UINT8, types.INT32, types.INT64], missing_component_behavior="error",
-        random_shuffle=train, initial_fill=shuffle_buffer, shard_id=shard_id, num_shards=num_shards,
-        pad_last_batch=True, name=READER_NAME)
+    wav, label, uid = fn.external_source(  # pipeline/shards.py: WAV bytes, int32 label, int64 uid
+        source=source, num_outputs=3, batch=True, batch_info=True, dtype=[types.UINT8, types.INT32, types.INT64],
+        ndim=[1, 1, 1])
     # Shards hold 16-bit PCM already at spec.sample_rate: no resampling here (DALI's aliases).
     audio, _ = fn.decoders.audio(wav, dtype=types.FLOAT, downmix=True)
     n = audio.shape(dtype=types.INT32)[0]

@@ -1,22 +1,23 @@
 """A rank's view of one split: the DALI graph wrapped in an iterator of torch batches.
 
 Every rank gets the same number of full batches per epoch, so DDP's collectives never wait on a
-rank that ran out of data. DALI shards a split by sample count (rank r reads samples
-[r*N/W, (r+1)*N/W)), pads the shorter shards by repeating their last sample and fills the last
-batch the same way. Those repeats carry weight 0: each sample counts exactly once per epoch.
+rank that ran out of data. The sample stream (pipeline/stream.py) shares a split by sample count
+(rank r reads samples [r*N/W, (r+1)*N/W)), pads the shorter shares by repeating their last
+sample and fills the last batch the same way. Those repeats carry weight 0: each sample counts exactly once per epoch.
 """
 from __future__ import annotations
 
-import math
-import os
+from collections import Counter
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.shards import read_manifest
+from pipeline.cache import CacheStats, LocalFiles, NodeCache
+from pipeline.shards import Manifest, read_manifest
 from pipeline.spec import FeatureSpec
+from pipeline.storage import Store, StorageError, is_remote
+from pipeline.stream import SampleStream, rank_share
 
 if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no DALI never load it
     from pipeline.spec import Augment
@@ -33,46 +34,58 @@ class Batch:
 
 
 class DaliLoader:
-    """`batch_size` counts tracks; with train=True each track yields `crops` rows (see audio_pipeline)."""
+    """`batch_size` counts tracks; with train=True each track yields `crops` rows (see audio_pipeline).
+
+    shard_dir: a folder, or a remote one (s3://, gs://, http(s)://) read through the node cache
+    (`cache_dir`, `cache_limit` bytes; pipeline.cache). shards: read only these tars of the split
+    (names, e.g. `all-000003.tar`), in the split's order: predict.py --shards skips the tars a
+    resumed job has finished. epoch: the training epoch the first pass is (it seeds the order).
+    window: samples shuffled together (pipeline.stream).
+    """
 
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
                  rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                  num_threads: int = 2, seed: int = 0, prefetch: int = 2, state: dict | None = None,
                  augment: "Augment | None" = None, crops: int = 1, crop_from: str | None = None,
-                 shards: list[str] | None = None):
-        """shards: read only these tars of the split (names, e.g. `all-000003.tar`), in the split's
-        order: predict.py --shards skips the tars a resumed job has finished."""
+                 shards: list[str] | None = None, epoch: int = 0, window: int = 1024,
+                 cache_dir: str | None = None, cache_limit: int | None = None, manifest: Manifest | None = None,
+                 log=print):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        from pipeline.dali_graph import OUTPUTS, READER_NAME, audio_pipeline
+        from pipeline.dali_graph import OUTPUTS, audio_pipeline
 
-        manifest = read_manifest(shard_dir)
+        manifest = manifest or read_manifest(shard_dir)
         if split not in manifest.splits:
             raise ValueError(f"{shard_dir}: no split '{split}' (it holds {', '.join(manifest.split_names)})")
-        files, index_files = manifest.shard_paths(shard_dir, split)
-        self.split, self.size = split, manifest.splits[split].count
+        names = list(manifest.splits[split].shards)
         if shards is not None:
             keep = set(shards)
-            index_files = [i for f, i in zip(files, index_files) if os.path.basename(f) in keep]
-            files = [f for f in files if os.path.basename(f) in keep]
-            self.size = sum(s.split == split and s.shard in keep for s in manifest.samples)
-        if not files:
+            names = [n for n in names if n in keep]
+        counts = Counter(s.shard for s in manifest.samples if s.split == split)
+        self.split, self.size = split, sum(counts[n] for n in names)
+        if not names or not self.size:
             raise ValueError(f"{shard_dir}: split '{split}' has no shards")
-        # DALI needs a sample per shard. With fewer samples than ranks, the extra ranks re-read an
-        # existing shard with weight 0: every rank still steps, each sample still counts once.
-        n_shards = min(world_size, self.size)
-        self.spare = rank >= n_shards
+        # With fewer samples than ranks, the extra ranks re-read an existing share with weight 0:
+        # every rank still steps, each sample still counts once.
+        n_shares = min(world_size, self.size)
+        self.spare = rank >= n_shares
+        self.files = open_files(shard_dir, manifest, cache_dir, cache_limit, log)
+        share = rank_share(names, [counts[n] for n in names], rank % n_shares, n_shares)
+        if state is not None and "epoch0" not in state:
+            raise ValueError("a loader state from before the sample stream (pipeline/stream.py); "
+                             "resume from the epoch's end or start the run afresh")
+        self.stream = SampleStream(self.files, share, batch_size, shuffle=train, seed=seed, rank=rank,
+                                   epoch=state["epoch0"] if state else epoch, window=window)
         on_gpu = device.type == "cuda"
         self.pipe = audio_pipeline(
-            files=files, index_files=index_files, spec=spec, train=train, shard_id=rank % n_shards,
-            num_shards=n_shards, on_gpu=on_gpu, batch_size=batch_size, num_threads=num_threads,
-            device_id=device.index if on_gpu else None, seed=seed + 1000 * rank, prefetch_queue_depth=prefetch,
-            enable_checkpointing=True, checkpoint=state["dali"] if state else None, augment=augment,
-            crops=crops, crop_from=crop_from)
+            source=self.stream, spec=spec, train=train, on_gpu=on_gpu, batch_size=batch_size,
+            num_threads=num_threads, device_id=device.index if on_gpu else None, seed=seed + 1000 * rank,
+            prefetch_queue_depth=prefetch, enable_checkpointing=True,
+            checkpoint=state["dali"] if state else None, augment=augment, crops=crops, crop_from=crop_from)
         self.crops = crops if train else 0
-        self.it = DALIGenericIterator([self.pipe], list(OUTPUTS), reader_name=READER_NAME,
-                                      last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
-        self.batches = math.ceil(math.ceil(self.size / n_shards) / batch_size)
+        self.it = DALIGenericIterator([self.pipe], list(OUTPUTS), last_batch_policy=LastBatchPolicy.FILL,
+                                      auto_reset=True)
+        self.batches = self.stream.batches
         self.device = device
         self._seen: set[int] = set(state["seen"]) if state else set()
 
@@ -84,11 +97,15 @@ class DaliLoader:
 
         Passing it back as `state=` to a new loader continues with exactly the next batch.
         """
-        return {"dali": self.it.checkpoints()[0], "seen": sorted(self._seen)}
+        return {"dali": self.it.checkpoints()[0], "seen": sorted(self._seen), "epoch0": self.stream.epoch0}
+
+    def traffic(self) -> CacheStats:
+        """This rank's shard traffic since the last call (fetched bytes, cache hits, retries)."""
+        return self.files.reset_stats()
 
     def __iter__(self):
         seen = self._seen
-        for out in self.it:
+        for out in self._batches():
             d = out[0]
             # The reader's outputs (label, uid, length) arrive on the host; only x is on the GPU.
             uid, n = d["uid"].view(-1).cpu(), d["n"].view(-1).cpu()
@@ -106,6 +123,24 @@ class DaliLoader:
             y_dev, w_dev = to_device(y, weight, device=self.device)
             yield Batch(x.unsqueeze(1), y_dev, uid, n, w_dev, weight > 0)
         seen.clear()  # the epoch is over
+
+
+    def _batches(self):
+        """DALI's batches; a storage failure in the stream surfaces as its own one-line error."""
+        try:
+            yield from self.it
+        except Exception as e:
+            if isinstance(self.stream.error, (StorageError, ValueError, OSError)):
+                raise self.stream.error from None
+            raise e
+
+
+def open_files(shard_dir: str, manifest: Manifest, cache_dir: str | None, cache_limit: int | None,
+               log=print) -> LocalFiles | NodeCache:
+    """A local folder's files as they are, or a remote folder's through the node cache."""
+    if not is_remote(shard_dir):
+        return LocalFiles(shard_dir)
+    return NodeCache(Store(shard_dir, log=log), cache_dir, manifest.files, cache_limit, log)
 
 
 def to_device(*tensors: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -186,7 +186,22 @@ class Manifest:
 
 
 def read_manifest(folder: str) -> Manifest:
-    """The manifest of a shard folder. FileNotFoundError (one line) when the folder has none."""
+    """The manifest of a shard folder, local or remote (s3://, gs://, http(s)://: pipeline.storage).
+
+    FileNotFoundError (one line) when the folder has none; a remote one that cannot be read
+    raises pipeline.storage.StorageError (one line).
+    """
+    from pipeline.storage import Store, StorageError, is_remote
+    if is_remote(folder):
+        store = Store(folder)
+        try:
+            data = store.read_bytes(MANIFEST)
+        except StorageError as e:
+            if str(e).endswith(": not found"):
+                raise FileNotFoundError(f"{store.url(MANIFEST)}: no manifest; run preprocess/make_shards.py "
+                                        "first (a prefix without one is unfinished)") from None
+            raise
+        return Manifest(json.loads(data), store.url(MANIFEST))
     path = os.path.join(folder, MANIFEST)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no manifest; run preprocess/make_shards.py first")

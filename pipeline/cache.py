@@ -1,0 +1,192 @@
+"""The node-local shard cache: remote shards fetched once per node, verified, shared by its ranks.
+
+A remote shard folder (s3://, gs://, http(s)://) is mirrored, file by file and on demand, into
+`CACHE_DIR/<name>-<hash of the URL>/`. The ranks of one node are separate processes that share
+it through the file system:
+- a fetch holds an flock on `.locks/<file>`, so two ranks that want the same shard fetch it once:
+  the second waits and then finds it (a hit);
+- a fetch streams into a temp file, checks its sha256 against the manifest (one more try on a
+  mismatch, then a StorageError naming the URL) and renames it into place: a file in the cache
+  is always whole and verified;
+- with a size limit, the least recently used files are deleted after each fetch until the cache
+  fits. A rank that still reads a deleted file keeps it open (Linux frees it at the last
+  close); one that needs it again fetches it again (a miss). The limit must hold each rank's
+  working set (shuffle window + lookahead), or the cache overshoots it, said once in the log.
+
+A local shard folder needs none of this: `LocalFiles` hands out its paths.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from pipeline.storage import Store, StorageError
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "parallel_tunes", "shards")
+
+
+@dataclass
+class CacheStats:
+    """One rank's traffic since the last reset (the loader resets it every epoch)."""
+    hits: int = 0            # files found in the node cache (fetched earlier, or by another rank)
+    misses: int = 0          # files this rank fetched
+    bytes_fetched: int = 0
+    fetch_seconds: float = 0.0   # summed over fetches (they overlap: fetch threads)
+    evictions: int = 0
+    retries: int = 0         # transient storage errors retried
+
+    @property
+    def hit_rate(self) -> float | None:
+        n = self.hits + self.misses
+        return self.hits / n if n else None
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "hit_rate": self.hit_rate}
+
+
+class LocalFiles:
+    """A local shard folder: files are where they are; nothing is fetched or counted."""
+    remote = False
+
+    def __init__(self, root: str):
+        self.root = root
+        self.stats = CacheStats()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def url(self, name: str) -> str:
+        return self.path(name)
+
+    def reset_stats(self) -> CacheStats:
+        return CacheStats()
+
+
+class NodeCache:
+    """Fetch-on-demand mirror of a remote shard folder in a node-local folder (module docstring)."""
+    remote = True
+
+    def __init__(self, store: Store, cache_dir: str | None, checksums: dict[str, str],
+                 limit_bytes: int | None = None, log=print):
+        self.store, self.checksums, self.limit, self.log = store, checksums, limit_bytes, log
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", store.root.split("://", 1)[-1]).strip("-")[-48:]
+        digest = hashlib.sha256(store.root.encode()).hexdigest()[:12]
+        self.dir = os.path.join(cache_dir or default_cache_dir(), f"{slug}-{digest}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.stats = CacheStats()
+        self._lock = threading.Lock()
+        self._retried_before = store.retried
+        self._warned_over = False
+
+    def url(self, name: str) -> str:
+        return self.store.url(name)
+
+    def reset_stats(self) -> CacheStats:
+        """This rank's figures since the last reset; starts counting afresh."""
+        with self._lock:
+            self.stats.retries = self.store.retried - self._retried_before
+            self._retried_before = self.store.retried
+            done, self.stats = self.stats, CacheStats()
+        return done
+
+    def path(self, name: str) -> str:
+        """The local path of `name`, fetched (and verified) first if the node does not hold it."""
+        local = os.path.join(self.dir, name)
+        if self._touch(local):
+            self._count(hits=1)
+            return local
+        with self._file_lock(local):
+            if self._touch(local):  # another rank fetched it while this one waited
+                self._count(hits=1)
+                return local
+            self._fetch(name, local)
+        self._count(misses=1)
+        self._evict(keep=local)
+        return local
+
+    # -- internals ----------------------------------------------------------------------------------
+    @staticmethod
+    def _touch(local: str) -> bool:
+        """True if the file is there; marks it used now (eviction is least recently used first)."""
+        try:
+            os.utime(local)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _count(self, **kw) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self.stats, k, getattr(self.stats, k) + v)
+
+    @contextlib.contextmanager
+    def _file_lock(self, local: str):
+        locks = os.path.join(self.dir, ".locks")
+        os.makedirs(locks, exist_ok=True)
+        with open(os.path.join(locks, os.path.basename(local)), "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lk, fcntl.LOCK_UN)
+
+    def _fetch(self, name: str, local: str) -> None:
+        want = self.checksums.get(name)
+        tmp = f"{local}.part{os.getpid()}.{threading.get_ident()}"
+        try:
+            for attempt in (1, 2):
+                t0 = time.perf_counter()
+                h = hashlib.sha256()
+                n = self.store.get(name, tmp, on_bytes=None)
+                if want is not None:
+                    with open(tmp, "rb") as f:
+                        while chunk := f.read(1 << 22):
+                            h.update(chunk)
+                self._count(bytes_fetched=n, fetch_seconds=time.perf_counter() - t0)
+                if want is None or h.hexdigest() == want:
+                    os.replace(tmp, local)
+                    return
+                if attempt == 2:
+                    raise StorageError(f"{self.store.url(name)}: sha256 {h.hexdigest()[:16]}... differs from the "
+                                       f"manifest's {want[:16]}...: the shard was changed or damaged after "
+                                       "make_shards wrote it (make_shards.py --verify names what changed)")
+                self.log(f"warning: {self.store.url(name)}: checksum mismatch, fetching it once more")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def _evict(self, keep: str) -> None:
+        if self.limit is None:
+            return
+        with open(os.path.join(self.dir, ".evict.lock"), "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            files = []
+            for e in os.scandir(self.dir):
+                if e.is_file() and ".part" not in e.name and not e.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = e.stat()
+                        files.append((st.st_mtime, st.st_size, e.path))
+            total = sum(f[1] for f in files)
+            for _, size, path in sorted(files):
+                if total <= self.limit:
+                    break
+                if path == keep:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    total -= size
+                    self._count(evictions=1)
+            if total > self.limit and not self._warned_over:
+                self._warned_over = True
+                self.log(f"warning: {self.dir}: {total / 1e9:.3f} GB in use is above --cache-limit "
+                         f"{self.limit / 1e9:.3f} GB: the files being read do not fit it; raise the limit "
+                         "or lower --shuffle-window")

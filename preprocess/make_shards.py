@@ -5,6 +5,8 @@
     python preprocess/make_shards.py SRC OUT --split gtzan-filtered
     python preprocess/make_shards.py --verify OUT     # re-read shards, check against the manifest
     python preprocess/make_shards.py --unlabeled SRC OUT   # a collection to predict (predict.py --shards)
+    python preprocess/make_shards.py SRC s3://bucket/prefix/ [--staging DIR]   # built locally, then uploaded
+    python preprocess/make_shards.py --verify s3://bucket/prefix/              # the remote copy, every byte
 
 Inputs. SRC is GTZAN's layout or any folder-per-class tree (SRC/<class>/**/<file>; a single
 `genres_original/` or `genres/` folder inside SRC is entered; OUT is skipped if it lies inside
@@ -54,10 +56,20 @@ and the source file's size and mtime are unchanged. The shard stage first delete
 manifest.json and every old shard, index and `.partial` file, writes each tar as `.partial`
 (renamed after its index is complete) and writes manifest.json last: a folder with a manifest is
 complete, one without is not. The manifest holds no absolute OUT path and no timestamps.
+
+Object storage. OUT may be s3://bucket/prefix/ (AWS or any S3-compatible store: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_ENDPOINT_URL) or gs://bucket/prefix/ (gcsfs installed,
+GOOGLE_APPLICATION_CREDENTIALS). The shards are built as above in a local staging folder (--staging,
+default ~/.cache/parallel_tunes/staging/<hash of OUT>), then uploaded through pipeline.storage,
+manifest.json last; a rerun after a crash, also one during the upload, resumes and ends with the
+same bytes remotely (preprocess/remote.py has the protocol). The staging folder's files are deleted
+after a complete upload. http(s):// is read-only and refused. Storage errors (credentials, missing
+bucket, unreachable endpoint after retries) are one line naming the URL, exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -73,16 +85,18 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
 from pipeline.atomic import atomic_write as _atomic_write
 from pipeline.audio import MIN_SECONDS
 from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, NO_LABEL, OUTPUT_FILE, SPLITS, STORAGE,
-                             UNLABELED_SPLIT, Sample,
+                             UNLABELED_SPLIT, Manifest, Sample,
                              index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
 from pipeline import version
 from pipeline.spec import FeatureSpec
+from pipeline.storage import StorageError, is_remote
 
 SPLIT_METHODS = ("random", "list", "gtzan-filtered")
 DECODER_VERSION = 2  # bump when decode_one's output changes: cached .work records become stale
@@ -283,7 +297,8 @@ def _test_kill_point(var: str, count) -> None:
     When environment variable `var` holds N and count() == N, this process SIGKILLs itself: a
     crash at an exact, repeatable point rather than a kill timed from outside. Points:
     PT_TEST_KILL_AFTER_DECODES (N files decoded), PT_TEST_KILL_AFTER_SHARDS (N tars finished; killed
-    while writing the next one, after its .partial tar and before its index)."""
+    while writing the next one, after its .partial tar and before its index), PT_TEST_KILL_AFTER_UPLOADS
+    (remote OUT: N files uploaded)."""
     want = os.environ.get(var)
     if want is not None and count() == int(want):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -445,12 +460,13 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
                 val: float = 0.1, test: float = 0.1, seed: int = 0,
                 workers: int | None = None, min_seconds: float = MIN_SECONDS, max_seconds: float | None = 600.0,
                 max_per_shard: int = 256, min_shards: int = 8, spec: FeatureSpec | None = None,
-                progress: bool = True, unlabeled: bool = False) -> dict:
+                progress: bool = True, unlabeled: bool = False, keep_work: bool = False) -> dict:
     """Build the shards and manifest; returns the manifest. Raises UsageError on unusable input.
 
     src: folder of class folders, or (with list_file) the base for the list's relative paths.
     split: "random" | "list" | "gtzan-filtered"; None picks "list" if the list has a split column.
-    unlabeled: every file below src in one split (UNLABELED_SPLIT), no labels (module docstring)."""
+    unlabeled: every file below src in one split (UNLABELED_SPLIT), no labels (module docstring).
+    keep_work: keep the decoded clips in OUT/.work (a staging folder until its upload is done)."""
     from tqdm import tqdm
 
     spec = spec or FeatureSpec()
@@ -586,7 +602,8 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
     if unlabeled:
         manifest["unlabeled"] = True
     _atomic_write(os.path.join(out, MANIFEST), manifest_bytes(manifest))
-    shutil.rmtree(work, ignore_errors=True)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
     return manifest
 
 
@@ -614,12 +631,15 @@ def resolve_duplicates(good: list[dict]) -> tuple[list[dict], list[dict], list[d
 
 
 def verify(out: str) -> list[str]:
-    """Check every byte of a shard folder against its manifest; one line per problem.
+    """Check every byte of a shard folder, local or remote (s3://, gs://, http(s)://), against its
+    manifest; one line per problem.
 
     Each tar and index must have the sha256 the manifest records. Where a tar differs, its
     samples are compared member by member with the bytes the manifest implies (the WAV by its
     sha256, the label, class, uid and metadata rebuilt from the sample record), so the problem
-    names the shard, the sample and the member.
+    names the shard, the sample and the member. A remote folder's files are downloaded one at a
+    time into a temporary folder (preprocess/remote.py) and checked the same way. A remote folder
+    that cannot be read raises pipeline.storage.StorageError (one line).
     """
     try:
         m = read_manifest(out)
@@ -627,6 +647,22 @@ def verify(out: str) -> list[str]:
         raise UsageError(str(e)) from None
     if m.version < 2:
         raise UsageError(f"{m.path}: manifest version {m.version} records no file checksums; rerun make_shards")
+    if is_remote(out):
+        from preprocess.remote import remote_files
+        with remote_files(out) as open_file:
+            return check_files(m, open_file)
+    return check_files(m, lambda name: _local_file(out, name))
+
+
+@contextlib.contextmanager
+def _local_file(folder: str, name: str) -> Iterator[str | None]:
+    path = os.path.join(folder, name)
+    yield path if os.path.isfile(path) else None
+
+
+def check_files(m: Manifest, open_file: Callable[[str], ContextManager[str | None]]) -> list[str]:
+    """verify()'s checks, with the files from `open_file(name)`: a context manager giving a local
+    path to the file's bytes, or None when it does not exist."""
     class_index = {c: i for i, c in enumerate(m.classes)}
     by_shard: dict[str, dict[str, Sample]] = defaultdict(dict)
     for smp in m.samples:
@@ -635,45 +671,50 @@ def verify(out: str) -> list[str]:
     for split in m.split_names:
         seen = 0
         for name in m.splits[split].shards:
-            tar, idx = os.path.join(out, name), os.path.join(out, index_name(name))
-            if not os.path.isfile(tar) or not os.path.isfile(idx):
-                problems.append(f"{name}: tar or index file missing")
-                continue
-            if sha256_file(idx) != m.files.get(index_name(name)):
-                problems.append(f"{index_name(name)}: index differs from the one written with its shard")
-            want = by_shard.get(name, {})
-            if sha256_file(tar) == m.files.get(name):  # the bytes that were written: its samples are the manifest's
-                seen += len(want)
-                continue
-            try:  # only a tar that differs is read member by member, to name what changed
-                found = _read_shard(tar)
-            except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-                problems.append(f"{name}: unreadable tar ({e})")
-                continue
-            seen += len(found)
-            before = len(problems)
-            for key in sorted(set(want) ^ set(found)):
-                problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
-            for key in sorted(set(want) & set(found)):
-                smp, got = want[key], found[key]
-                label = NO_LABEL if smp.label is None else class_index[smp.label]
-                expect = smp.members(label, got.get(AUDIO, b""))
-                for ext in sorted(set(expect) | set(got)):
-                    if ext not in got:
-                        problems.append(f"{name}: sample {key} member .{ext} is missing")
-                    elif ext not in expect:
-                        problems.append(f"{name}: sample {key} member .{ext} is not part of the format")
-                    elif ext == AUDIO and sha256_bytes(got[ext]) != smp.wav_sha256:
-                        problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
-                    elif got[ext] != expect[ext]:
-                        problems.append(f"{name}: sample {key} member .{ext} differs from the manifest "
-                                        f"(holds {got[ext][:40]!r}, should hold {expect[ext][:40]!r})")
-            if len(problems) == before:
-                problems.append(f"{name}: file checksum differs from the manifest, outside the samples' members "
-                                "(tar headers or padding)")
+            with open_file(name) as tar, open_file(index_name(name)) as idx:
+                seen += _check_shard(m, name, tar, idx, by_shard.get(name, {}), class_index, problems)
         if seen != m.splits[split].count:
             problems.append(f"{split}: {seen} samples in shards, manifest says {m.splits[split].count}")
     return problems
+
+
+def _check_shard(m: Manifest, name: str, tar: str | None, idx: str | None, want: dict[str, Sample],
+                 class_index: dict[str, int], problems: list[str]) -> int:
+    """One tar and its index (local paths, None if missing) against the manifest: problems are
+    appended; returns the number of samples the tar holds."""
+    if tar is None or idx is None:
+        problems.append(f"{name}: tar or index file missing")
+        return 0
+    if sha256_file(idx) != m.files.get(index_name(name)):
+        problems.append(f"{index_name(name)}: index differs from the one written with its shard")
+    if sha256_file(tar) == m.files.get(name):  # the bytes that were written: its samples are the manifest's
+        return len(want)
+    try:  # only a tar that differs is read member by member, to name what changed
+        found = _read_shard(tar)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        problems.append(f"{name}: unreadable tar ({e})")
+        return 0
+    before = len(problems)
+    for key in sorted(set(want) ^ set(found)):
+        problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
+    for key in sorted(set(want) & set(found)):
+        smp, got = want[key], found[key]
+        label = NO_LABEL if smp.label is None else class_index[smp.label]
+        expect = smp.members(label, got.get(AUDIO, b""))
+        for ext in sorted(set(expect) | set(got)):
+            if ext not in got:
+                problems.append(f"{name}: sample {key} member .{ext} is missing")
+            elif ext not in expect:
+                problems.append(f"{name}: sample {key} member .{ext} is not part of the format")
+            elif ext == AUDIO and sha256_bytes(got[ext]) != smp.wav_sha256:
+                problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
+            elif got[ext] != expect[ext]:
+                problems.append(f"{name}: sample {key} member .{ext} differs from the manifest "
+                                f"(holds {got[ext][:40]!r}, should hold {expect[ext][:40]!r})")
+    if len(problems) == before:
+        problems.append(f"{name}: file checksum differs from the manifest, outside the samples' members "
+                        "(tar headers or padding)")
+    return len(found)
 
 
 def _read_shard(tar: str) -> dict[str, dict[str, bytes]]:
@@ -707,7 +748,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                usage="make_shards.py SRC [OUT] [options]\n       make_shards.py --list FILE [SRC] [OUT] [options]"
+                usage="make_shards.py SRC [OUT|s3://bucket/prefix/] [options]\n       make_shards.py --list FILE [SRC] [OUT] [options]"
                       "\n       make_shards.py --unlabeled SRC [OUT] [options]\n       make_shards.py --verify OUT")
     if argv is None:
         argv = sys.argv[1:]
@@ -717,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             problems = verify(argv[1])
-        except UsageError as e:
+        except (UsageError, StorageError) as e:
             print(f"make_shards: error: {e}", file=sys.stderr)
             return 2
         for line in problems:
@@ -726,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     p.add_argument("paths", nargs="*", metavar="[SRC] OUT",
                    help="SRC: folder of class folders (or GTZAN's genres_original/); with --list, optional base "
-                        "folder for the list's relative paths. OUT: output folder (default: shards/)")
+                        "folder for the list's relative paths. OUT: output folder (default: shards/), or "
+                        "s3://bucket/prefix/ or gs://bucket/prefix/ (built in --staging, then uploaded)")
     p.add_argument("--list", dest="list_file", metavar="FILE",
                    help="CSV/TSV of path,label[,split] rows instead of class folders")
     p.add_argument("--split", choices=SPLIT_METHODS, default=None,
@@ -745,6 +787,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unlabeled", action="store_true",
                    help="SRC is a collection without class folders: every file in one split ('all'), no labels "
                         "(for predict.py --shards)")
+    p.add_argument("--staging", metavar="DIR", default=None,
+                   help="remote OUT only: where the shards are built before the upload (default: "
+                        "~/.cache/parallel_tunes/staging/<hash of OUT>); a rerun resumes there")
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     a = p.parse_intermixed_args(argv)
     if a.list_file is None and not 1 <= len(a.paths) <= 2:
@@ -762,17 +807,39 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.min_seconds < 0 or a.max_seconds < 0:
         p.error("--min-seconds and --max-seconds must not be negative")
+    remote = is_remote(out)
+    if a.staging is not None and not remote:
+        p.error("--staging is for a remote OUT (s3://, gs://) only")
+    uploaded = ""
     try:
-        m = make_shards(src, out, list_file=a.list_file, split=a.split, val=a.val, test=a.test, seed=a.seed,
+        if remote:  # build locally in the staging folder, then upload (preprocess/remote.py)
+            from tqdm import tqdm
+
+            from pipeline.storage import Store
+            from preprocess.remote import check_destination, clear_staging, default_staging, upload
+            log = lambda line: tqdm.write(f"make_shards: {line}", file=sys.stderr)  # noqa: E731 - retries
+            check_destination(out, log)
+            store = Store(out, log=log)
+            build = a.staging or default_staging(out)
+        else:
+            build = out
+        m = make_shards(src, build, list_file=a.list_file, split=a.split, val=a.val, test=a.test, seed=a.seed,
                         workers=a.workers, min_seconds=a.min_seconds, max_seconds=a.max_seconds or None,
                         max_per_shard=a.max_per_shard, min_shards=a.min_shards,
-                        spec=FeatureSpec(sample_rate=a.sample_rate), unlabeled=a.unlabeled)
-    except UsageError as e:
+                        spec=FeatureSpec(sample_rate=a.sample_rate), unlabeled=a.unlabeled, keep_work=remote)
+        if remote:
+            n, size, kept = upload(build, store, after_each=lambda i: _test_kill_point("PT_TEST_KILL_AFTER_UPLOADS",
+                                                                                        lambda: i))
+            clear_staging(build)
+            uploaded = f"{store.root}: uploaded {n} file(s), {size / 1e6:.1f} MB ({kept} already there)"
+    except (UsageError, StorageError) as e:
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. disk full or OUT not writable: the message names the file
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
+    if uploaded:
+        print(uploaded)
     print(summary_line(m))
     return 0
 

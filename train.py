@@ -329,29 +329,34 @@ def train_one_epoch(t: Trainer, epoch: int, first_step: int, progress: list[floa
     bar = _bar(env, t.steps, f"epoch {epoch}/{args.epochs}", first_step)
     it = iter(t.train_loader)
     t0 = time.perf_counter()
-    for step in range(first_step, t.steps):
-        tw = time.perf_counter()
-        b = next(it)
-        sums.data_wait += time.perf_counter() - tw
-        with no_sync_check(env.device):  # nothing here may wait for the GPU
-            r = train_step(t.net, b.x, b.y, b.weight, t.optimizer, t.amp, n_classes=len(t.classes),
-                           label_smoothing=args.label_smoothing, mixup_alpha=args.mixup)
-            t.scheduler.step()
-            sums.add(r.per_sample, r.logits.argmax(1) == b.y, b.weight)
-            if watch is not None:
-                watch.note(r.loss, step, b.uid)
-        done = step + 1
-        sync = done % args.sync_every == 0
-        ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done < t.steps
-        if watch is not None and (sync or ckpt or done == t.steps):
-            watch.check(epoch)  # before any checkpoint: nothing is saved after a non-finite loss
-        if bar is not None:
-            bar.update()
-            if sync or step == first_step:  # reading the loss waits for the GPU: not every step
-                bar.set_postfix(loss=f"{r.loss.item():.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
-        if ckpt:
-            save_checkpoint(t, epoch, done, sums.progress(time.perf_counter() - t0))
-        strike_test_fault(epoch, done, env.rank)
+    try:
+        for step in range(first_step, t.steps):
+            tw = time.perf_counter()
+            b = next(it)
+            sums.data_wait += time.perf_counter() - tw
+            with no_sync_check(env.device):  # nothing here may wait for the GPU
+                r = train_step(t.net, b.x, b.y, b.weight, t.optimizer, t.amp, n_classes=len(t.classes),
+                               label_smoothing=args.label_smoothing, mixup_alpha=args.mixup)
+                t.scheduler.step()
+                sums.add(r.per_sample, r.logits.argmax(1) == b.y, b.weight)
+                if watch is not None:
+                    watch.note(r.loss, step, b.uid)
+            done = step + 1
+            sync = done % args.sync_every == 0
+            ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done < t.steps
+            if watch is not None and (sync or ckpt or done == t.steps):
+                watch.check(epoch)  # before any checkpoint: nothing is saved after a non-finite loss
+            if bar is not None:
+                bar.update()
+                if sync or step == first_step:  # reading the loss waits for the GPU: not every step
+                    bar.set_postfix(loss=f"{r.loss.item():.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
+            if ckpt:
+                save_checkpoint(t, epoch, done, sums.progress(time.perf_counter() - t0))
+            strike_test_fault(epoch, done, env.rank)
+    except BaseException:
+        if bar is not None:  # a clean line for the error that follows
+            bar.close()
+        raise
     for _ in it:  # let DALI close the epoch; FILL policy gives exactly `steps` batches
         raise RuntimeError("DALI delivered more batches than expected")
     if env.device.type == "cuda":

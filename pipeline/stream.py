@@ -166,39 +166,35 @@ class SampleStream:
             if s not in self._fetches and s not in self._maps:
                 self._fetches[s] = self._pool.submit(self._fetch, s)
 
-    def _fetch(self, shard: int) -> tuple[str, str]:
+    def _fetch(self, shard: int) -> tuple[list, mmap.mmap]:
+        """Shard `shard` made local, its index parsed and the tar mapped (runs in a fetch thread).
+
+        Once mapped, the tar's bytes stay readable even if another rank evicts the file; a file
+        evicted between its fetch and the mapping is fetched again (a miss, counted)."""
         name = self.share.shards[shard]
-        return self.files.path(index_name(name)), self.files.path(name)
+        for attempt in range(1, 6):
+            try:
+                with open(self.files.path(index_name(name)), encoding="ascii") as f:
+                    index = parse_index(f.read(), self.files.url(index_name(name)))
+                with open(self.files.path(name), "rb") as f:
+                    return index, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except FileNotFoundError:
+                if attempt == 5 or not self.files.remote:
+                    raise
 
     def _open(self, shard: int):
-        if shard in self._maps:
-            self._maps.move_to_end(shard)
-            return self._maps[shard], self._index[shard]
-        fut = self._fetches.pop(shard, None)
-        idx_path, tar_path = fut.result() if fut is not None else self._fetch(shard)
-        name = self.share.shards[shard]
-        for attempt in (1, 2):
-            try:  # a file another rank evicted between the fetch and here is fetched again
-                if shard not in self._index:
-                    with open(idx_path, encoding="ascii") as f:
-                        self._index[shard] = parse_index(f.read(), self.files.url(index_name(name)))
-                with open(tar_path, "rb") as f:
-                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                break
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-                idx_path, tar_path = self._fetch(shard)
-        self._maps[shard] = mm  # the map keeps the file's bytes even if it is evicted now
-        return mm, self._index[shard]
+        if shard not in self._maps:
+            fut = self._fetches.pop(shard, None)
+            self._index[shard], self._maps[shard] = fut.result() if fut is not None else self._fetch(shard)
+        self._maps.move_to_end(shard)
+        return self._maps[shard], self._index[shard]
 
     def _release(self, used: set[int], windows, w: int) -> None:
         """Drop the maps of shards the next windows do not read (their pages go back to the OS)."""
         keep = {s for ws in windows[w:w + 1 + self.lookahead] for s, _ in ws} | used
         for s in [s for s in self._maps if s not in keep]:
-            del self._maps[s]  # closed when DALI has copied the last view of it
-        if len(self._index) > 4096:
-            self._index = {s: v for s, v in self._index.items() if s in keep}
+            del self._maps[s]  # unmapped when DALI has copied the last view of it
+            del self._index[s]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -282,10 +282,12 @@ def resume(args: argparse.Namespace, env: distributed.DistEnv, run_dir: str, cla
 
 def restore(state: dict, path: str, model: torch.nn.Module, amp: Amp, env: distributed.DistEnv) -> dict | None:
     """Load the weights, the GradScaler and this rank's RNG; returns this rank's saved stream state,
-    or None when the checkpoint's world size differs (then a mid-epoch position restarts its epoch)."""
+    or None when the checkpoint's world size differs or it predates the sample stream (then a mid-epoch
+    position restarts its epoch)."""
     checkpoint.load_model_weights(model, state, path)
     amp.load_state_dict(state["scaler"])
-    if len(state["rank_states"]) == env.world_size:
+    same_stream = "epoch0" in state["rank_states"][0]["loader"]  # older checkpoints hold DALI-reader positions
+    if len(state["rank_states"]) == env.world_size and same_stream:
         rank_state = state["rank_states"][env.rank]
         torch.set_rng_state(rank_state["torch_rng"].cpu())
         if env.device.type == "cuda" and "cuda_rng" in rank_state:
@@ -293,8 +295,9 @@ def restore(state: dict, path: str, model: torch.nn.Module, amp: Amp, env: distr
         return rank_state
     if state["step"] < state["steps"]:
         if env.is_main:
-            print(f"warning: {path} was written by {len(state['rank_states'])} ranks, this run has "
-                  f"{env.world_size}: epoch {state['epoch']} restarts from its first step")
+            why = (f"was written by {len(state['rank_states'])} ranks, this run has {env.world_size}" if same_stream
+                   else "holds a data position from before the sample stream (pipeline/stream.py)")
+            print(f"warning: {path} {why}: epoch {state['epoch']} restarts from its first step")
         state["step"] = 0
     return None
 

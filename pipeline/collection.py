@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.shards import sha256_file
+from pipeline.storage import StorageError, is_remote
 
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
 CLIP_UNIT_S = 30.0     # throughput is reported in clips of 30 s per second
@@ -291,7 +292,7 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
         if a.paths:
             raise CollectionError(f"{a.paths[0]}: give --shards DIR or an audio folder, not both")
         shards = a.shards
-        if not os.path.isdir(shards):
+        if not is_remote(shards) and not os.path.isdir(shards):
             raise CollectionError(f"{shards}: no such folder (--shards)")
     else:
         if len(a.paths) != 1 or not os.path.isdir(a.paths[0]):
@@ -314,7 +315,7 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
         shard_folder(folder, shards, spec, a.min_seconds)
     try:
         manifest = read_manifest(shards)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, StorageError) as e:
         raise CollectionError(str(e)) from None
     if manifest.spec.sample_rate != spec.sample_rate:
         raise CollectionError(

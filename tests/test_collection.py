@@ -10,6 +10,7 @@ the output's 6-decimal rounding.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import torch
 
 from audio_files import sine, write
 from helpers import ROOT
+from servers import http_server  # noqa: F401 - fixture
 from model import build_model
 from pipeline.spec import FeatureSpec
 from preprocess.synth import generate
@@ -207,6 +209,18 @@ def test_one_rank_predicts_every_track_once_equal_to_single_file(reference, shar
     assert os.path.getsize(str(out)[:-6] + ".genres.png") > 1000
     assert not os.path.exists(str(out) + ".parts")
     assert f"{len(recs)} tracks" in p.stdout and "rejects: 3 (duplicate 1, not_audio 1, too_short 1;" in p.stdout
+
+
+def test_shards_over_http_give_the_same_output(reference, shards, collection, ckpt, http_server, tmp_path):
+    """--shards https://...: the collection read through the node cache equals the local read."""
+    src, _ = collection
+    shutil.copytree(shards, os.path.join(http_server.folder, "coll"))
+    out = tmp_path / "http.jsonl"
+    p = _run([PREDICT, "--shards", f"{http_server.url}/coll", "--out", str(out), "--checkpoint", ckpt,
+              "--source-root", src], XDG_CACHE_HOME=str(tmp_path / "cache"))
+    assert p.returncode == 0, p.stderr
+    _same_records(_lines(reference[0]), _lines(out), tol=0.0)
+    assert os.listdir(tmp_path / "cache" / "parallel_tunes" / "shards")  # read through the node cache
 
 
 def test_two_ranks_every_track_once_with_batch_repeats(reference, shards, collection, ckpt, single, tmp_path):

@@ -83,7 +83,7 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
     """
     wav, label, uid = fn.external_source(  # pipeline/shards.py: WAV bytes, int32 label, int64 uid
         source=source, num_outputs=3, batch=True, batch_info=True, dtype=[types.UINT8, types.INT32, types.INT64],
-        ndim=[1, 1, 1])
+        ndim=[1, 1, 1], no_copy=True)  # views of the tars' memory maps, kept alive by the stream
     # Shards hold 16-bit PCM already at spec.sample_rate: no resampling here (DALI's aliases).
     audio, _ = fn.decoders.audio(wav, dtype=types.FLOAT, downmix=True)
     n = audio.shape(dtype=types.INT32)[0]

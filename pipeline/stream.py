@@ -21,7 +21,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -96,7 +96,8 @@ class SampleStream:
     """
 
     def __init__(self, files, share: Share, batch_size: int, *, shuffle: bool, seed: int, rank: int,
-                 epoch: int = 0, window: int = 1024, lookahead: int = 2, fetch_threads: int = 4):
+                 epoch: int = 0, window: int = 1024, lookahead: int = 2, fetch_threads: int = 4,
+                 keep_alive: int = 8):
         self.files, self.share, self.batch = files, share, batch_size
         self.shuffle, self.seed, self.rank, self.epoch0 = shuffle, seed, rank, epoch
         self.window, self.lookahead = window, lookahead
@@ -108,6 +109,9 @@ class SampleStream:
         self._pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="shard-fetch") if files.remote else None
         self._lock = threading.Lock()
         self.error: BaseException | None = None   # the first failure, for the loader to report in one line
+        # DALI takes the batches without copying (no_copy): the arrays are views of the tars' memory
+        # maps, read by DALI's decoder threads, and must outlive the prefetched iterations that use them
+        self._alive: deque = deque(maxlen=keep_alive)
 
     # -- the order ------------------------------------------------------------------------------------
     def plan(self, epoch: int) -> tuple[list[tuple[int, int]], list[int], list[list[tuple[int, int]]]]:
@@ -153,6 +157,7 @@ class SampleStream:
             o, n = members[UID]
             uids.append(np.frombuffer(mm, UID_DTYPE, 1, o))
         self._release(set(s for s, _ in refs), windows, win_of[min(len(flat), (i + 1) * self.batch) - 1])
+        self._alive.append((wavs, labels, uids))
         return wavs, labels, uids
 
     # -- files ------------------------------------------------------------------------------------------

@@ -13,14 +13,12 @@ local shard folder and a remote one (s3://, gs://, http(s)://, through pipeline.
   DALI's checkpoint, which records those, resumes the stream exactly. Evaluation reads in order.
 - Fetching: the shards of the next `lookahead` windows are fetched by background threads while
   the current one is read, so a warm pipeline never waits on the network.
-- Reading: the shard's DALI index gives each member's offset; members are sliced out of a
-  memory map of the cached tar (DALI copies them into its own buffers).
+- Reading: the shard's DALI index gives each member's offset; members are views of a memory map
+  of the (cached) tar, which DALI reads in place (no_copy) in its decoder threads.
 """
 from __future__ import annotations
 
 import mmap
-import os
-import threading
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,8 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.shards import AUDIO, LABEL, LABEL_DTYPE, UID, UID_DTYPE, index_name
-
-MEMBERS_READ = (AUDIO, LABEL, UID)
 
 
 def parse_index(text: str, name: str) -> list[dict[str, tuple[int, int]]]:
@@ -50,42 +46,57 @@ def parse_index(text: str, name: str) -> list[dict[str, tuple[int, int]]]:
 
 @dataclass(frozen=True)
 class Share:
-    """A rank's part of a split: (shard, position in shard) pairs in shard order, and the padded size."""
-    refs: tuple[tuple[int, int], ...]   # (shard number in `shards`, sample position in that shard)
+    """A rank's part of a split, in shard order: sample j is sample pos[j] of shards[shard[j]]."""
     shards: tuple[str, ...]
-    padded: int                         # samples per rank per epoch, repeats included
+    shard: np.ndarray       # (n,) int32
+    pos: np.ndarray         # (n,) int32
+    padded: int             # samples per rank per epoch, repeats included
 
 
 def rank_share(shards: list[str], counts: list[int], shard_id: int, num_shards: int) -> Share:
-    """Rank `shard_id`'s contiguous range of the split's samples (DALI's reader shards the same way)."""
+    """Rank `shard_id`'s contiguous range of the split's samples, [N*r/W, N*(r+1)/W)."""
     n = sum(counts)
     lo, hi = n * shard_id // num_shards, n * (shard_id + 1) // num_shards
-    refs, base = [], 0
-    for j, c in enumerate(counts):
-        for k in range(max(lo - base, 0), min(hi - base, c)):
-            refs.append((j, k))
-        base += c
-    return Share(tuple(refs), tuple(shards), -(-n // num_shards))
+    shard = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    pos = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum([0, *counts[:-1]]), counts)
+    return Share(tuple(shards), shard[lo:hi], pos[lo:hi].astype(np.int32), -(-n // num_shards))
 
 
-def epoch_order(share: Share, *, shuffle: bool, seed: int, rank: int, epoch: int, window: int) -> list[list[tuple[int, int]]]:
-    """The share's samples for one epoch, as windows (lists of refs) in reading order."""
-    by_shard: "OrderedDict[int, list[tuple[int, int]]]" = OrderedDict()
-    for ref in share.refs:
-        by_shard.setdefault(ref[0], []).append(ref)
-    groups = list(by_shard.values())
+@dataclass(frozen=True)
+class Plan:
+    """One epoch of a share: the samples in reading order (padded to whole batches) and the
+    shuffle window each belongs to."""
+    order: np.ndarray                  # (batches * batch,) indices into the share
+    window: np.ndarray                 # (batches * batch,) window number of each entry
+    window_shards: list[np.ndarray]    # the shards each window reads
+
+
+def epoch_order(share: Share, *, shuffle: bool, seed: int, rank: int, epoch: int, window: int,
+                total: int) -> Plan:
+    """The share's order for one epoch: in order, or its shards permuted and the samples of each
+    run of shards holding >= `window` samples permuted together; padded to `total` by repeating
+    the last sample."""
+    n = len(share.shard)
+    groups = np.split(np.arange(n), np.flatnonzero(np.diff(share.shard)) + 1)  # one per shard
     if not shuffle:
-        return groups
-    rng = np.random.default_rng([seed, rank, epoch])
-    windows, cur = [], []
-    for g in rng.permutation(len(groups)):
-        cur.extend(groups[g])
-        if len(cur) >= window:
-            windows.append(cur)
-            cur = []
-    if cur:
-        windows.append(cur)
-    return [[w[i] for i in rng.permutation(len(w))] for w in windows]
+        windows = groups
+    else:
+        rng = np.random.default_rng([seed, rank, epoch])
+        windows, cur, size = [], [], 0
+        for g in rng.permutation(len(groups)):
+            cur.append(groups[g])
+            size += len(groups[g])
+            if size >= window:
+                windows.append(np.concatenate(cur))
+                cur, size = [], 0
+        if cur:
+            windows.append(np.concatenate(cur))
+        windows = [w[rng.permutation(len(w))] for w in windows]
+    order = np.concatenate(windows)
+    win = np.repeat(np.arange(len(windows)), [len(w) for w in windows])
+    order = np.concatenate([order, np.full(total - n, order[-1])])
+    win = np.concatenate([win, np.full(total - n, win[-1])])
+    return Plan(order, win, [np.unique(share.shard[w]) for w in windows])
 
 
 class SampleStream:
@@ -107,27 +118,17 @@ class SampleStream:
         self._maps: "OrderedDict[int, mmap.mmap]" = OrderedDict()
         self._fetches: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="shard-fetch") if files.remote else None
-        self._lock = threading.Lock()
         self.error: BaseException | None = None   # the first failure, for the loader to report in one line
         # DALI takes the batches without copying (no_copy): the arrays are views of the tars' memory
         # maps, read by DALI's decoder threads, and must outlive the prefetched iterations that use them
         self._alive: deque = deque(maxlen=keep_alive)
 
     # -- the order ------------------------------------------------------------------------------------
-    def plan(self, epoch: int) -> tuple[list[tuple[int, int]], list[int], list[list[tuple[int, int]]]]:
-        """(the epoch's padded sample list, each entry's window number, the windows)."""
+    def plan(self, epoch: int) -> Plan:
         if epoch not in self._plans:
-            windows = epoch_order(self.share, shuffle=self.shuffle, seed=self.seed, rank=self.rank, epoch=epoch,
-                                  window=self.window)
-            flat, win_of = [], []
-            for w, refs in enumerate(windows):
-                flat.extend(refs)
-                win_of.extend([w] * len(refs))
-            total = self.batches * self.batch
-            flat += [flat[-1]] * (total - len(flat))
-            win_of += [win_of[-1]] * (total - len(win_of))
-            self._plans[epoch] = (flat, win_of, windows)
-            while len(self._plans) > 3:
+            self._plans[epoch] = epoch_order(self.share, shuffle=self.shuffle, seed=self.seed, rank=self.rank,
+                                             epoch=epoch, window=self.window, total=self.batches * self.batch)
+            while len(self._plans) > 3:  # DALI's prefetch asks for the next epoch before this one ends
                 self._plans.popitem(last=False)
         return self._plans[epoch]
 
@@ -142,12 +143,13 @@ class SampleStream:
             raise
 
     def _batch(self, epoch: int, i: int):
-        flat, win_of, windows = self.plan(epoch)
-        refs = flat[i * self.batch:(i + 1) * self.batch]
+        plan = self.plan(epoch)
+        rows = plan.order[i * self.batch:(i + 1) * self.batch]
+        first, last = int(plan.window[i * self.batch]), int(plan.window[(i + 1) * self.batch - 1])
         if self._pool is not None:
-            self._prefetch(windows, win_of[i * self.batch], epoch)
+            self._prefetch(plan, first, epoch)
         wavs, labels, uids = [], [], []
-        for shard, pos in refs:
+        for shard, pos in zip(self.share.shard[rows].tolist(), self.share.pos[rows].tolist()):
             mm, idx = self._open(shard)
             members = idx[pos]
             o, n = members[AUDIO]
@@ -156,18 +158,17 @@ class SampleStream:
             labels.append(np.frombuffer(mm, LABEL_DTYPE, 1, o))
             o, n = members[UID]
             uids.append(np.frombuffer(mm, UID_DTYPE, 1, o))
-        self._release(set(s for s, _ in refs), windows, win_of[min(len(flat), (i + 1) * self.batch) - 1])
+        self._release(plan, last)
         self._alive.append((wavs, labels, uids))
         return wavs, labels, uids
 
     # -- files ------------------------------------------------------------------------------------------
-    def _prefetch(self, windows, w: int, epoch: int) -> None:
+    def _prefetch(self, plan: Plan, w: int, epoch: int) -> None:
         """Start fetching the shards of windows w .. w+lookahead (and, near the end, the next epoch's first)."""
-        want = [s for ws in windows[w:w + 1 + self.lookahead] for s, _ in ws]
-        if w + self.lookahead >= len(windows):
-            nxt = self.plan(epoch + 1)[2]
-            want += [s for ws in nxt[:self.lookahead] for s, _ in ws]
-        for s in dict.fromkeys(want):
+        want = plan.window_shards[w:w + 1 + self.lookahead]
+        if w + self.lookahead >= len(plan.window_shards):
+            want = want + self.plan(epoch + 1).window_shards[:self.lookahead]
+        for s in dict.fromkeys(int(s) for ws in want for s in ws):
             if s not in self._fetches and s not in self._maps:
                 self._fetches[s] = self._pool.submit(self._fetch, s)
 
@@ -194,11 +195,12 @@ class SampleStream:
         self._maps.move_to_end(shard)
         return self._maps[shard], self._index[shard]
 
-    def _release(self, used: set[int], windows, w: int) -> None:
-        """Drop the maps of shards the next windows do not read (their pages go back to the OS)."""
-        keep = {s for ws in windows[w:w + 1 + self.lookahead] for s, _ in ws} | used
+    def _release(self, plan: Plan, w: int) -> None:
+        """Drop the maps of shards that windows w .. w+lookahead do not read (unmapped once DALI is
+        done with the last view of them)."""
+        keep = {int(s) for ws in plan.window_shards[w:w + 1 + self.lookahead] for s in ws}
         for s in [s for s in self._maps if s not in keep]:
-            del self._maps[s]  # unmapped when DALI has copied the last view of it
+            del self._maps[s]
             del self._index[s]
 
     def close(self) -> None:

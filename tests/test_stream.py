@@ -1,0 +1,116 @@
+"""The sample stream (pipeline/stream.py) and the node cache (pipeline/cache.py), without DALI:
+shares, shuffle windows, padding, the bytes handed to DALI, and the cache's fetch-once, verify
+and evict rules (against a real HTTP server on loopback)."""
+import multiprocessing as mp
+import os
+import shutil
+import tarfile
+import types
+
+import numpy as np
+import pytest
+from servers import http_server  # noqa: F401 - fixture
+
+from pipeline.cache import LocalFiles, NodeCache
+from pipeline.shards import read_manifest
+from pipeline.storage import Store, StorageError
+from pipeline.stream import SampleStream, epoch_order, rank_share
+
+COUNTS = [5, 3, 7, 1, 4]  # 20 samples in 5 shards of uneven size
+NAMES = [f"train-{i:06d}.tar" for i in range(len(COUNTS))]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_shares_partition_the_split(world):
+    shares = [rank_share(NAMES, COUNTS, r, world) for r in range(world)]
+    got = sorted((int(s), int(p)) for sh in shares for s, p in zip(sh.shard, sh.pos))
+    assert got == [(j, k) for j, c in enumerate(COUNTS) for k in range(c)]  # each sample in exactly one share
+    sizes = [len(sh.shard) for sh in shares]
+    assert max(sizes) - min(sizes) <= 1 and all(sh.padded == -(-20 // world) for sh in shares)
+    for sh in shares:  # contiguous and in shard order
+        assert list(zip(sh.shard, sh.pos)) == sorted(zip(sh.shard, sh.pos))
+
+
+def test_epoch_order_windows_padding_and_determinism():
+    share = rank_share(NAMES, COUNTS, 0, 1)
+    kw = dict(shuffle=True, seed=3, rank=0, window=6, total=24)
+    a, again, b = epoch_order(share, epoch=1, **kw), epoch_order(share, epoch=1, **kw), epoch_order(share, epoch=2, **kw)
+    assert np.array_equal(a.order, again.order) and not np.array_equal(a.order, b.order)
+    assert sorted(a.order[:20]) == list(range(20)) and list(a.order[20:]) == [a.order[19]] * 4  # padding repeats the last
+    for w, shards in enumerate(a.window_shards):
+        members = a.order[:20][a.window[:20] == w]
+        assert set(share.shard[members]) == set(shards)  # a window holds whole shards
+        if w < len(a.window_shards) - 1:  # it closed as soon as it held >= window samples
+            assert len(members) >= 6 and any(len(members) - COUNTS[s] < 6 for s in shards)
+    assert np.all(np.diff(a.window) >= 0)  # windows are read one after another
+    plain = epoch_order(share, epoch=1, **{**kw, "shuffle": False})
+    assert list(plain.order[:20]) == list(range(20))
+
+
+def test_stream_hands_dali_the_tar_members(train_shards):
+    shards = train_shards[0]
+    m = read_manifest(shards)
+    names = list(m.splits["train"].shards)
+    counts = [sum(s.shard == n for s in m.samples) for n in names]
+    members, keys = {}, []  # keys: the split's samples in shard order, as the tars hold them
+    for n in names:
+        with tarfile.open(os.path.join(shards, n)) as tf:
+            for mem in tf:
+                key, _, ext = mem.name.partition(".")
+                members[(key, ext)] = tf.extractfile(mem).read()
+                keys += [key] if ext == "wav" else []
+    by_uid = {s.uid: s for s in m.samples}
+    stream = SampleStream(LocalFiles(shards), rank_share(names, counts, 1, 2), 4, shuffle=True, seed=0, rank=1)
+    seen = []
+    for i in range(stream.batches):
+        wavs, labels, uids = stream(types.SimpleNamespace(epoch_idx=0, iteration=i))
+        assert len(wavs) == len(labels) == len(uids) == 4
+        for wav, lab, uid in zip(wavs, labels, uids):
+            smp = by_uid[int(uid[0])]
+            assert bytes(wav) == members[(smp.key, "wav")] and int(lab[0]) == m.classes.index(smp.label)
+            seen.append(smp.uid)
+    with pytest.raises(StopIteration):
+        stream(types.SimpleNamespace(epoch_idx=0, iteration=stream.batches))
+    n = sum(counts)
+    uid_of = {s.key: s.uid for s in m.samples}
+    want = [uid_of[k] for k in keys][n // 2:]  # rank 1 of 2: the second half
+    assert sorted(set(seen)) == sorted(want)
+
+
+def _fetch_in_process(root, cache_dir, checksums, name, queue):
+    cache = NodeCache(Store(root), cache_dir, checksums)
+    cache.path(name)
+    queue.put((cache.stats.hits, cache.stats.misses, cache.stats.bytes_fetched))
+
+
+def test_cache_fetches_once_per_node_verifies_and_evicts(train_shards, http_server, tmp_path):
+    shards = train_shards[0]
+    shutil.copytree(shards, os.path.join(http_server.folder, "s"))
+    root, m = f"{http_server.url}/s", read_manifest(shards)
+    name = m.splits["train"].shards[0]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_fetch_in_process, args=(root, str(tmp_path / "c"), m.files, name, q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    res = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    size = os.path.getsize(os.path.join(shards, name))
+    assert sorted(r[:2] for r in res) == [(0, 1), (1, 0)] and sum(r[2] for r in res) == size  # one fetch per node
+
+    bad = dict(m.files, **{name: "0" * 64})  # a manifest checksum the bytes do not have
+    cache = NodeCache(Store(root), str(tmp_path / "d"), bad, log=lambda line: None)
+    with pytest.raises(StorageError, match=f"{root}/{name}: sha256 .* differs from the manifest"):
+        cache.path(name)
+    assert not [f for f in os.listdir(cache.dir) if not f.startswith(".")]  # nothing unverified is kept
+
+    names = list(m.splits["train"].shards) + list(m.splits["val"].shards)
+    sizes = [os.path.getsize(os.path.join(shards, n)) for n in names[:3]]
+    cache = NodeCache(Store(root), str(tmp_path / "e"), m.files, limit_bytes=sizes[1] + sizes[2])
+    for n in names[:3]:
+        cache.path(n)
+    assert sorted(f for f in os.listdir(cache.dir) if not f.startswith(".")) == sorted(names[1:3])  # oldest out
+    assert cache.stats.evictions == 1 and cache.stats.misses == 3
+    cache.path(names[2])
+    assert cache.stats.hits == 1

@@ -117,8 +117,9 @@ class NodeCache:
     @staticmethod
     def _touch(local: str) -> bool:
         """True if the file is there; marks it used now (eviction is least recently used first)."""
-        try:
-            os.utime(local)
+        try:  # an explicit time: the file system's own clock ticks too coarsely to order recent uses
+            now = time.time_ns()
+            os.utime(local, ns=(now, now))
             return True
         except FileNotFoundError:
             return False
@@ -154,6 +155,7 @@ class NodeCache:
                 self._count(bytes_fetched=n, fetch_seconds=time.perf_counter() - t0)
                 if want is None or h.hexdigest() == want:
                     os.replace(tmp, local)
+                    self._touch(local)
                     return
                 if attempt == 2:
                     raise StorageError(f"{self.store.url(name)}: sha256 {h.hexdigest()[:16]}... differs from the "
@@ -174,7 +176,7 @@ class NodeCache:
                 if e.is_file() and ".part" not in e.name and not e.name.startswith("."):
                     with contextlib.suppress(FileNotFoundError):
                         st = e.stat()
-                        files.append((st.st_mtime, st.st_size, e.path))
+                        files.append((st.st_mtime_ns, st.st_size, e.path))
             total = sum(f[1] for f in files)
             for _, size, path in sorted(files):
                 if total <= self.limit:

@@ -1,6 +1,7 @@
 """The sample stream (pipeline/stream.py) and the node cache (pipeline/cache.py), without DALI:
 shares, shuffle windows, padding, the bytes handed to DALI, and the cache's fetch-once, verify
 and evict rules (against a real HTTP server on loopback)."""
+import hashlib
 import multiprocessing as mp
 import os
 import shutil
@@ -105,12 +106,15 @@ def test_cache_fetches_once_per_node_verifies_and_evicts(train_shards, http_serv
         cache.path(name)
     assert not [f for f in os.listdir(cache.dir) if not f.startswith(".")]  # nothing unverified is kept
 
-    names = list(m.splits["train"].shards) + list(m.splits["val"].shards)
-    sizes = [os.path.getsize(os.path.join(shards, n)) for n in names[:3]]
-    cache = NodeCache(Store(root), str(tmp_path / "e"), m.files, limit_bytes=sizes[1] + sizes[2])
-    for n in names[:3]:
-        cache.path(n)
-    assert sorted(f for f in os.listdir(cache.dir) if not f.startswith(".")) == sorted(names[1:3])  # oldest out
-    assert cache.stats.evictions == 1 and cache.stats.misses == 3
-    cache.path(names[2])
-    assert cache.stats.hits == 1
+    blobs = {f"f{i}.bin": os.urandom(1000) for i in range(3)}
+    for n, data in blobs.items():
+        with open(os.path.join(http_server.folder, "s", n), "wb") as f:
+            f.write(data)
+    sums = {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}
+    cache = NodeCache(Store(root), str(tmp_path / "e"), sums, limit_bytes=2500)  # room for two
+    cache.path("f0.bin")
+    cache.path("f1.bin")
+    cache.path("f0.bin")  # used again: f1 is now the least recently used
+    cache.path("f2.bin")
+    assert sorted(f for f in os.listdir(cache.dir) if not f.startswith(".")) == ["f0.bin", "f2.bin"]
+    assert (cache.stats.evictions, cache.stats.misses, cache.stats.hits) == (1, 3, 1)

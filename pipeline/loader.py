@@ -140,6 +140,9 @@ def open_files(shard_dir: str, manifest: Manifest, cache_dir: str | None, cache_
     """A local folder's files as they are, or a remote folder's through the node cache."""
     if not is_remote(shard_dir):
         return LocalFiles(shard_dir)
+    if not manifest.files:
+        log(f"warning: {manifest.path}: version {manifest.version} records no file checksums: fetched shards "
+            "are not verified (rerun make_shards to get them)")
     return NodeCache(Store(shard_dir, log=log), cache_dir, manifest.files, cache_limit, log)
 
 

@@ -151,7 +151,7 @@ def test_cache_smaller_than_an_epoch_evicts_and_trains_the_same(object_store, s3
     assert held <= limit_gb * 1e9
 
 
-def test_killed_rank_resumes_mid_epoch_from_s3(object_store, s3_shards, local_reference, tmp_path):
+def test_killed_rank_resumes_mid_epoch_from_s3(object_store, s3_shards, small_shards, local_reference, tmp_path):
     """test_faults' killed-rank test, streaming from the object store: the resumed run equals the reference."""
     run_dir = str(tmp_path / "faulty")
     p = subprocess.run(torchrun(*common(s3_shards, run_dir, "--cache-dir", str(tmp_path / "cache")), max_restarts=1),
@@ -160,7 +160,11 @@ def test_killed_rank_resumes_mid_epoch_from_s3(object_store, s3_shards, local_re
     assert p.returncode == 0, p.stderr[-3000:]
     resumed = [ln for ln in p.stdout.splitlines() if ln.startswith("resumed from")]
     assert resumed == [f"resumed from {os.path.join(run_dir, 'last.pt')} at epoch 2 step 3"], resumed
-    assert_same_metrics(history(local_reference), history(run_dir))
+    hist = history(run_dir)
+    assert_same_metrics(history(local_reference), hist)
+    # epoch 1 (the first attempt): the two ranks of the node fetched each training and validation
+    # file once between them, also the shard both read a part of
+    assert hist[0]["storage"]["bytes_fetched"] == files_of(small_shards, "train") + files_of(small_shards, "val")
 
 
 def one_rank(shards: str, run_dir: str, cache: str, env: dict) -> subprocess.CompletedProcess:

@@ -29,6 +29,16 @@ from dataclasses import asdict, dataclass
 from pipeline.storage import Store, StorageError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "parallel_tunes", "shards")
@@ -82,6 +92,7 @@ class NodeCache:
         digest = hashlib.sha256(store.root.encode()).hexdigest()[:12]
         self.dir = os.path.join(cache_dir or default_cache_dir(), f"{slug}-{digest}")
         os.makedirs(self.dir, exist_ok=True)
+        self._remove_orphans()
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._retried_before = store.retried
@@ -114,6 +125,14 @@ class NodeCache:
         return local
 
     # -- internals ----------------------------------------------------------------------------------
+    def _remove_orphans(self) -> None:
+        """Partial downloads of processes that died mid-fetch (kill -9, a lost node): their pid is gone."""
+        for e in os.scandir(self.dir):
+            m = re.search(r"\.part(\d+)\.\d+$", e.name)
+            if m and not _alive(int(m.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(e.path)
+
     @staticmethod
     def _touch(local: str) -> bool:
         """True if the file is there; marks it used now (eviction is least recently used first)."""

@@ -118,3 +118,16 @@ def test_cache_fetches_once_per_node_verifies_and_evicts(train_shards, http_serv
     cache.path("f2.bin")
     assert sorted(f for f in os.listdir(cache.dir) if not f.startswith(".")) == ["f0.bin", "f2.bin"]
     assert (cache.stats.evictions, cache.stats.misses, cache.stats.hits) == (1, 3, 1)
+
+
+def test_cache_removes_partial_downloads_of_dead_processes(tmp_path):
+    dead = mp.get_context("spawn").Process(target=int)
+    dead.start()
+    dead.join()
+    cache = NodeCache(Store("s3://bucket/p"), str(tmp_path), {})
+    orphan = os.path.join(cache.dir, f"train-000000.tar.part{dead.pid}.1")
+    live = os.path.join(cache.dir, f"train-000001.tar.part{os.getpid()}.1")
+    for path in (orphan, live):
+        open(path, "wb").close()
+    NodeCache(Store("s3://bucket/p"), str(tmp_path), {})
+    assert not os.path.exists(orphan) and os.path.exists(live)

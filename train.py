@@ -507,6 +507,10 @@ def _bar(env: distributed.DistEnv, total: int, desc: str, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
+def _which_rank() -> str:
+    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
 def cli() -> int:
     try:
         return main()
@@ -515,7 +519,14 @@ def cli() -> int:
             print(f"train: error: {e}", file=sys.stderr)
         return 1
     except StorageError as e:  # raised by the rank(s) whose shards failed; each says which URL
-        print(f"train: error: {e}", file=sys.stderr)
+        print(f"train: error: {_which_rank()}{e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if not distributed.lost_peer(e):
+            raise
+        # a collective failed because another rank stopped: that rank's own error says why
+        print(f"train: error: {_which_rank()}stopped: another rank left the job "
+              f"({str(e).split(']', 1)[-1].strip()[:80]})", file=sys.stderr)
         return 1
     except distributed.PlacementError as e:  # raised on every rank of a machine together; its first reports
         if int(os.environ.get("LOCAL_RANK", "0")) == 0:

@@ -194,9 +194,27 @@ def test_missing_or_altered_shard_stops_with_one_line(object_store, small_shards
     lines = error_lines(p.stderr)
     assert len(lines) == 1, p.stderr[-3000:]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
-    assert lines[0].startswith(f"train: error: {url}/{victim}: ")
+    assert lines[0].startswith(f"train: error: {url}/{victim}: ")  # one rank: no rank prefix
     assert ("not found" if damage == "deleted" else "differs from the manifest") in lines[0]
     assert not os.path.exists(os.path.join(next(os.scandir(tmp_path / "cache")).path, victim))  # nothing unverified kept
+
+
+def test_missing_shard_on_two_ranks_names_it_once(object_store, small_shards, tmp_path):
+    """The rank that needs the shard names it; the other, cut off mid-collective, says only that."""
+    url = upload(object_store, small_shards, "broken-2ranks")
+    victim = read_manifest(small_shards).splits["train"].shards[1]  # in rank 0's share
+    object_store.fs().rm_file(f"{BUCKET}/broken-2ranks/{victim}")
+    p = subprocess.run([sys.executable, TRAIN, "--shards", url, "--run-dir", str(tmp_path / "run"), "--epochs", "1",
+                        "--batch-size", "2", "--crops-per-track", "1", "--clip-seconds", "2", "--model", "tiny",
+                        "--cache-dir", str(tmp_path / "cache"), "--nproc", "2", *TWO_RANK_ARGS],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=object_store.client_env())
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    lines = error_lines(p.stderr)
+    assert [ln for ln in lines if victim in ln] == [f"train: error: [rank 0] {url}/{victim}: not found"], lines
+    # rank 1 says it was cut off, unless the launcher's SIGTERM reached it first
+    assert all(ln.startswith("train: error: [rank 1] stopped: another rank left the job")
+               for ln in lines if victim not in ln), lines
 
 
 def test_wrong_credentials_one_line(object_store, s3_shards, tmp_path):

@@ -105,6 +105,15 @@ def all_reduce_min(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return t
 
 
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "communicator was aborted",
+              "remote worker crashing", "ncclremoteerror")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """A collective's error that says another rank went away (gloo's or NCCL's wording)."""
+    return any(w in str(err).lower() for w in _PEER_LOST)
+
+
 def all_gather_object(obj, env: DistEnv) -> list:
     """Every rank's `obj`, in rank order (a one-element list without a process group)."""
     if not env.distributed:

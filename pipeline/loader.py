@@ -93,7 +93,8 @@ class DaliLoader:
         return self.batches
 
     def state(self) -> dict:
-        """Where this rank's data stream is: DALI's reader/RNG checkpoint and this epoch's seen ids.
+        """Where this rank's data stream is: DALI's checkpoint (operator RNG, the epoch and batch the
+        stream was last asked for), the epoch the stream started at and this epoch's seen ids.
 
         Passing it back as `state=` to a new loader continues with exactly the next batch.
         """

@@ -521,17 +521,17 @@ def cli() -> int:
     except StorageError as e:  # raised by the rank(s) whose shards failed; each says which URL
         print(f"train: error: {_which_rank()}{e}", file=sys.stderr)
         return 1
-    except RuntimeError as e:
+    except distributed.PlacementError as e:  # raised on every rank of a machine together; its first reports
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # after PlacementError, one of its kind
         if not distributed.lost_peer(e):
             raise
         # a collective failed because another rank stopped: that rank's own error says why
         print(f"train: error: {_which_rank()}stopped: another rank left the job "
               f"({str(e).split(']', 1)[-1].strip()[:80]})", file=sys.stderr)
         return 1
-    except distributed.PlacementError as e:  # raised on every rank of a machine together; its first reports
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            print(f"train: error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

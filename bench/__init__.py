@@ -12,8 +12,10 @@ The package (standard library at import time; heavy imports happen inside the fu
   data       the clips (synthetic or a folder), packed into cached shards; page-cache warming
   tables     one markdown table and one bar chart, both driven by column lists
   reference  the librosa reference log-mel (the original project's features) and its pieces
-The scripts (features, train_throughput, dali_tuning, dali_parity, hard_set, gpu_smoke, gpu_wheels)
-keep their methods and `main`; bench/NOTES.md tells what each measured.
+  servers    real loopback servers (SeaweedFS S3 via `weed mini`, a static HTTP server); tests/servers.py
+             wraps them in pytest fixtures
+The scripts (features, train_throughput, object_store, dali_tuning, dali_parity, hard_set, gpu_smoke,
+gpu_wheels) keep their methods and `main`; bench/NOTES.md tells what each measured.
 """
 import os
 

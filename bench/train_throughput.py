@@ -35,7 +35,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
@@ -139,7 +140,20 @@ def make_source(job: dict, spec: Any, dev: Any):
     return gen(), {"workers": job["workers"], "prefetch_factor": 2, "pin_memory": on_cuda}
 
 
-def run_method(job: dict, sampler: Any) -> dict:
+@dataclass
+class Training:
+    """train.py's model and optimizer step on a device, for the benchmarks that time training steps
+    (this script and bench/object_store.py): step(x, y, w) -> loss, sync() waits for the device."""
+    spec: Any
+    dev: Any
+    step: Callable[[Any, Any, Any], Any]
+    sync: Callable[[], None]
+    info: dict                       # torch_threads, precision: the start of the method's result
+
+
+def setup_training(job: dict, check: Callable[[], None] | None = None) -> Training:
+    """The device (SkipMethod without CUDA where cuda is asked), then `check()` (the method's own
+    requirements), torch's threads and seed, the model (job["model"], job["n_classes"]), AdamW and AMP."""
     import torch
 
     from model import build_model
@@ -153,13 +167,11 @@ def run_method(job: dict, sampler: Any) -> dict:
         if not torch.cuda.is_available():
             raise SkipMethod("torch.cuda.is_available() is False")
         torch.cuda.set_device(dev)
-    if job["method"] == "dali":
-        if not job["shard_dir"]:
-            raise SkipMethod("no shards")
-        require_dali()
+    if check is not None:
+        check()
     torch.set_num_threads(job["torch_threads"])  # the librosa child runs with OMP_NUM_THREADS=1 for its workers
     torch.manual_seed(0)
-    res: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
 
     model = build_model(job["model"], job["n_classes"]).to(dev)
     if dev.type == "cuda":
@@ -167,7 +179,7 @@ def run_method(job: dict, sampler: Any) -> dict:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     amp = Amp.create(dev, job["amp"])
-    res["precision"] = amp.name
+    info["precision"] = amp.name
 
     def sync():
         if dev.type == "cuda":
@@ -177,47 +189,81 @@ def run_method(job: dict, sampler: Any) -> dict:
         return train_step(model, x, y, w, opt, amp, n_classes=job["n_classes"],
                           label_smoothing=LABEL_SMOOTHING).loss.detach()
 
-    t = time.perf_counter()
-    it, res["loader"] = make_source(job, spec, dev)
-    res["loader_build_s"] = time.perf_counter() - t
+    return Training(spec, dev, step, sync, info)
 
+
+def warm_up(it: Iterator, n: int, tr: Training) -> dict:
+    """n untimed steps: first_batch_s (the first next(), which builds a lazily built loader), warmup_s,
+    and the batch's shape and device."""
+    res: dict[str, Any] = {}
     t = time.perf_counter()
     first_batch_s = None
-    for i in range(job["warmup"]):
+    for i in range(n):
         x, y, w = next(it)
         if first_batch_s is None:
             first_batch_s = time.perf_counter() - t
-        loss = step(x, y, w)
-        sync()
+        tr.step(x, y, w)
+        tr.sync()
     res["first_batch_s"] = first_batch_s
     res["warmup_s"] = time.perf_counter() - t
-    if job["warmup"]:
+    if n:
         res["shape"] = list(x.shape)
         res["x_device"] = str(x.device)
+    return res
+
+
+def timed_window(it: Iterator, steps: int, tr: Training) -> tuple[dict, float]:
+    """`steps` timed steps: ({"wait_s": [...], "step_s": [...]}, the last loss). Per step: t0, next(it)
+    (the data, device synchronised), t1, the training step (synchronised), t2."""
+    waits, times = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        x, y, w = next(it)
+        tr.sync()  # the copy to the device (librosa) or DALI's output belongs to the data time
+        t1 = time.perf_counter()
+        loss = tr.step(x, y, w)
+        tr.sync()
+        t2 = time.perf_counter()
+        waits.append(t1 - t0)
+        times.append(t2 - t0)
+    return {"wait_s": waits, "step_s": times}, float(loss)
+
+
+def check_losses(losses: list[float]) -> None:
+    if not all(map(lambda v: v == v and abs(v) != float("inf"), losses)):
+        raise FloatingPointError(f"non-finite loss: {losses}")
+
+
+def run_method(job: dict, sampler: Any) -> dict:
+    import torch
+
+    def check() -> None:
+        if job["method"] == "dali":
+            if not job["shard_dir"]:
+                raise SkipMethod("no shards")
+            require_dali()
+
+    tr = setup_training(job, check)
+    res: dict[str, Any] = dict(tr.info)
+
+    t = time.perf_counter()
+    it, res["loader"] = make_source(job, tr.spec, tr.dev)
+    res["loader_build_s"] = time.perf_counter() - t
+
+    res.update(warm_up(it, job["warmup"], tr))
 
     windows = []
     losses = []
     for _ in range(job["repeats"]):
-        waits, steps = [], []
-        for _ in range(job["steps"]):
-            t0 = time.perf_counter()
-            x, y, w = next(it)
-            sync()  # the copy to the device (librosa) or DALI's output belongs to the data time
-            t1 = time.perf_counter()
-            loss = step(x, y, w)
-            sync()
-            t2 = time.perf_counter()
-            waits.append(t1 - t0)
-            steps.append(t2 - t0)
-        losses.append(float(loss))
-        windows.append({"wait_s": waits, "step_s": steps})
+        window, loss = timed_window(it, job["steps"], tr)
+        losses.append(loss)
+        windows.append(window)
     res["windows"] = windows
     res["last_losses"] = losses
-    if dev.type == "cuda":
-        res["peak_gpu_torch_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    if tr.dev.type == "cuda":
+        res["peak_gpu_torch_mb"] = torch.cuda.max_memory_allocated(tr.dev) / 2**20
     sampler.sample()  # the workers' high-water marks, while they are alive
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), losses)):
-        raise FloatingPointError(f"non-finite loss: {losses}")
+    check_losses(losses)
     return res
 
 

@@ -191,3 +191,37 @@ def test_gpu_wheels_round_trip(tmp_path, monkeypatch):
     with open(pieces[1], "r+b") as f:
         f.write(b"\0")
     assert gw.main(["check", "--whl", whl, "--need", "1"]) == 0 and gw.main(["check", "--whl", whl]) == 3
+
+
+def test_object_store(bench_data, tmp_path):
+    """Local shards, a warm and a cold cache from a real SeaweedFS bucket, a cold one over HTTP, and the
+    whole-split download: every cold epoch fetches the split once, a warm one nothing."""
+    src, cache = bench_data
+    methods = ["local", "http-cold", "s3-warm", "s3-cold", "stage"]
+    p = run("bench.object_store", "--src", src, "--clips", str(CLIPS), "--model", "tiny", "--batch", "4",
+            "--methods", ",".join(methods), "--device", "cpu", "--repeats", "1", "--epochs-per-window", "1",
+            "--stage-repeats", "1", "--wait-idle", "0", "--retries", "0", "--method-timeout", "90",
+            "--cache", cache, "--out", str(tmp_path), timeout=150)
+    rep = only_json(str(tmp_path), "object-store-*.json")
+    assert rep["complete"] and rep["data"]["tracks"] == CLIPS and rep["settings"]["epoch_steps"] == 2
+    rows = {r["method"]: r for r in rep["methods"]}
+    assert list(rows) == methods
+    for name in methods[:-1]:
+        r = rows[name]
+        assert "error" not in r and "skipped" not in r, r
+        assert r["samples_per_s"]["median"] > 0 and 0 <= r["data_wait"]["median"] < 1 and r["first_batch_s"] > 0
+        assert len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2, r["windows"]
+        assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])
+        assert r["server_cpu_cores"] >= 0 and r["vs_local"] > 0
+    split = rep["data"]["split_bytes"]
+    for name in ("s3-cold", "http-cold"):  # an empty cache every window: the whole split, all misses
+        assert rows[name]["traffic"][0]["bytes_fetched"] == split and rows[name]["hit_rate"] == 0
+        assert rows[name]["fetched_vs_split"] == 1 and len(rows[name]["windows_first_batch_s"]) == 1
+    warm = rows["s3-warm"]  # filled first: no byte fetched after, every lookup a hit
+    assert warm["prefill_traffic"]["bytes_fetched"] == split and warm["fetched_vs_split"] == 0
+    assert warm["hit_rate"] == 1 and warm["server_paused_after_s"] >= 0  # paused (SIGSTOP) for the windows
+    assert rows["local"]["fetched_vs_split"] == 0 and rows["local"]["hit_rate"] is None
+    stage = rows["stage"]["stage"]
+    assert set(stage) == {"4", "1"} and all(v["bytes"] == [split] for v in stage.values())
+    assert "| local shards |" in p.stdout and "staging, total" in p.stdout
+    assert os.path.getsize(glob.glob(os.path.join(str(tmp_path), "object-store-*.png"))[0]) > 1000

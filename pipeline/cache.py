@@ -165,19 +165,14 @@ class NodeCache:
         try:
             for attempt in (1, 2):
                 t0 = time.perf_counter()
-                h = hashlib.sha256()
-                n = self.store.get(name, tmp, on_bytes=None)
-                if want is not None:
-                    with open(tmp, "rb") as f:
-                        while chunk := f.read(1 << 22):
-                            h.update(chunk)
+                n, digest = self.store.get(name, tmp)
                 self._count(bytes_fetched=n, fetch_seconds=time.perf_counter() - t0)
-                if want is None or h.hexdigest() == want:
+                if want is None or digest == want:
                     os.replace(tmp, local)
                     self._touch(local)
                     return
                 if attempt == 2:
-                    raise StorageError(f"{self.store.url(name)}: sha256 {h.hexdigest()[:16]}... differs from the "
+                    raise StorageError(f"{self.store.url(name)}: sha256 {digest[:16]}... differs from the "
                                        f"manifest's {want[:16]}...: the shard was changed or damaged after "
                                        "make_shards wrote it (make_shards.py --verify names what changed)")
                 self.log(f"warning: {self.store.url(name)}: checksum mismatch, fetching it once more")

@@ -12,6 +12,7 @@ needs on top of them:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -194,20 +195,23 @@ class Store:
                 return None
             raise
 
-    def get(self, name: str, dest: str, block: int = 1 << 22, on_bytes: Callable[[int], None] | None = None) -> int:
-        """Copy object `name` to the local file `dest` (overwritten), streaming; returns its size.
+    def get(self, name: str, dest: str, block: int = 1 << 22,
+            on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
+        """Copy object `name` to the local file `dest` (overwritten), streaming; returns its size and
+        the sha256 of the bytes written, hashed on the way (no second read to verify it).
 
         A transfer that fails midway is restarted from the beginning on the next try.
         """
-        def once() -> int:
-            n = 0
+        def once() -> tuple[int, str]:
+            n, h = 0, hashlib.sha256()
             with self.fs.open(self._path(name), "rb", block_size=block) as src, open(dest, "wb") as out:
                 while chunk := src.read(block):
                     out.write(chunk)
+                    h.update(chunk)
                     n += len(chunk)
                     if on_bytes:
                         on_bytes(len(chunk))
-            return n
+            return n, h.hexdigest()
         return self.call(name, once)
 
     # -- writes ---------------------------------------------------------------------------------------

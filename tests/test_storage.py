@@ -1,6 +1,7 @@
 """pipeline.storage.Store against real servers on loopback (tests/servers.py): SeaweedFS's S3 gateway
 with authentication, and a static HTTP server. Round trips, missing objects and buckets, wrong
 credentials, and a server that goes away: retried until it is back, or a one-line error after N tries."""
+import hashlib
 import os
 import threading
 import time
@@ -29,7 +30,8 @@ def test_s3_round_trip(s3_env, tmp_path):
     assert store.exists("a.bin") and store.size("a.bin") == len(data)
     assert store.read_bytes("a.bin") == data and store.read_bytes("m.json") == b'{"x": 1}'
     seen = []
-    assert store.get("a.bin", str(tmp_path / "copy"), block=1 << 20, on_bytes=seen.append) == len(data)
+    assert store.get("a.bin", str(tmp_path / "copy"), block=1 << 20, on_bytes=seen.append) == (
+        len(data), hashlib.sha256(data).hexdigest())
     assert (tmp_path / "copy").read_bytes() == data and sum(seen) == len(data) and len(seen) > 1
     assert store.url("a.bin") == f"s3://{bucket}/some/prefix/a.bin"
     # the objects are where another client looks for them
@@ -79,7 +81,8 @@ def test_http_reads(http_server, tmp_path):
     store = Store(http_server.url + "/shards")
     assert store.read_bytes("train-000000.tar") == data
     assert store.size("train-000000.tar") == len(data) and store.exists("train-000000.tar")
-    assert store.get("train-000000.tar", str(tmp_path / "t")) == len(data) and (tmp_path / "t").read_bytes() == data
+    assert store.get("train-000000.tar", str(tmp_path / "t")) == (len(data), hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "t").read_bytes() == data
     assert store.size("nope.tar") is None and not store.exists("nope.tar")
     with pytest.raises(StorageError) as e:
         store.read_bytes("nope.tar")

@@ -114,8 +114,7 @@ class SampleStream:
         self.window, self.lookahead = window, lookahead
         self.batches = -(-share.padded // batch_size)
         self._plans: OrderedDict = OrderedDict()
-        self._index: dict[int, list[dict[str, tuple[int, int]]]] = {}
-        self._maps: "OrderedDict[int, mmap.mmap]" = OrderedDict()
+        self._mapped: dict[int, tuple[mmap.mmap, list]] = {}   # shard -> (its tar's memory map, its index)
         self._fetches: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="shard-fetch") if files.remote else None
         self.error: BaseException | None = None   # the first failure, for the loader to report in one line
@@ -169,10 +168,10 @@ class SampleStream:
         if w + self.lookahead >= len(plan.window_shards):
             want = want + self.plan(epoch + 1).window_shards[:self.lookahead]
         for s in dict.fromkeys(int(s) for ws in want for s in ws):
-            if s not in self._fetches and s not in self._maps:
+            if s not in self._fetches and s not in self._mapped:
                 self._fetches[s] = self._pool.submit(self._fetch, s)
 
-    def _fetch(self, shard: int) -> tuple[list, mmap.mmap]:
+    def _fetch(self, shard: int) -> tuple[mmap.mmap, list]:
         """Shard `shard` made local, its index parsed and the tar mapped (runs in a fetch thread).
 
         Once mapped, the tar's bytes stay readable even if another rank evicts the file; a file
@@ -183,27 +182,25 @@ class SampleStream:
                 with open(self.files.path(index_name(name)), encoding="ascii") as f:
                     index = parse_index(f.read(), self.files.url(index_name(name)))
                 with open(self.files.path(name), "rb") as f:
-                    return index, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), index
             except FileNotFoundError:
                 if attempt == 5 or not self.files.remote:
                     raise
 
     def _open(self, shard: int):
-        if shard not in self._maps:
+        if shard not in self._mapped:
             fut = self._fetches.pop(shard, None)
-            self._index[shard], self._maps[shard] = fut.result() if fut is not None else self._fetch(shard)
-        self._maps.move_to_end(shard)
-        return self._maps[shard], self._index[shard]
+            self._mapped[shard] = fut.result() if fut is not None else self._fetch(shard)
+        return self._mapped[shard]
 
     def _release(self, plan: Plan, w: int) -> None:
         """Drop the maps of shards that windows w .. w+lookahead do not read (unmapped once DALI is
         done with the last view of them)."""
         keep = {int(s) for ws in plan.window_shards[w:w + 1 + self.lookahead] for s in ws}
-        for s in [s for s in self._maps if s not in keep]:
-            del self._maps[s]
-            del self._index[s]
+        for s in [s for s in self._mapped if s not in keep]:
+            del self._mapped[s]
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._maps.clear()
+        self._mapped.clear()

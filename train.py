@@ -395,14 +395,10 @@ def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> Non
 
 def epoch_traffic(t: Trainer, seconds: float) -> dict | None:
     """Every rank's shard traffic this epoch (remote shards only): fetched bytes and rate, cache hits."""
-    mine = [ld.traffic() for ld in (t.train_loader, t.val_loader)]
+    mine = t.train_loader.traffic() + t.val_loader.traffic()
     if not t.train_loader.files.remote:
         return None
-    b = sum(m.bytes_fetched for m in mine)
-    hits, misses = sum(m.hits for m in mine), sum(m.misses for m in mine)
-    row = {"bytes_fetched": b, "fetch_mb_s": b / 1e6 / max(seconds, 1e-9), "hits": hits, "misses": misses,
-           "hit_rate": hits / (hits + misses) if hits + misses else None,
-           "retries": sum(m.retries for m in mine), "evictions": sum(m.evictions for m in mine)}
+    row = {**mine.as_dict(), "fetch_mb_s": mine.bytes_fetched / 1e6 / max(seconds, 1e-9)}
     ranks = distributed.all_gather_object(row, t.env)
     return {"bytes_fetched": sum(r["bytes_fetched"] for r in ranks), "retries": sum(r["retries"] for r in ranks),
             "evictions": sum(r["evictions"] for r in ranks), "ranks": ranks}

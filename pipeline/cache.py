@@ -24,7 +24,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from pipeline.storage import Store, StorageError
 
@@ -59,6 +59,9 @@ class CacheStats:
         n = self.hits + self.misses
         return self.hits / n if n else None
 
+    def __add__(self, other: "CacheStats") -> "CacheStats":
+        return CacheStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
     def as_dict(self) -> dict:
         return {**asdict(self), "hit_rate": self.hit_rate}
 
@@ -69,7 +72,6 @@ class LocalFiles:
 
     def __init__(self, root: str):
         self.root = root
-        self.stats = CacheStats()
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)

@@ -144,9 +144,6 @@ class Store:
     def url(self, name: str) -> str:
         return f"{self.root}/{name}" if self.remote else os.path.join(self.root, name)
 
-    def _path(self, name: str) -> str:
-        return self.url(name)
-
     def call(self, name: str, what: Callable[[], T]) -> T:
         """Run `what` (one storage request about `name`), retrying transient failures."""
         delay = self.backoff
@@ -173,23 +170,23 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------------------
     def read_bytes(self, name: str) -> bytes:
-        return self.call(name, lambda: self.fs.cat_file(self._path(name)))
+        return self.call(name, lambda: self.fs.cat_file(self.url(name)))
 
     def exists(self, name: str) -> bool:
         if _is_http(self.root):
             try:
-                self.call(name, lambda: self.fs.info(self._path(name)))
+                self.call(name, lambda: self.fs.info(self.url(name)))
                 return True
             except StorageError as e:
                 if str(e).endswith(": not found"):
                     return False
                 raise
-        return self.call(name, lambda: self.fs.exists(self._path(name)))
+        return self.call(name, lambda: self.fs.exists(self.url(name)))
 
     def size(self, name: str) -> int | None:
         """The object's size in bytes, or None when it does not exist."""
         try:
-            return int(self.call(name, lambda: self.fs.info(self._path(name)))["size"])
+            return int(self.call(name, lambda: self.fs.info(self.url(name)))["size"])
         except StorageError as e:
             if str(e).endswith(": not found"):
                 return None
@@ -204,7 +201,7 @@ class Store:
         """
         def once() -> tuple[int, str]:
             n, h = 0, hashlib.sha256()
-            with self.fs.open(self._path(name), "rb", block_size=block) as src, open(dest, "wb") as out:
+            with self.fs.open(self.url(name), "rb", block_size=block) as src, open(dest, "wb") as out:
                 while chunk := src.read(block):
                     out.write(chunk)
                     h.update(chunk)
@@ -221,18 +218,18 @@ class Store:
             raise StorageError(f"{self.root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
         if not self.remote:
             from pipeline.atomic import atomic_copy
-            atomic_copy(local, self._path(name))
+            atomic_copy(local, self.url(name))
             return
-        self.call(name, lambda: self.fs.put_file(local, self._path(name)))
+        self.call(name, lambda: self.fs.put_file(local, self.url(name)))
 
     def put_bytes(self, data: bytes, name: str) -> None:
         if _is_http(self.root):
             raise StorageError(f"{self.root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
         if not self.remote:
             from pipeline.atomic import atomic_write
-            atomic_write(self._path(name), data)
+            atomic_write(self.url(name), data)
             return
-        self.call(name, lambda: self.fs.pipe_file(self._path(name), data))
+        self.call(name, lambda: self.fs.pipe_file(self.url(name), data))
 
     def remove(self, name: str) -> None:
-        self.call(name, lambda: self.fs.rm_file(self._path(name)))
+        self.call(name, lambda: self.fs.rm_file(self.url(name)))

@@ -176,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the same --out finishes what is missing; summary in FILE-stem.summary.json/.genres.png")
     g.add_argument("--shards", default=None, metavar="DIR",
                    help="predict every track of this shard folder (make_shards.py --unlabeled, or labeled shards)")
+    g.add_argument("--allow-unverified", action="store_true",
+                   help="read a remote --shards folder whose manifest lacks file checksums (taken as served)")
+    g.add_argument("--manifest-sha256", default=None, metavar="HEX",
+                   help="refuse --shards unless its manifest.json has this sha256")
     g.add_argument("--format", choices=("jsonl", "csv"), default=None, help="default: from --out's extension, else jsonl")
     g.add_argument("--nproc", default="1", help="launch N local ranks (like torchrun --nproc-per-node N); 'auto': "
                                                  "one per GPU, 2 on a CPU. Never two ranks on one GPU")

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -25,11 +26,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import MODELS, build_model, count_parameters
 from pipeline import version
-from pipeline.loader import DaliLoader  # (DALI itself loads when a loader is made)
+from pipeline.loader import DaliLoader, trust_warnings  # (DALI itself loads when a loader is made)
 from pipeline.atomic import atomic_copy
 from pipeline.shards import Manifest, read_manifest
 from pipeline.spec import Augment, FeatureSpec
-from pipeline.storage import StorageError
+from pipeline.storage import StorageError, redact
 from training import checkpoint, distributed, report
 from training.amp import Amp
 from training.evaluate import EvalResult, evaluate
@@ -47,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--cache-dir", default=None,
                    help="node-local cache of remote shards, shared by the node's ranks (default: "
                         "$XDG_CACHE_HOME or ~/.cache, /parallel_tunes/shards)")
+    g.add_argument("--allow-unverified", action="store_true",
+                   help="read a remote folder whose manifest lacks file checksums (an old or hand-made one): its "
+                        "files are taken as served. Without it such a folder is refused")
+    g.add_argument("--manifest-sha256", default=None, metavar="HEX",
+                   help="refuse the shard folder unless its manifest.json has this sha256 (pins a remote folder, "
+                        "e.g. one served over plain http)")
     g.add_argument("--cache-limit", type=float, default=None,
                    help="GB the cache may hold; least recently used shards are evicted (default: no limit)")
     g.add_argument("--shuffle-window", type=int, default=1024,
@@ -103,7 +110,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--cache-limit must be > 0 GB")
     if args.shuffle_window < 1:
         p.error("--shuffle-window must be >= 1")
+    if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
+        p.error("--manifest-sha256 takes the 64 hex digits of a sha256")
     return args
+
+
+def saved_args(args: argparse.Namespace) -> dict:
+    """The arguments as written into checkpoints and metrics.json: URLs without credentials or tokens."""
+    return {**vars(args), "shards": redact(args.shards)}
 
 
 @dataclass
@@ -150,7 +164,8 @@ def loader_kw(args: argparse.Namespace, env: distributed.DistEnv, manifest: Mani
     threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
     limit = None if args.cache_limit is None else int(args.cache_limit * 1e9)
     return dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed,
-                manifest=manifest, cache_dir=args.cache_dir, cache_limit=limit, log=_warn)
+                manifest=manifest, cache_dir=args.cache_dir, cache_limit=limit, allow_unverified=args.allow_unverified,
+                log=_warn)
 
 
 def _warn(line: str) -> None:
@@ -164,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.check_placement(args.nproc, args.cpu)  # fail here, in one line, not in every rank
         return distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
     try:
-        manifest = read_manifest(args.shards)
+        manifest = read_manifest(args.shards, allow_unverified=args.allow_unverified, sha256=args.manifest_sha256)
         if manifest.unlabeled:
             raise ValueError(f"{manifest.path}: an unlabeled collection (make_shards --unlabeled) has no labels to "
                              "train on; predict it with predict.py --shards")
@@ -172,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     env = distributed.setup(force_cpu=args.cpu)
+    if env.is_main:
+        for line in trust_warnings(args.shards, manifest, pinned=args.manifest_sha256 is not None):
+            print(line, file=sys.stderr)
     try:
         torch.manual_seed(args.seed)  # before the model is built: its initial weights follow the seed
         t, start = build(args, env, manifest)
@@ -422,7 +440,7 @@ def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float]) ->
     if env.is_main:
         checkpoint.save_rotating(t.run_dir, {
             "model_name": t.args.model, "model": t.model.state_dict(), "classes": t.classes,
-            "feature_spec": t.spec.to_dict(), "args": vars(t.args), "epoch": epoch, "step": done, "steps": t.steps,
+            "feature_spec": t.spec.to_dict(), "args": saved_args(t.args), "epoch": epoch, "step": done, "steps": t.steps,
             "history": t.history, "best_metric": t.best, "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict(), "scaler": t.amp.state_dict(), "rank_states": ranks})
 
@@ -430,7 +448,7 @@ def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float]) ->
 def finish(t: Trainer) -> int:
     """Test-split accuracy of the best checkpoint, metrics.json, confusion matrix, summary."""
     env, args = t.env, t.args
-    metrics: dict = {"history": t.history, "classes": t.classes, "args": vars(args), "world_size": env.world_size,
+    metrics: dict = {"history": t.history, "classes": t.classes, "args": saved_args(args), "world_size": env.world_size,
                      "device": env.device.type, "precision": t.amp.name}
     if os.path.exists(t.path("best.pt")):
         best_state = checkpoint.load(t.path("best.pt"), map_location=env.device)

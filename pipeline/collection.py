@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.shards import sha256_file
-from pipeline.storage import StorageError, is_remote
+from pipeline.storage import StorageError, is_remote, redact
 
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
 CLIP_UNIT_S = 30.0     # throughput is reported in clips of 30 s per second
@@ -247,6 +247,8 @@ class Job:
     cpu: bool
     eager: bool
     amp: bool
+    allow_unverified: bool = False       # --allow-unverified: a remote folder's files without checksums
+    manifest_sha256: str | None = None   # --manifest-sha256: the manifest's pinned checksum
     folder: str | None = None            # the audio folder sharded into paths.shards (removed when done)
     min_seconds: float | None = None     # a folder's make_shards --min-seconds
     up_to_date: bool = False             # a folder whose finished OUT is current: nothing to do
@@ -264,7 +266,6 @@ def _source(root: str | None, source: str) -> str:
 def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
     """Check the request and resolve the shard folder (sharding a plain folder first when
     `may_shard`); raise CollectionError naming the file or folder."""
-    from pipeline.shards import read_manifest
     from training.checkpoint import CheckpointError, load_classifier
 
     if not a.out:
@@ -304,7 +305,8 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
         shards = Paths(out).shards
     job = Job(out=out, fmt=fmt, shards=shards, checkpoint=ckpt, source_root=a.source_root or folder,
               timeline_hop=hop, batch_size=a.batch_size, threads=a.threads, cpu=a.cpu, eager=a.eager, amp=a.amp,
-              folder=folder, min_seconds=a.min_seconds)
+              folder=folder, min_seconds=a.min_seconds, allow_unverified=a.allow_unverified,
+              manifest_sha256=a.manifest_sha256)
     job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": sha256_file(ckpt), "classes": classes,
                     "timeline_hop": hop}
     check_resumable(job)  # before any sharding: a refused rerun costs nothing
@@ -314,14 +316,24 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
             return job
         shard_folder(folder, shards, spec, a.min_seconds)
     try:
-        manifest = read_manifest(shards)
+        manifest = read_job_manifest(job)
     except (FileNotFoundError, ValueError, StorageError) as e:
         raise CollectionError(str(e)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        from pipeline.loader import trust_warnings
+        for line in trust_warnings(shards, manifest, pinned=job.manifest_sha256 is not None):
+            print(f"predict: {line}", file=sys.stderr)
     if manifest.spec.sample_rate != spec.sample_rate:
         raise CollectionError(
             f"{manifest.path}: shards hold audio at {manifest.spec.sample_rate} Hz, the checkpoint {ckpt} expects "
             f"{spec.sample_rate} Hz; reshard with make_shards.py --sample-rate {spec.sample_rate}")
     return job
+
+
+def read_job_manifest(job: Job):
+    """The job's manifest, with the user's trust options (pipeline.shards.read_manifest)."""
+    from pipeline.shards import read_manifest
+    return read_manifest(job.shards, allow_unverified=job.allow_unverified, sha256=job.manifest_sha256)
 
 
 def _folder_files(folder: str, shards: str) -> list:
@@ -475,11 +487,10 @@ def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int
     import torch
 
     from pipeline.loader import DaliLoader
-    from pipeline.shards import read_manifest
     from training.amp import Amp
     from training.checkpoint import load_classifier
 
-    manifest = read_manifest(job.shards)
+    manifest = read_job_manifest(job)
     model, classes, spec = load_classifier(job.checkpoint, str(env.device))
     amp = Amp.create(env.device, job.amp)
     model = optimise(model, spec, env.device, job.eager or (job.amp and env.device.type == "cpu"))
@@ -495,7 +506,8 @@ def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int
     threads = job.threads or max(1, (os.cpu_count() or 1) // local_world)
     batch = job.batch_size or (DEFAULT_GPU_BATCH if env.device.type == "cuda" else 1)
     loaders = [DaliLoader(job.shards, split, spec, batch, train=False, rank=env.rank, world_size=env.world_size,
-                          device=env.device, num_threads=threads, shards=tars)
+                          device=env.device, num_threads=threads, shards=tars, manifest=manifest,
+                          allow_unverified=job.allow_unverified)
                for split, tars in todo_tars.items()]
     writer = PartWriter(job.paths.part(env.rank), job.identity)
     windows = Windows(model, spec, classes, amp, job.timeline_hop,
@@ -613,11 +625,10 @@ class Windows:
 def merge(job: Job, classes: list[str], stats: dict) -> dict:
     """Rank 0, after every rank has finished: OUT from the parts (and a finished OUT), the summary
     and its PNG; then the parts go. Raises CollectionError (parts kept) if a track is missing."""
-    from pipeline.shards import read_manifest
     from training import report
 
     paths = job.paths
-    manifest = read_manifest(job.shards)
+    manifest = read_job_manifest(job)
     done, dups, torn = done_records(job, classes)
     records, missing = [], []
     for s in sorted(manifest.samples, key=lambda s: s.uid):
@@ -638,7 +649,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
     summary = {
         "out": paths.out, "summary": paths.summary, "format_written": job.fmt, "out_sha256": sha256_file(paths.out),
         "identity": job.identity, "checkpoint": job.checkpoint,
-        "shards": None if job.folder else job.shards, "folder": job.folder,
+        "shards": None if job.folder else redact(job.shards), "folder": job.folder,
         "min_seconds": job.min_seconds if job.folder else None,
         "tracks": len(records), "seconds": round(total_s, 2),
         "new_tracks": stats["tracks"], "new_seconds": round(stats["seconds"], 2),

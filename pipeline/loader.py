@@ -49,12 +49,12 @@ class DaliLoader:
                  augment: "Augment | None" = None, crops: int = 1, crop_from: str | None = None,
                  shards: list[str] | None = None, epoch: int = 0, window: int = 1024,
                  cache_dir: str | None = None, cache_limit: int | None = None, manifest: Manifest | None = None,
-                 log=print):
+                 allow_unverified: bool = False, log=print):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from pipeline.dali_graph import OUTPUTS, audio_pipeline
 
-        manifest = manifest or read_manifest(shard_dir)
+        manifest = manifest or read_manifest(shard_dir, allow_unverified=allow_unverified)
         if split not in manifest.splits:
             raise ValueError(f"{shard_dir}: no split '{split}' (it holds {', '.join(manifest.split_names)})")
         names = list(manifest.splits[split].shards)
@@ -69,7 +69,7 @@ class DaliLoader:
         # every rank still steps, each sample still counts once.
         n_shares = min(world_size, self.size)
         self.spare = rank >= n_shares
-        self.files = open_files(shard_dir, manifest, cache_dir, cache_limit, log)
+        self.files = open_files(shard_dir, manifest, cache_dir, cache_limit, log, allow_unverified=allow_unverified)
         share = rank_share(names, [counts[n] for n in names], rank % n_shares, n_shares)
         if state is not None and "epoch0" not in state:
             raise ValueError("a loader state from before the sample stream (pipeline/stream.py); "
@@ -137,14 +137,32 @@ class DaliLoader:
 
 
 def open_files(shard_dir: str, manifest: Manifest, cache_dir: str | None, cache_limit: int | None,
-               log=print) -> LocalFiles | NodeCache:
-    """A local folder's files as they are, or a remote folder's through the node cache."""
+               log=print, *, allow_unverified: bool = False) -> LocalFiles | NodeCache:
+    """A local folder's files as they are, or a remote folder's through the node cache (which
+    refuses a file the manifest gives no checksum for, unless `allow_unverified`)."""
     if not is_remote(shard_dir):
         return LocalFiles(shard_dir)
-    if not manifest.files:
-        log(f"warning: {manifest.path}: version {manifest.version} records no file checksums: fetched shards "
-            "are not verified (rerun make_shards to get them)")
-    return NodeCache(Store(shard_dir, log=log), cache_dir, manifest.files, cache_limit, log)
+    return NodeCache(Store(shard_dir, log=log), cache_dir, manifest.files, cache_limit, log,
+                     sizes=manifest.sizes, allow_unverified=allow_unverified)
+
+
+def trust_warnings(shard_dir: str, manifest: Manifest, pinned: bool = False) -> list[str]:
+    """What a user reading `shard_dir` should know about trusting it (one line each, no secrets):
+    files taken unverified or unbounded, and a manifest sent over plain HTTP."""
+    if not is_remote(shard_dir):
+        return []
+    out = []
+    if manifest.unverifiable():
+        out.append(f"warning: {manifest.path}: {len(manifest.unverifiable())} files have no checksum in this version "
+                   f"{manifest.version} manifest and are taken as served (--allow-unverified); rebuild the folder "
+                   "with make_shards to verify every byte")
+    elif manifest.unsized():
+        out.append(f"warning: {manifest.path}: version {manifest.version} records no file sizes: a fetch is bounded only "
+                   "by --cache-limit and the free disk space; rebuild with make_shards to record them")
+    if shard_dir.startswith("http://") and not pinned:
+        out.append(f"warning: {manifest.path}: plain http: the manifest (and so every checksum) is unauthenticated: "
+                   "anyone on the network path can change what is read; use https:// or pin it with --manifest-sha256")
+    return out
 
 
 def to_device(*tensors: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:

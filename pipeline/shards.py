@@ -16,9 +16,16 @@ one split, UNLABELED_SPLIT ("all"), and a manifest with `"unlabeled": true`, `"c
 `"label": null` in every sample; its .lab members hold NO_LABEL (-1) and its .cls members "-1".
 Labeled manifests carry no "unlabeled" field, so their bytes are what they were before it existed.
 
-Every byte is accounted for: the manifest records the sha256 of each tar and index file and of
-each sample's WAV member; the other members are rebuilt from the manifest's sample records, so
-`make_shards.py --verify` names the shard, sample and member of any changed byte.
+Every byte is accounted for: the manifest records the sha256 and size of each tar and index file
+and the sha256 of each sample's WAV member; the other members are rebuilt from the manifest's
+sample records, so `make_shards.py --verify` names the shard, sample and member of any changed byte.
+
+A manifest is untrusted input (it may come from a bucket or server other people write to):
+`Manifest()` checks its whole structure before anything uses it. Every file name it gives is a
+plain name of this format's pattern (`{split}-NNNNNN.tar|idx`: no separator, no `..`, nothing
+absolute or encoded), every count, size, duration and FeatureSpec value has its type and a sane
+range, and the parts agree with each other (each sample's shard is listed in its split, counts
+match). Anything else is one ManifestError line naming the manifest and the field.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from functools import cached_property
 from typing import Any
 
@@ -39,8 +46,10 @@ UNLABELED_SPLIT = "all"                    # the one split of an unlabeled colle
 ALL_SPLITS = SPLITS + (UNLABELED_SPLIT,)   # every split name a shard folder may hold, in order
 NO_LABEL = -1                              # .lab / .cls of an unlabeled sample
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 2          # 2: sha256 of every tar, index and WAV member (1: PCM checksums only)
-READABLE_VERSIONS = (1, 2)    # readers take both; --verify needs 2
+MANIFEST_VERSION = 3          # 3: + the size of every tar and index; 2: sha256 of every tar, index and WAV member
+READABLE_VERSIONS = (1, 2, 3)  # readers take all; --verify needs >= 2; remote folders need 3 (or an explicit opt-out)
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_FILE_BYTES = 1 << 44      # 16 TiB: no shard file is larger
 
 # Members of a sample, by extension. DALI's reader takes AUDIO, LABEL and UID with these dtypes.
 AUDIO, CLASS, LABEL, UID, META = "wav", "cls", "lab", "uid", "json"
@@ -49,7 +58,29 @@ LABEL_DTYPE, UID_DTYPE = np.dtype("<i4"), np.dtype("<i8")
 META_FIELDS = ("source", "label", "duration", "pcm_sha256")
 STORAGE = "wav/pcm16"
 
+SHARD_FILE = re.compile(r"(train|val|test|all)-\d{6}\.(tar|idx)")   # every name a manifest may give
+KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")                             # a sample key: dot-free (DALI), plain
+HEX64 = re.compile(r"[0-9a-f]{64}")
 OUTPUT_FILE = re.compile(r"(?:(?:train|val|test|all)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\d+)?)")
+
+
+class ManifestError(ValueError):
+    """A manifest that is not a well-formed shard-folder manifest; str() is one line naming it."""
+
+
+def check_name(name: object, where: str) -> str:
+    """`name` if it is a plain shard or index file name of this format, else ManifestError. The one
+    check every reader relies on before it joins a manifest's name to a folder or a URL."""
+    if not isinstance(name, str) or not SHARD_FILE.fullmatch(name):
+        raise ManifestError(f"{where}: {_show(name)} is not a shard file name ({{split}}-NNNNNN.tar or .idx); "
+                            "refusing a manifest that names other paths")
+    return name
+
+
+def _show(value: object) -> str:
+    """A value from an untrusted file, for a one-line message: repr (escapes control characters), cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def shard_name(split: str, i: int) -> str:
@@ -114,6 +145,9 @@ class Sample:
                 META: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()}
 
 
+REQUIRED_SAMPLE_FIELDS = tuple(f.name for f in fields(Sample) if f.default is MISSING)
+
+
 @dataclass(frozen=True)
 class Split:
     shards: tuple[str, ...]
@@ -130,9 +164,13 @@ class Manifest:
     """
 
     def __init__(self, doc: dict[str, Any], path: str = MANIFEST):
+        if not isinstance(doc, dict):
+            raise ManifestError(f"{path}: not a manifest (a JSON {type(doc).__name__}, not an object)")
         version = doc.get("version")
-        if version not in READABLE_VERSIONS:
-            raise ValueError(f"{path}: manifest version {version} is not supported (want one of {READABLE_VERSIONS})")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise ManifestError(f"{path}: manifest version {_show(version)} is not supported "
+                                f"(want one of {READABLE_VERSIONS})")
+        _Checker(path).manifest(doc)
         self.doc, self.path = doc, path
 
     def __getitem__(self, field: str) -> Any:
@@ -176,6 +214,25 @@ class Manifest:
         """{tar or index name: sha256} (version >= 2)."""
         return self.doc.get("files", {})
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """{tar or index name: bytes} (version >= 3)."""
+        return self.doc.get("sizes", {})
+
+    @property
+    def listed_files(self) -> list[str]:
+        """Every tar and index file the splits list, in order."""
+        return [n for s in self.split_names for tar in self.splits[s].shards for n in (tar, index_name(tar))]
+
+    def unverifiable(self) -> list[str]:
+        """The listed files this manifest gives no checksum for (a reader could not verify them)."""
+        return [n for n in self.listed_files if n not in self.files]
+
+    def unsized(self) -> list[str]:
+        """The listed files this manifest gives no size for (version < 3: a fetch is bounded by the
+        cache limit and the free disk space only)."""
+        return [n for n in self.listed_files if n not in self.sizes]
+
     def shard_paths(self, folder: str, split: str) -> tuple[list[str], list[str]]:
         """(tar paths, index paths) of a split, in order."""
         tars = [os.path.join(folder, n) for n in self.splits[split].shards]
@@ -185,30 +242,176 @@ class Manifest:
         return {s.uid: s.key for s in self.samples}
 
 
-def read_manifest(folder: str) -> Manifest:
+def read_manifest(folder: str, *, allow_unverified: bool = False, sha256: str | None = None) -> Manifest:
     """The manifest of a shard folder, local or remote (s3://, gs://, http(s)://: pipeline.storage).
 
-    FileNotFoundError (one line) when the folder has none; a remote one that cannot be read
-    raises pipeline.storage.StorageError (one line).
+    FileNotFoundError (one line) when the folder has none; ManifestError (one line) when it is
+    malformed, larger than MAX_MANIFEST_BYTES, differs from the pinned `sha256`, or is remote and
+    lacks a checksum for a file it lists (unless `allow_unverified`: then its files are fetched as
+    served). A remote one that cannot be read raises pipeline.storage.StorageError.
     """
-    from pipeline.storage import Store, StorageError, is_remote
+    from pipeline.storage import NotFound, Store, is_remote
     if is_remote(folder):
         store = Store(folder)
+        where = store.shown(MANIFEST)
         try:
-            data = store.read_bytes(MANIFEST)
-        except StorageError as e:
-            if str(e).endswith(": not found"):
-                raise FileNotFoundError(f"{store.url(MANIFEST)}: no manifest; run preprocess/make_shards.py "
-                                        "first (a prefix without one is unfinished)") from None
-            raise
-        return Manifest(json.loads(data), store.url(MANIFEST))
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no manifest; run preprocess/make_shards.py first")
-    with open(path, encoding="utf-8") as f:
-        return Manifest(json.load(f), path)
+            data = store.read_bytes(MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
+        except NotFound:
+            raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py "
+                                    "first (a prefix without one is unfinished)") from None
+    else:
+        where = os.path.join(folder, MANIFEST)
+        if not os.path.exists(where):
+            raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py first")
+        if os.path.getsize(where) > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MB; not a manifest this tool wrote")
+        with open(where, "rb") as f:
+            data = f.read()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise ManifestError(f"{where}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... is not the pinned "
+                            f"{sha256[:16]}... (--manifest-sha256): the folder changed or is not the one meant")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ManifestError(f"{where}: not valid JSON ({str(e)[:100]})") from None
+    m = Manifest(doc, where)
+    missing = m.unverifiable()
+    if is_remote(folder) and missing and not allow_unverified:
+        raise ManifestError(
+            f"{where}: version {m.version} manifest gives no checksum for {len(missing)} of its "
+            f"{len(m.listed_files)} files (e.g. {missing[0]}): refusing to fetch files that cannot be verified. "
+            "Rebuild it with make_shards (version 3), or pass --allow-unverified to take them as served")
+    return m
 
 
 def manifest_bytes(doc: dict[str, Any]) -> bytes:
     """The manifest as written: sorted keys, so the same shards give the same bytes."""
     return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+class _Checker:
+    """Manifest() 's structural checks (module docstring), one ManifestError line at the first problem."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, what: str) -> None:
+        raise ManifestError(f"{self.path}: {where}: {what}")
+
+    def typed(self, value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.fail(where, f"{_show(value)} is not a {getattr(kind, '__name__', kind)}")
+        if not isinstance(value, kind):
+            self.fail(where, f"{_show(value)} is not a {getattr(kind, '__name__', kind)}")
+        return value
+
+    def number(self, value: Any, where: str, lo: float, hi: float, integer: bool = False) -> Any:
+        self.typed(value, int if integer else (int, float), where)
+        if not lo <= value <= hi:  # NaN fails too
+            self.fail(where, f"{_show(value)} is outside [{lo:g}, {hi:g}]")
+        return value
+
+    def text(self, value: Any, where: str, limit: int = 4096, pattern: re.Pattern | None = None) -> str:
+        self.typed(value, str, where)
+        if len(value) > limit or (pattern is not None and not pattern.fullmatch(value)):
+            self.fail(where, f"{_show(value)} is not an allowed value")
+        return value
+
+    def manifest(self, doc: dict[str, Any]) -> None:
+        version = doc["version"]
+        unlabeled = self.typed(doc.get("unlabeled", False), bool, "unlabeled")
+        classes = self.typed(doc.get("classes"), list, "classes")
+        if len(classes) > 100_000 or len(set(map(str, classes))) != len(classes):
+            self.fail("classes", "too many, or repeated")
+        for i, c in enumerate(classes):
+            self.text(c, f"classes[{i}]", 256)
+            if not c or any(ord(ch) < 32 or ord(ch) == 127 for ch in c):
+                self.fail(f"classes[{i}]", f"{_show(c)} is empty or holds control characters")
+        try:
+            FeatureSpec.from_dict(doc.get("feature_spec"))
+        except (TypeError, ValueError) as e:
+            self.fail("feature_spec", str(e))
+        splits = self.typed(doc.get("splits"), dict, "splits")
+        if not splits or not set(splits) <= set(ALL_SPLITS):
+            self.fail("splits", f"{_show(sorted(map(str, splits)))} is not a set of {ALL_SPLITS}")
+        listed: dict[str, str] = {}
+        for name, sp in splits.items():
+            self.split(name, sp, classes, listed)
+        self.files(doc, version, set(listed) | {index_name(n) for n in listed})
+        self.samples(doc.get("samples"), classes, unlabeled, splits, listed)
+        if "total_seconds" in doc:
+            self.number(doc["total_seconds"], "total_seconds", 0, 1e12)
+        for i, r in enumerate(self.typed(doc.get("rejects", []), list, "rejects")):
+            self.typed(r, dict, f"rejects[{i}]")
+            for k in ("path", "reason", "message"):
+                self.text(r.get(k), f"rejects[{i}].{k}")
+
+    def split(self, name: str, sp: Any, classes: list[str], listed: dict[str, str]) -> None:
+        where = f"splits.{name}"
+        self.typed(sp, dict, where)
+        shards = self.typed(sp.get("shards"), list, f"{where}.shards")
+        for i, tar in enumerate(shards):
+            check_name(tar, f"{self.path}: {where}.shards[{i}]")
+            if not tar.startswith(name + "-") or not tar.endswith(".tar"):
+                self.fail(f"{where}.shards[{i}]", f"{_show(tar)} is not a tar of split {name}")
+            if tar in listed:
+                self.fail(f"{where}.shards[{i}]", f"{_show(tar)} is listed twice")
+            listed[tar] = name
+        self.number(sp.get("count"), f"{where}.count", 0, 1e12, integer=True)
+        self.number(sp.get("seconds"), f"{where}.seconds", 0, 1e12)
+        per_class = self.typed(sp.get("per_class"), dict, f"{where}.per_class")
+        for c, n in per_class.items():
+            if c not in classes:
+                self.fail(f"{where}.per_class", f"{_show(c)} is not one of the classes")
+            self.number(n, f"{where}.per_class.{c}", 0, 1e12, integer=True)
+
+    def files(self, doc: dict[str, Any], version: int, listed: set[str]) -> None:
+        for field, value_ok in (("files", lambda v: isinstance(v, str) and HEX64.fullmatch(v)),
+                                ("sizes", lambda v: type(v) is int and 0 <= v <= MAX_FILE_BYTES)):
+            table = self.typed(doc.get(field, {}), dict, field)
+            for name, value in table.items():
+                check_name(name, f"{self.path}: {field}")
+                if name not in listed:
+                    self.fail(field, f"{_show(name)} is not a file of any split")
+                if not value_ok(value):
+                    self.fail(f"{field}.{name}", f"{_show(value)} is not a "
+                                                 f"{'sha256 (64 hex digits)' if field == 'files' else 'size in bytes'}")
+
+    def samples(self, samples: Any, classes: list[str], unlabeled: bool, splits: dict, listed: dict[str, str]) -> None:
+        self.typed(samples, list, "samples")
+        class_set, uids, per_split = set(classes), set(), dict.fromkeys(splits, 0)
+        for i, d in enumerate(samples):
+            where = f"samples[{i}]"
+            self.typed(d, dict, where)
+            missing = [k for k in REQUIRED_SAMPLE_FIELDS if k not in d]
+            if missing:
+                self.fail(where, f"lacks {', '.join(missing)}")
+            uid = self.number(d["uid"], f"{where}.uid", 0, 2**62, integer=True)
+            if uid in uids:
+                self.fail(f"{where}.uid", f"{uid} is used twice")
+            uids.add(uid)
+            self.text(d["key"], f"{where}.key", pattern=KEY)
+            self.text(d["source"], f"{where}.source")
+            if unlabeled:
+                if d["label"] is not None:
+                    self.fail(f"{where}.label", "an unlabeled collection's samples have no label")
+            elif d["label"] not in class_set:
+                self.fail(f"{where}.label", f"{_show(d['label'])} is not one of the classes")
+            shard = d["shard"]
+            if listed.get(shard) is None or listed[shard] != d["split"]:
+                self.fail(f"{where}.shard", f"{_show(shard)} is not a listed tar of split {_show(d['split'])}")
+            per_split[d["split"]] += 1
+            self.number(d["duration"], f"{where}.duration", 0, 1e7)
+            for k in ("pcm_sha256", "wav_sha256"):
+                if k in d and not (isinstance(d[k], str) and HEX64.fullmatch(d[k])):
+                    self.fail(f"{where}.{k}", f"{_show(d[k])} is not a sha256")
+            for k in ("source_rate", "source_channels"):
+                self.number(d[k], f"{where}.{k}", 0, 1e9, integer=True)
+            for k, kind in (("source_format", str), ("clipped", bool), ("warnings", list)):
+                if k in d:
+                    self.typed(d[k], kind, f"{where}.{k}")
+            for w in d.get("warnings", ()):
+                self.text(w, f"{where}.warnings")
+        for name, sp in splits.items():
+            if per_split[name] != sp["count"]:
+                self.fail(f"splits.{name}.count", f"{sp['count']}, but {per_split[name]} samples name this split")

@@ -64,11 +64,47 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
+        """A FeatureSpec from a manifest or checkpoint (untrusted): types and ranges are checked
+        (ValueError, one line) before any value can size an allocation or a loop."""
+        if not isinstance(d, dict):
+            raise ValueError(f"FeatureSpec: not a mapping ({type(d).__name__})")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)}")
-        return cls(**d)
+            raise ValueError(f"unknown FeatureSpec fields: {sorted(unknown)[:5]}")
+        for name, value in d.items():
+            _check_field(name, value)
+        spec = cls(**d)
+        if spec.hop_length > spec.n_fft:
+            raise ValueError(f"FeatureSpec: hop_length {spec.hop_length} is larger than n_fft {spec.n_fft}")
+        if not 0 <= spec.f_min < spec.f_max <= spec.sample_rate / 2:
+            raise ValueError(f"FeatureSpec: f_min {spec.f_min} and f_max {spec.f_max} must satisfy "
+                             f"0 <= f_min < f_max <= sample_rate / 2")
+        return spec
+
+
+# The accepted range of each field read from a file: wide enough for any real use, narrow enough that
+# no value can make a reader allocate gigabytes (n_mels x frames, n_fft, clip samples).
+_RANGES: dict[str, tuple[type, float, float]] = {
+    "sample_rate": (int, 1_000, 384_000), "n_fft": (int, 16, 65_536), "hop_length": (int, 1, 65_536),
+    "n_mels": (int, 1, 1_024), "f_min": (float, 0.0, 192_000.0), "f_max": (float, 1.0, 192_000.0),
+    "clip_seconds": (float, 0.1, 600.0), "db_floor": (float, -400.0, 0.0),
+    "norm_mean": (float, -1e4, 1e4), "norm_std": (float, 1e-6, 1e4),
+}
+_CHOICES = {"mel_scale": ("slaney", "htk"), "mel_norm": ("slaney", None)}
+
+
+def _check_field(name: str, value: Any) -> None:
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise ValueError(f"FeatureSpec: {name} {value!r} is not one of {_CHOICES[name]}")
+        return
+    kind, lo, hi = _RANGES[name]
+    if name == "f_max" and value is None:
+        return
+    ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not lo <= value <= hi:  # NaN fails the range test too
+        raise ValueError(f"FeatureSpec: {name} {value!r:.40} is not a {kind.__name__} in [{lo:g}, {hi:g}]")
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,63 @@ needs on top of them:
 - transient failures (connection refused or reset, timeouts, 5xx, throttling) are retried with
   exponential backoff and counted (`Store.retries`);
 - everything else becomes one StorageError line that names the URL and the reason: a missing
-  object, a wrong or missing credential, a bucket that does not exist.
+  object (NotFound), a wrong or missing credential, a bucket that does not exist;
+- what a server sends is bounded: a read stops at the size the caller expects (a manifest's
+  record, or a cap), every read has a socket timeout, and a transfer has an overall deadline
+  that its retries count against, so a server that lies about sizes or trickles bytes ends in
+  one line instead of a full disk or a hung job;
+- secrets stay out of every line: `redact()` removes user:password@ and query strings (presigned
+  tokens) from URLs in messages, log lines, folder names and saved arguments. A folder URL's query
+  string is sent with every object under it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import random
+import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "http://", "https://")
 T = TypeVar("T")
 
 
 class StorageError(Exception):
-    """A storage failure that retrying will not fix; str() is one line naming the URL."""
+    """A storage failure that retrying will not fix; str() is one line naming the URL (redacted)."""
+
+
+class NotFound(StorageError):
+    """The object (or bucket) does not exist."""
+
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]*@")
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s'\"?#]*)\?[^\s'\"#]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's user:password@ and query string (tokens, signatures) replaced by ***."""
+    return _URL_QUERY.sub(r"\1?***", _USERINFO.sub("***@", text))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a server may take. A transfer of n expected bytes must finish, retries included,
+    within `deadline + n / min_rate` seconds; a read that receives nothing for `read_timeout`
+    seconds fails (and is retried, within the deadline)."""
+    read_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    deadline: float = 120.0
+    min_rate: float = 1 << 20    # bytes/s
+
+    def budget(self, nbytes: int | None) -> float:
+        return self.deadline + (nbytes or 0) / self.min_rate
+
+
+MAX_SMALL_READ = 256 << 20   # read_bytes' default cap: manifests, indexes, markers
 
 
 def is_remote(path: str) -> bool:
@@ -77,7 +117,7 @@ def classify(err: BaseException) -> str:
 
 
 def describe(url: str, err: BaseException, kind: str) -> str:
-    reason = " ".join(str(err).split()) or type(err).__name__
+    reason = redact(" ".join(str(err).split()) or type(err).__name__)
     if kind == "missing":
         if "bucket does not exist" in reason.lower() or "nosuchbucket" in reason.lower():
             return f"{url}: no such bucket"
@@ -100,10 +140,16 @@ class Store:
     """
 
     def __init__(self, root: str, *, retries: int = 8, backoff: float = 0.25,
-                 log: Callable[[str], None] | None = None):
-        self.root = root.rstrip("/") if is_remote(root) else root
+                 log: Callable[[str], None] | None = None, limits: Limits = Limits()):
         self.remote = is_remote(root)
-        self.attempts, self.backoff, self.log = retries, backoff, log
+        self.query = ""
+        if self.remote:  # a folder URL's query string (a token) goes with every object under it
+            parts = urlsplit(root)
+            self.query = parts.query
+            root = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        self.root = root.rstrip("/") if self.remote else root
+        self.shown_root = redact(root.rstrip("/")) if self.remote else root   # for messages and folder names
+        self.attempts, self.backoff, self.log, self.limits = retries, backoff, log, limits
         self.retried = 0
         self._lock = threading.Lock()
         self._fs = None
@@ -121,32 +167,45 @@ class Store:
                 try:
                     self._fs = fsspec.filesystem(protocol, **self._options(protocol))
                 except ImportError as e:
-                    raise StorageError(f"{self.root}: no client for {protocol}:// installed ({e})") from None
+                    raise StorageError(f"{self.shown_root}: no client for {protocol}:// installed ({e})") from None
                 if protocol == "s3":
                     self._fs.retries = 1  # s3fs retries dropped connections and read timeouts 5 times itself
         return self._fs
 
-    @staticmethod
-    def _options(protocol: str) -> dict:
+    def _options(self, protocol: str) -> dict:
+        lim = self.limits
         if protocol == "s3":
             # botocore reads AWS_ENDPOINT_URL itself; passing it keeps older clients working too.
             # The store's own retry loop is the one that counts: botocore's (5 attempts with backoff
             # on a refused connection, 7-11 s a call, measured) is off; s3fs's own is set to one try in `fs`.
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            opts: dict = {"config_kwargs": {"retries": {"total_max_attempts": 1}}}
+            opts: dict = {"config_kwargs": {"retries": {"total_max_attempts": 1}, "read_timeout": lim.read_timeout,
+                                            "connect_timeout": lim.connect_timeout}}
             if endpoint:
                 opts["client_kwargs"] = {"endpoint_url": endpoint}
             return opts
         if protocol in ("http", "https"):
-            return {"block_size": 0}  # whole-object streaming GETs; no HEAD-then-range dance
+            import aiohttp
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=lim.connect_timeout, sock_read=lim.read_timeout)
+            # whole-object streaming GETs (no HEAD-then-range dance); the store's deadline bounds the total
+            return {"block_size": 0, "client_kwargs": {"timeout": timeout}}
         return {}
 
     def url(self, name: str) -> str:
-        return f"{self.root}/{name}" if self.remote else os.path.join(self.root, name)
+        """The object's address, as requested (with the folder's credentials and query, if any)."""
+        if not self.remote:
+            return os.path.join(self.root, name)
+        return f"{self.root}/{name}" + (f"?{self.query}" if self.query else "")
 
-    def call(self, name: str, what: Callable[[], T]) -> T:
-        """Run `what` (one storage request about `name`), retrying transient failures."""
-        delay = self.backoff
+    def shown(self, name: str) -> str:
+        """The object's address for messages: no credentials, no query."""
+        return f"{self.shown_root}/{name}" if self.remote else os.path.join(self.root, name)
+
+    def call(self, name: str, what: Callable[[], T], deadline: float | None = None) -> T:
+        """Run `what` (one storage request about `name`), retrying transient failures, all of it
+        before the monotonic time `deadline` (default: Limits.budget of an empty transfer)."""
+        deadline = deadline or time.monotonic() + self.limits.budget(0)
+        shown, delay = self.shown(name), self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
                 return what()
@@ -154,68 +213,111 @@ class Store:
                 raise
             except Exception as err:  # noqa: BLE001 - every client error is classified below
                 kind = classify(err)
-                if kind != "transient" or attempt == self.attempts:
+                wait = delay * (0.5 + random.random())
+                out_of_time = time.monotonic() + wait > deadline
+                if kind != "transient" or attempt == self.attempts or out_of_time:
                     if kind == "transient":
-                        raise StorageError(f"{self.url(name)}: still failing after {attempt} tries: "
-                                           f"{describe(self.url(name), err, 'fatal').split(': ', 1)[1]}") from None
-                    raise StorageError(describe(self.url(name), err, kind)) from None
+                        why = "out of time" if out_of_time and attempt < self.attempts else "still failing"
+                        raise StorageError(f"{shown}: {why} after {attempt} tries: "
+                                           f"{describe(shown, err, 'fatal').split(': ', 1)[1]}") from None
+                    message = describe(shown, err, kind)
+                    # a missing bucket is a wrong location, not a missing object (NotFound)
+                    missing_object = kind == "missing" and not message.endswith(": no such bucket")
+                    raise (NotFound if missing_object else StorageError)(message) from None
                 with self._lock:
                     self.retried += 1
                 if self.log:
-                    self.log(f"retry {attempt}/{self.attempts - 1} in {delay:.2f}s: {self.url(name)}: "
-                             f"{type(err).__name__}: {' '.join(str(err).split())[:160]}")
-                time.sleep(delay * (0.5 + random.random()))
+                    self.log(f"retry {attempt}/{self.attempts - 1} in {wait:.2f}s: {shown}: "
+                             f"{type(err).__name__}: {redact(' '.join(str(err).split()))[:160]}")
+                time.sleep(wait)
                 delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     # -- reads --------------------------------------------------------------------------------------
-    def read_bytes(self, name: str) -> bytes:
-        return self.call(name, lambda: self.fs.cat_file(self.url(name)))
+    def read_bytes(self, name: str, max_bytes: int = MAX_SMALL_READ) -> bytes:
+        """The whole object, refused (StorageError) if it is larger than `max_bytes`."""
+        if not self.remote:
+            size = os.path.getsize(self.url(name)) if os.path.exists(self.url(name)) else None
+            if size is not None and size > max_bytes:
+                raise StorageError(f"{self.shown(name)}: {size:,} bytes, more than the {max_bytes:,} this file may have")
+            return self.call(name, lambda: self.fs.cat_file(self.url(name)))
+        chunks: list[bytes] = []
+        self._stream(name, chunks.append, max_bytes, "this file may have")
+        return b"".join(chunks)
 
     def exists(self, name: str) -> bool:
         if _is_http(self.root):
             try:
                 self.call(name, lambda: self.fs.info(self.url(name)))
                 return True
-            except StorageError as e:
-                if str(e).endswith(": not found"):
-                    return False
-                raise
+            except NotFound:
+                return False
         return self.call(name, lambda: self.fs.exists(self.url(name)))
 
     def size(self, name: str) -> int | None:
         """The object's size in bytes, or None when it does not exist."""
         try:
             return int(self.call(name, lambda: self.fs.info(self.url(name)))["size"])
-        except StorageError as e:
-            if str(e).endswith(": not found"):
-                return None
-            raise
+        except NotFound:
+            return None
 
-    def get(self, name: str, dest: str, block: int = 1 << 22,
-            on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
+    def get(self, name: str, dest: str, *, max_bytes: int | None = None, what: str = "the manifest records",
+            block: int = 1 << 22, on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
         """Copy object `name` to the local file `dest` (overwritten), streaming; returns its size and
         the sha256 of the bytes written, hashed on the way (no second read to verify it).
 
-        A transfer that fails midway is restarted from the beginning on the next try.
+        More than `max_bytes` (what the caller expects, described by `what`) stops the transfer
+        with a StorageError. A transfer that fails midway is restarted from the beginning on the
+        next try, within one deadline (Limits) for all tries.
         """
-        def once() -> tuple[int, str]:
-            n, h = 0, hashlib.sha256()
-            with self.fs.open(self.url(name), "rb", block_size=block) as src, open(dest, "wb") as out:
+        h = hashlib.sha256()
+        with open(dest, "wb") as out:
+            def sink(chunk: bytes) -> None:
+                out.write(chunk)
+                h.update(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
+
+            def restart() -> None:
+                nonlocal h
+                out.seek(0)
+                out.truncate()
+                h = hashlib.sha256()
+            n = self._stream(name, sink, max_bytes, what, restart, block)
+        return n, h.hexdigest()
+
+    def _stream(self, name: str, sink: Callable[[bytes], None], max_bytes: int | None, what: str,
+                restart: Callable[[], None] | None = None, block: int = 1 << 22) -> int:
+        """Feed the object's bytes to `sink` in chunks; at most `max_bytes`, before the deadline."""
+        deadline = time.monotonic() + self.limits.budget(max_bytes)
+        shown = self.shown(name)
+
+        def once() -> int:
+            if restart:
+                restart()
+            n = 0
+            # HTTP: one streaming GET, whose reads return what has arrived (a ranged read would wait
+            # for a whole block, past the deadline, from a server that trickles). Passing a size skips
+            # fsspec's HEAD, which reports any failure, a refused connection too, as "not found".
+            kw = {"block_size": 0, "size": 1} if _is_http(self.root) else {"block_size": block}
+            with self.fs.open(self.url(name), "rb", **kw) as src:
                 while chunk := src.read(block):
-                    out.write(chunk)
-                    h.update(chunk)
                     n += len(chunk)
-                    if on_bytes:
-                        on_bytes(len(chunk))
-            return n, h.hexdigest()
-        return self.call(name, once)
+                    if max_bytes is not None and n > max_bytes:
+                        raise StorageError(f"{shown}: the server sent more than the {max_bytes:,} bytes {what}; "
+                                           "stopped reading")
+                    if time.monotonic() > deadline:
+                        raise StorageError(f"{shown}: too slow: {n:,} bytes in {self.limits.budget(max_bytes):.0f} s "
+                                           f"(the deadline for {max_bytes or 0:,} bytes, retries included)")
+                    sink(chunk)
+            return n
+        return self.call(name, once, deadline)
 
     # -- writes ---------------------------------------------------------------------------------------
     def put(self, local: str, name: str) -> None:
         """Upload a local file as object `name` (local stores: copy, atomically)."""
         if _is_http(self.root):
-            raise StorageError(f"{self.root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
+            raise StorageError(f"{self.shown_root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
         if not self.remote:
             from pipeline.atomic import atomic_copy
             atomic_copy(local, self.url(name))
@@ -224,7 +326,7 @@ class Store:
 
     def put_bytes(self, data: bytes, name: str) -> None:
         if _is_http(self.root):
-            raise StorageError(f"{self.root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
+            raise StorageError(f"{self.shown_root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
         if not self.remote:
             from pipeline.atomic import atomic_write
             atomic_write(self.url(name), data)

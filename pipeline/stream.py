@@ -28,19 +28,39 @@ import numpy as np
 from pipeline.shards import AUDIO, LABEL, LABEL_DTYPE, UID, UID_DTYPE, index_name
 
 
-def parse_index(text: str, name: str) -> list[dict[str, tuple[int, int]]]:
+def parse_index(text: str, name: str, tar_size: int | None = None, samples: int | None = None
+                ) -> list[dict[str, tuple[int, int]]]:
     """DALI's index of a tar ("v1.2 N", then per sample `ext offset size file` groups) ->
-    per sample {ext: (offset, size)}, in tar order."""
+    per sample {ext: (offset, size)}, in tar order.
+
+    An index is untrusted input: ValueError (one line naming it) for anything malformed, a member
+    that lies outside the tar's `tar_size` bytes, a sample without the members the stream reads
+    (with their exact sizes), or fewer samples than the manifest's `samples` for this shard."""
     lines = text.split("\n")
     head = lines[0].split()
-    if len(head) != 2 or not head[0].startswith("v1"):
+    if len(head) != 2 or not head[0].startswith("v1") or not head[1].isdigit():
         raise ValueError(f"{name}: not a DALI index (first line {lines[0][:40]!r})")
     out = []
-    for line in lines[1:int(head[1]) + 1]:
+    for i, line in enumerate(lines[1:int(head[1]) + 1]):
         f = line.split()
-        out.append({f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)})
+        try:
+            if len(f) % 4 or not f:
+                raise ValueError
+            members = {f[j]: (int(f[j + 1]), int(f[j + 2])) for j in range(0, len(f), 4)}
+        except ValueError:
+            raise ValueError(f"{name}: line {i + 2} is not a list of `ext offset size file` groups") from None
+        for ext, (offset, size) in members.items():
+            if offset < 0 or size < 0 or (tar_size is not None and offset + size > tar_size):
+                raise ValueError(f"{name}: sample {i}'s .{ext} member ({offset}+{size}) lies outside its tar "
+                                 f"({tar_size} bytes)")
+        for ext, want in ((AUDIO, None), (LABEL, LABEL_DTYPE.itemsize), (UID, UID_DTYPE.itemsize)):
+            if ext not in members or (want is not None and members[ext][1] != want):
+                raise ValueError(f"{name}: sample {i} has no {'' if want is None else f'{want}-byte '}.{ext} member")
+        out.append(members)
     if len(out) != int(head[1]):
         raise ValueError(f"{name}: index lists {len(out)} samples, its header says {head[1]}")
+    if samples is not None and len(out) < samples:
+        raise ValueError(f"{name}: index lists {len(out)} samples, the manifest {samples}")
     return out
 
 
@@ -179,10 +199,12 @@ class SampleStream:
         name = self.share.shards[shard]
         for attempt in range(1, 6):
             try:
-                with open(self.files.path(index_name(name)), encoding="ascii") as f:
-                    index = parse_index(f.read(), self.files.url(index_name(name)))
+                with open(self.files.path(index_name(name)), encoding="ascii", errors="replace") as f:
+                    text = f.read()
                 with open(self.files.path(name), "rb") as f:
-                    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), index
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                needed = int(self.share.pos[self.share.shard == shard].max()) + 1
+                return mm, parse_index(text, self.files.url(index_name(name)), len(mm), needed)
             except FileNotFoundError:
                 if attempt == 5 or not self.files.remote:
                     raise

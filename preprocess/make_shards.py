@@ -93,7 +93,7 @@ from pipeline.atomic import atomic_write as _atomic_write
 from pipeline.audio import MIN_SECONDS
 from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, NO_LABEL, OUTPUT_FILE, SPLITS, STORAGE,
                              UNLABELED_SPLIT, Manifest, Sample,
-                             index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
+                             check_name, index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
 from pipeline import version
 from pipeline.spec import FeatureSpec
 from pipeline.storage import StorageError, is_remote
@@ -590,6 +590,7 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
         "sample_rate": spec.sample_rate,
         "storage": STORAGE,
         "files": files,
+        "sizes": {name: os.path.getsize(os.path.join(out, name)) for name in files},
         "splits": split_info,
         "total_seconds": round(sum(r["duration"] for r in good), 2),
         "options": opts,
@@ -642,21 +643,21 @@ def verify(out: str) -> list[str]:
     that cannot be read raises pipeline.storage.StorageError (one line).
     """
     try:
-        m = read_manifest(out)
+        m = read_manifest(out, allow_unverified=True)  # a file without a checksum is one of the problems named
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if m.version < 2:
         raise UsageError(f"{m.path}: manifest version {m.version} records no file checksums; rerun make_shards")
     if is_remote(out):
         from preprocess.remote import remote_files
-        with remote_files(out) as open_file:
+        with remote_files(out, m.sizes) as open_file:
             return check_files(m, open_file)
     return check_files(m, lambda name: _local_file(out, name))
 
 
 @contextlib.contextmanager
 def _local_file(folder: str, name: str) -> Iterator[str | None]:
-    path = os.path.join(folder, name)
+    path = os.path.join(folder, check_name(name, os.path.join(folder, MANIFEST)))
     yield path if os.path.isfile(path) else None
 
 
@@ -685,9 +686,12 @@ def _check_shard(m: Manifest, name: str, tar: str | None, idx: str | None, want:
     if tar is None or idx is None:
         problems.append(f"{name}: tar or index file missing")
         return 0
-    if sha256_file(idx) != m.files.get(index_name(name)):
+    for n in (name, index_name(name)):
+        if n not in m.files:
+            problems.append(f"{n}: the manifest gives no checksum for it: it cannot be verified")
+    if index_name(name) in m.files and sha256_file(idx) != m.files[index_name(name)]:
         problems.append(f"{index_name(name)}: index differs from the one written with its shard")
-    if sha256_file(tar) == m.files.get(name):  # the bytes that were written: its samples are the manifest's
+    if name in m.files and sha256_file(tar) == m.files[name]:  # the bytes that were written: its samples are the manifest's
         return len(want)
     try:  # only a tar that differs is read member by member, to name what changed
         found = _read_shard(tar)
@@ -700,30 +704,49 @@ def _check_shard(m: Manifest, name: str, tar: str | None, idx: str | None, want:
     for key in sorted(set(want) & set(found)):
         smp, got = want[key], found[key]
         label = NO_LABEL if smp.label is None else class_index[smp.label]
-        expect = smp.members(label, got.get(AUDIO, b""))
+        expect = smp.members(label, b"")
         for ext in sorted(set(expect) | set(got)):
             if ext not in got:
                 problems.append(f"{name}: sample {key} member .{ext} is missing")
             elif ext not in expect:
                 problems.append(f"{name}: sample {key} member .{ext} is not part of the format")
-            elif ext == AUDIO and sha256_bytes(got[ext]) != smp.wav_sha256:
-                problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
-            elif got[ext] != expect[ext]:
+            elif ext == AUDIO:
+                if got[ext][0] != smp.wav_sha256:
+                    problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
+            elif got[ext][1] != expect[ext]:
+                held = got[ext][1][:40] if got[ext][1] is not None else "more than 1 MB"
                 problems.append(f"{name}: sample {key} member .{ext} differs from the manifest "
-                                f"(holds {got[ext][:40]!r}, should hold {expect[ext][:40]!r})")
-    if len(problems) == before:
+                                f"(holds {held!r}, should hold {expect[ext][:40]!r})")
+    if len(problems) == before and name in m.files:
         problems.append(f"{name}: file checksum differs from the manifest, outside the samples' members "
                         "(tar headers or padding)")
     return len(found)
 
 
-def _read_shard(tar: str) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
+SMALL_MEMBER = 1 << 20  # label, class, uid and metadata members are far smaller; their bytes are compared
+
+
+def _read_shard(tar: str) -> dict[str, dict[str, tuple[str, bytes | None]]]:
+    """{key: {ext: (sha256, the bytes if at most SMALL_MEMBER)}}, hashed as streams: a member is never
+    held whole in memory. A sparse member, or one that claims more bytes than the tar holds, is
+    refused (ValueError): a few KB of tar can declare terabytes."""
+    samples: dict[str, dict[str, tuple[str, bytes | None]]] = defaultdict(dict)
+    size = os.path.getsize(tar)
     with tarfile.open(tar) as tf:
         for member in tf:
-            if member.isfile():
-                key, _, ext = member.name.partition(".")
-                samples[key][ext] = tf.extractfile(member).read()
+            if member.issparse():
+                raise ValueError(f"member {member.name!r} is a sparse file, which shards never hold")
+            if member.size > size:
+                raise ValueError(f"member {member.name!r} claims {member.size:,} bytes, more than the whole tar")
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            h, small, f = hashlib.sha256(), bytearray(), tf.extractfile(member)
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                if len(small) <= SMALL_MEMBER:
+                    small += chunk
+            samples[key][ext] = (h.hexdigest(), bytes(small) if len(small) <= SMALL_MEMBER else None)
     return samples
 
 

@@ -27,8 +27,8 @@ import shutil
 import tempfile
 from typing import Callable, Iterator
 
-from pipeline.shards import MANIFEST, OUTPUT_FILE, Manifest, index_name
-from pipeline.storage import Store, StorageError
+from pipeline.shards import MANIFEST, MAX_MANIFEST_BYTES, OUTPUT_FILE, Manifest, check_name, index_name
+from pipeline.storage import NotFound, Store, StorageError
 
 UPLOADING = MANIFEST + ".uploading"   # the manifest being uploaded; present while an upload is unfinished
 
@@ -50,11 +50,9 @@ def check_destination(url: str, log: Callable[[str], None] | None = None) -> Non
 
 def _read_or_none(store: Store, name: str) -> bytes | None:
     try:
-        return store.read_bytes(name)
-    except StorageError as e:
-        if str(e).endswith(": not found"):
-            return None
-        raise
+        return store.read_bytes(name, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFound:
+        return None
 
 
 def upload(staging: str, store: Store, *, progress: bool = True,
@@ -109,20 +107,31 @@ def clear_staging(staging: str) -> None:
 
 
 @contextlib.contextmanager
-def remote_files(url: str) -> Iterator[Callable[[str], contextlib.AbstractContextManager[str | None]]]:
+def remote_files(url: str, sizes: dict[str, int] | None = None
+                 ) -> Iterator[Callable[[str], contextlib.AbstractContextManager[str | None]]]:
     """For make_shards.verify: `with remote_files(url) as open_file: with open_file(name) as path:` gives a
     local copy of object `name` (downloaded into a temporary folder, deleted after use), or None when
-    the object does not exist. Other storage failures raise StorageError."""
+    the object does not exist. Other storage failures raise StorageError.
+
+    `name` must be a plain shard file name (pipeline.shards.check_name) and the copy stays inside
+    the temporary folder; a download stops at `sizes[name]` bytes (the manifest's record), or, for
+    a manifest without sizes, at the free space of the temporary folder's disk."""
     store = Store(url)
     with tempfile.TemporaryDirectory(prefix="pt-verify-") as tmp:
         @contextlib.contextmanager
         def open_file(name: str) -> Iterator[str | None]:
-            path = os.path.join(tmp, name)
+            path = os.path.join(tmp, check_name(name, store.shown(MANIFEST)))
+            if os.path.dirname(os.path.realpath(path)) != os.path.realpath(tmp):
+                raise StorageError(f"{store.shown(name)}: would be written outside {tmp}; refused")
+            limit = (sizes or {}).get(name)
+            what = "the manifest records"
+            if limit is None:
+                limit, what = shutil.disk_usage(tmp).free - (64 << 20), "free on the disk"
             try:
-                store.get(name, path)
-            except StorageError as e:
-                if not str(e).endswith(": not found"):
-                    raise
+                store.get(name, path, max_bytes=limit, what=what)
+            except NotFound:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
                 yield None
                 return
             try:

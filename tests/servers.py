@@ -11,7 +11,10 @@ every other AWS_* variable removed, and fsspec's cached S3 clients dropped), `ht
 """
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+import time
 
 import pytest
 
@@ -55,3 +58,108 @@ def http_server(tmp_path_factory):
     """A static HTTP server on a fresh folder (`.folder`) for this test module."""
     with HttpServer(str(tmp_path_factory.mktemp("www"))) as server:
         yield server
+
+
+# ------------------------------------------------------------------------------ a server that lies
+
+class Lie:
+    """What HostileServer sends for one path instead of plain bytes."""
+
+    def __init__(self, kind: str, data: bytes = b"", claim: int | None = None, interval: float = 0.0):
+        self.kind, self.data, self.claim, self.interval = kind, data, claim, interval
+
+    @classmethod
+    def endless(cls, claim: int = 10**15) -> "Lie":
+        """Content-Length `claim`, then zeros until the client hangs up (at most 2 GB)."""
+        return cls("endless", claim=claim)
+
+    @classmethod
+    def trickle(cls, data: bytes, interval: float) -> "Lie":
+        """`data` with its true length, one byte every `interval` seconds."""
+        return cls("trickle", data, interval=interval)
+
+    @classmethod
+    def stall(cls, data: bytes) -> "Lie":
+        """Headers for `data`, then silence."""
+        return cls("stall", data)
+
+
+class HostileServer:
+    """A real HTTP server on loopback serving `routes` ({URL path: bytes or Lie}); for any other path,
+    `fallback(path)` gives bytes (or None: 404). Every request's path (query removed) is recorded in
+    `requests`. It serves what a hostile or broken store would: names that escape, sizes that lie,
+    bytes that trickle."""
+
+    def __init__(self, routes: dict | None = None, fallback=None):
+        self.routes = dict(routes or {})
+        self.fallback = fallback or (lambda path: None)
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):  # noqa: A002
+                pass
+
+            def do_HEAD(self):
+                self.answer(head=True)
+
+            def do_GET(self):
+                self.answer(head=False)
+
+            def answer(self, head: bool) -> None:
+                from urllib.parse import unquote
+                path = unquote(self.path.split("?", 1)[0])
+                outer.requests.append(path)
+                body = outer.routes.get(path)
+                if body is None:
+                    body = outer.fallback(path)
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                lie = body if isinstance(body, Lie) else Lie("plain", body)
+                self.send_response(200)
+                self.send_header("Content-Length", str(lie.claim if lie.claim is not None else len(lie.data)))
+                self.end_headers()
+                if head:
+                    return
+                try:
+                    self.send_body(lie)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def send_body(self, lie: Lie) -> None:
+                if lie.kind == "plain":
+                    self.wfile.write(lie.data)
+                elif lie.kind == "endless":
+                    zeros = bytes(1 << 20)
+                    for _ in range(2048):
+                        self.wfile.write(zeros)
+                elif lie.kind == "trickle":
+                    for i in range(len(lie.data)):
+                        self.wfile.write(lie.data[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(lie.interval)
+                elif lie.kind == "stall":
+                    time.sleep(60)
+                self.close_connection = True
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="hostile-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "HostileServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

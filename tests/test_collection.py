@@ -216,11 +216,22 @@ def test_shards_over_http_give_the_same_output(reference, shards, collection, ck
     src, _ = collection
     shutil.copytree(shards, os.path.join(http_server.folder, "coll"))
     out = tmp_path / "http.jsonl"
-    p = _run([PREDICT, "--shards", f"{http_server.url}/coll", "--out", str(out), "--checkpoint", ckpt,
+    secret_url = http_server.url.replace("://", "://reader:pw-SECRET1@") + "/coll?token=SECRET2"
+    p = _run([PREDICT, "--shards", secret_url, "--out", str(out), "--checkpoint", ckpt,
               "--source-root", src], XDG_CACHE_HOME=str(tmp_path / "cache"))
     assert p.returncode == 0, p.stderr
     _same_records(_lines(reference[0]), _lines(out), tol=0.0)
     assert os.listdir(tmp_path / "cache" / "parallel_tunes" / "shards")  # read through the node cache
+    assert "plain http" in p.stderr  # the manifest is unauthenticated: said once
+    # credentials and tokens in the URL reach no output, file or folder name
+    s = json.load(open(tmp_path / "http.summary.json"))
+    assert s["shards"] == http_server.url.replace("://", "://***@") + "/coll?***"
+    assert "SECRET" not in p.stdout + p.stderr
+    for d, dirs, files in os.walk(tmp_path):
+        for n in dirs + files:
+            assert "SECRET" not in n
+            if n in files and os.path.isfile(os.path.join(d, n)):
+                assert b"SECRET" not in open(os.path.join(d, n), "rb").read(), os.path.join(d, n)
 
 
 def test_two_ranks_every_track_once_with_batch_repeats(reference, shards, collection, ckpt, single, tmp_path):

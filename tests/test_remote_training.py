@@ -117,7 +117,8 @@ def test_two_nodes_stream_from_s3_like_one_node_reads_local_shards(object_store,
     counts = [sum(s.shard == n for s in m.samples) for n in names]
     for node in (0, 1):  # each node fetched the training shards its rank reads, and no others
         cached = next(os.scandir(tmp_path / f"cache{node}")).path
-        have = {n for n in os.listdir(cached) if n.startswith("train-") and n.endswith(".tar")}
+        # cache entries are content-keyed: train-000003.<sha256>.tar
+        have = {n.split(".")[0] + ".tar" for n in os.listdir(cached) if n.startswith("train-") and n.endswith(".tar")}
         n = sum(counts)
         lo, hi = n * node // 2, n * (node + 1) // 2
         starts = [sum(counts[:j]) for j in range(len(names))]
@@ -149,6 +150,18 @@ def test_cache_smaller_than_an_epoch_evicts_and_trains_the_same(object_store, s3
     cached = next(os.scandir(tmp_path / "cache")).path
     held = sum(e.stat().st_size for e in os.scandir(cached) if e.is_file())
     assert held <= limit_gb * 1e9
+    assert_no_secret(object_store.SECRET_KEY.encode(), tmp_path, p)
+
+
+def assert_no_secret(secret: bytes, root, *procs: subprocess.CompletedProcess) -> None:
+    """`secret` is in nothing the run printed, and in no file or folder name or content under `root`."""
+    for p in procs:
+        assert secret.decode() not in p.stdout + p.stderr
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            assert secret.decode() not in n, os.path.join(d, n)
+        for n in files:
+            assert secret not in open(os.path.join(d, n), "rb").read(), os.path.join(d, n)
 
 
 def test_killed_rank_resumes_mid_epoch_from_s3(object_store, s3_shards, small_shards, local_reference, tmp_path):
@@ -196,7 +209,8 @@ def test_missing_or_altered_shard_stops_with_one_line(object_store, small_shards
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     assert lines[0].startswith(f"train: error: {url}/{victim}: ")  # one rank: no rank prefix
     assert ("not found" if damage == "deleted" else "differs from the manifest") in lines[0]
-    assert not os.path.exists(os.path.join(next(os.scandir(tmp_path / "cache")).path, victim))  # nothing unverified kept
+    cached = next(os.scandir(tmp_path / "cache")).path
+    assert not [n for n in os.listdir(cached) if n.startswith(victim[:-4]) and ".tar" in n]  # nothing unverified kept
 
 
 def test_missing_shard_on_two_ranks_names_it_once(object_store, small_shards, tmp_path):
@@ -241,6 +255,20 @@ def test_http_stream_equals_local_shards(small_shards, http_server, tmp_path):
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(local, remote))
     t = remote_loader.traffic()
     assert t.bytes_fetched == files_of(small_shards, "train") and t.misses == 20
+
+
+def test_http_run_with_credentials_keeps_them_out_of_everything_it_writes(small_shards, http_server, tmp_path):
+    """A one-rank training run from https-style user:password@ and a ?token= URL: the secrets reach
+    the server with every request, and no line, file, saved argument or folder name."""
+    if not os.path.exists(os.path.join(http_server.folder, "small")):
+        shutil.copytree(small_shards, os.path.join(http_server.folder, "small"))
+    url = http_server.url.replace("://", "://trainer:pw-SECRET1@") + "/small?sig=SECRET2"
+    p = one_rank(url, str(tmp_path / "run"), str(tmp_path / "cache"), dict(os.environ))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "plain http" in p.stderr
+    args = json.load(open(tmp_path / "run" / "metrics.json"))["args"]
+    assert args["shards"] == http_server.url.replace("://", "://***@") + "/small?***"
+    assert_no_secret(b"SECRET", tmp_path, p)
 
 
 def test_server_stopped_and_restarted_mid_epoch(small_shards, tmp_path):

@@ -106,17 +106,20 @@ def test_cache_fetches_once_per_node_verifies_and_evicts(train_shards, http_serv
         cache.path(name)
     assert not [f for f in os.listdir(cache.dir) if not f.startswith(".")]  # nothing unverified is kept
 
-    blobs = {f"f{i}.bin": os.urandom(1000) for i in range(3)}
+    blobs = {f"val-00010{i}.tar": os.urandom(1000) for i in range(3)}
     for n, data in blobs.items():
         with open(os.path.join(http_server.folder, "s", n), "wb") as f:
             f.write(data)
     sums = {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}
     cache = NodeCache(Store(root), str(tmp_path / "e"), sums, limit_bytes=2500)  # room for two
-    cache.path("f0.bin")
-    cache.path("f1.bin")
-    cache.path("f0.bin")  # used again: f1 is now the least recently used
-    cache.path("f2.bin")
-    assert sorted(f for f in os.listdir(cache.dir) if not f.startswith(".")) == ["f0.bin", "f2.bin"]
+    f0, f1, f2 = blobs
+    cache.path(f0)
+    cache.path(f1)
+    cache.path(f0)  # used again: f1 is now the least recently used
+    cache.path(f2)
+    # entries are keyed by content: name stem, the manifest's sha256, extension
+    assert sorted(f for f in os.listdir(cache.dir) if not f.startswith(".")) == sorted(
+        f"{n[:-4]}.{sums[n]}.tar" for n in (f0, f2))
     assert (cache.stats.evictions, cache.stats.misses, cache.stats.hits) == (1, 3, 1)
 
 

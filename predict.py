@@ -3,7 +3,7 @@
     python predict.py song.mp3 [more.wav dir/ ...] [--checkpoint runs/X/best.pt] [--top 3] [--json]
     python predict.py song.mp3 --timeline [--hop 1.5] [--plot-dir DIR]   # genre over time
 
-Collection mode (--out; pipeline/collection.py): every track of a shard folder or of an audio
+Collection mode (--out; predict_collection.py): every track of a shard folder or of an audio
 folder through the sharded DALI path, on every rank, into one file; resumable:
 
     python predict.py --shards SHARDS --out predictions.jsonl [--format jsonl|csv] [--timeline]
@@ -14,7 +14,7 @@ The song is decoded and resampled exactly as make_shards does, turned into log-m
 checkpoint's FeatureSpec (torchaudio; DALI is not needed), cut into windows that cover the whole
 song, and the windows' logits are averaged. Exit code 2 if any file or the checkpoint fails.
 
-A file is checked as make_shards checks it (pipeline.audio.validate, the one place): a clip
+A file is checked as make_shards checks it (features.audio.validate, the one place): a clip
 shorter than --min-seconds (default: make_shards' default, 1 s) is refused, as training never saw
 one, unless --allow-short. Warnings (a truncated file: "truncated: header says X frames, file
 holds Y"; a short clip predicted with --allow-short) are printed under the file's line
@@ -27,12 +27,12 @@ import json
 import os
 import sys
 
-from pipeline import version  # light: imports neither torch nor DALI
+from core import version  # light: imports neither torch nor DALI
 
 
 def default_checkpoint() -> str | None:
-    """runs/<newest run>/best.pt: the run whose best.pt was written last (training.checkpoint.newest_run)."""
-    from training.checkpoint import newest_run
+    """runs/<newest run>/best.pt: the run whose best.pt was written last (core.checkpoint.newest_run)."""
+    from core.checkpoint import newest_run
     run = newest_run("best.pt")
     return os.path.join(run, "best.pt") if run else None
 
@@ -50,14 +50,17 @@ def expand(paths: list[str]) -> list[str]:
     return out
 
 
+DIGITS = 4   # probabilities shown: 4 decimals (the collection mode writes 6)
+
+
 class Predictor:
     """One model load, then any number of songs."""
 
     def __init__(self, ckpt_path: str, device: str = "cpu"):
         import torch
 
-        from training.checkpoint import load_classifier
-        from pipeline.features_torch import LogMel
+        from inference.classifier import load_classifier
+        from features.torch_logmel import LogMel
 
         self.model, self.classes, self.spec = load_classifier(ckpt_path, device)
         self.logmel = LogMel(self.spec)
@@ -65,22 +68,21 @@ class Predictor:
         self.torch = torch
 
     def _logits(self, feats, hop_frames: int | None, batch_windows: int = 64):
-        from pipeline.windows import cut_windows, window_starts
+        from features.windows import cut_windows, window_logits, window_starts
 
-        torch = self.torch
         clip = self.spec.clip_frames
         windows = cut_windows(feats, feats.shape[-1], clip, self.spec.floor_value, hop_frames)
-        logits = torch.cat([self.model(windows[i:i + batch_windows].to(self.device)).float()
-                            for i in range(0, len(windows), batch_windows)])
-        return logits, window_starts(feats.shape[-1], clip, hop_frames)
+        return (window_logits(self.model, windows, batch_windows, self.device),
+                window_starts(feats.shape[-1], clip, hop_frames))
 
     def predict_file(self, path: str, timeline_hop: float | None = None, min_seconds: float | None = None,
                      allow_short: bool = False) -> dict:
         """Genre of one song (mean of window logits); with timeline_hop, also per-window probabilities.
 
-        Raises AudioError for a file make_shards would reject (pipeline.audio.validate; too short
+        Raises AudioError for a file make_shards would reject (features.audio.validate; too short
         only with allow_short=False); result["warnings"] holds what validate reports."""
-        from pipeline.audio import MIN_SECONDS, AudioError, decode, validate
+        from features.audio import MIN_SECONDS, AudioError, decode, validate
+        from inference.scoring import hop_frames, ranked, timeline
 
         torch = self.torch
         d = decode(path, self.spec.sample_rate)
@@ -92,22 +94,13 @@ class Predictor:
             feats = self.logmel.long(torch.from_numpy(d.samples))[None]  # (1, mels, frames)
             logits, _ = self._logits(feats, None)
             probs = torch.softmax(logits.mean(0), dim=0)
-            result = {"file": path, "seconds": round(len(d.samples) / self.spec.sample_rate, 2),
-                      "windows": len(logits), **self._ranked(probs), "warnings": warnings}
+            seconds = round(len(d.samples) / self.spec.sample_rate, 2)
+            result = {"file": path, "seconds": seconds, "windows": len(logits),
+                      **ranked(self.classes, probs, DIGITS), "warnings": warnings}
             if timeline_hop:
-                hop = max(1, round(timeline_hop * self.spec.sample_rate / self.spec.hop_length))
-                wl, starts = self._logits(feats, hop)
-                sec = self.spec.hop_length / self.spec.sample_rate
-                result["timeline"] = [{"start": round(s * sec, 2), "end": round(min(s * sec + self.spec.clip_seconds,
-                                                                                    result["seconds"]), 2),
-                                       **self._ranked(torch.softmax(w, 0))} for s, w in zip(starts, wl)]
-                result["timeline"][-1]["end"] = result["seconds"]  # the last window ends the song (frame rounding)
+                wl, starts = self._logits(feats, hop_frames(self.spec, timeline_hop))
+                result["timeline"] = timeline(self.spec, starts, torch.softmax(wl, 1), seconds, self.classes, DIGITS)
         return result
-
-    def _ranked(self, probs) -> dict:
-        order = probs.argsort(descending=True).tolist()
-        return {"genre": self.classes[order[0]],
-                "probabilities": {self.classes[i]: round(float(probs[i]), 4) for i in order}}
 
 
 def timeline_segments(timeline: list[dict], seconds: float) -> list[tuple[float, float, str, float]]:
@@ -163,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeline", action="store_true", help="genre of each window over the whole song")
     p.add_argument("--hop", type=float, default=1.5, help="timeline hop in seconds (window: the clip length)")
     p.add_argument("--plot-dir", default=None, help="with --timeline: write <file>.timeline.png here")
-    from pipeline.audio import MIN_SECONDS
+    from features.audio import MIN_SECONDS
     p.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
                    help="refuse clips shorter than this, as make_shards rejects them (default: make_shards' "
                         "default, %(default)g; the checkpoint does not record the value its shards used)")
@@ -210,15 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     if not collection and not a.paths:
         p.error("give audio files or folders, or --out FILE with --shards DIR or a folder")
 
-    from pipeline.audio import AudioError
-    from training.checkpoint import CheckpointError
+    from features.audio import AudioError
+    from core.checkpoint import CheckpointError
 
     ckpt = a.checkpoint or default_checkpoint()
     if ckpt is None:
         print("predict: error: no checkpoint given and none found in runs/*/best.pt (train first)", file=sys.stderr)
         return 2
     if collection:
-        from pipeline.collection import run
+        from predict_collection import run
         return run(a, ckpt)
     try:
         predictor = Predictor(ckpt, a.device)

@@ -16,7 +16,6 @@ import dataclasses
 import math
 import os
 import re
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,14 +23,16 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from core import checkpoint, version
+from core.atomic import atomic_copy
+from core.faults import fault_point
+from core.shards import Manifest
+from core.spec import Augment, FeatureSpec
+from loading.loader import DaliLoader  # (DALI itself loads when a loader is made)
 from model import MODELS, build_model, count_parameters
-from pipeline import version
-from pipeline.loader import DaliLoader, trust_warnings  # (DALI itself loads when a loader is made)
-from pipeline.atomic import atomic_copy
-from pipeline.shards import Manifest, read_manifest
-from pipeline.spec import Augment, FeatureSpec
-from pipeline.storage import StorageError, redact
-from training import checkpoint, distributed, report
+from storage.folder import read_manifest, trust_warnings
+from storage.store import StorageError, redact
+from training import distributed, report
 from training.amp import Amp
 from training.evaluate import EvalResult, evaluate
 from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check
@@ -314,7 +315,7 @@ def restore(state: dict, path: str, model: torch.nn.Module, amp: Amp, env: distr
     if state["step"] < state["steps"]:
         if env.is_main:
             why = (f"was written by {len(state['rank_states'])} ranks, this run has {env.world_size}" if same_stream
-                   else "holds a data position from before the sample stream (pipeline/stream.py)")
+                   else "holds a data position from before the sample stream (loading/stream.py)")
             print(f"warning: {path} {why}: epoch {state['epoch']} restarts from its first step")
         state["step"] = 0
     return None
@@ -373,7 +374,7 @@ def train_one_epoch(t: Trainer, epoch: int, first_step: int, progress: list[floa
                     bar.set_postfix(loss=f"{r.loss.item():.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
             if ckpt:
                 save_checkpoint(t, epoch, done, sums.progress(time.perf_counter() - t0))
-            strike_test_fault(epoch, done, env.rank)
+            fault_point("step", (epoch, done), env.rank)
     except BaseException:
         if bar is not None:  # a clean line for the error that follows
             bar.close()
@@ -431,7 +432,7 @@ def traffic_line(traffic: dict) -> str:
 
 def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float]) -> None:
     """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (the one it replaces
-    becomes prev.pt). The format is documented in training/checkpoint.py."""
+    becomes prev.pt). The format is documented in core/checkpoint.py."""
     env = t.env
     mine = {"loader": t.train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": progress}
     if env.device.type == "cuda":
@@ -499,19 +500,6 @@ def lr_lambda(warmup_steps: int, total_steps: int):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return f
-
-
-def strike_test_fault(epoch: int, done: int, rank: int) -> None:
-    """Test aid: PT_TEST_FAULT=kill|stop:EPOCH:STEP:RANK makes that rank SIGKILL (SIGSTOP) itself
-    once STEP steps of EPOCH are done, in the first attempt of a job only, so the fault tests strike
-    a known point instead of racing the clock."""
-    fault = os.environ.get("PT_TEST_FAULT")
-    if not fault or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        return
-    how, *where = fault.split(":")
-    if [int(v) for v in where] == [epoch, done, rank]:
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL if how == "kill" else signal.SIGSTOP)
 
 
 def _bar(env: distributed.DistEnv, total: int, desc: str, initial: int = 0):

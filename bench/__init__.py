@@ -2,7 +2,7 @@
 
 Run every script as a module from the repository root, e.g. `python -m bench.features --help`:
 `-m` puts the repository root on sys.path, so `bench`, `pipeline`, `training`, ... import with or
-without `pip install -e .` (the offline GPU machine has no install; bench/gpu_check.sh does the same).
+without `pip install -e .` (the offline GPU machine has no install; tools/gpu_check.sh does the same).
 `python bench/features.py` does not work: a script run as a file sees its own folder, not the root.
 
 The package (standard library at import time; heavy imports happen inside the functions):

@@ -97,9 +97,9 @@ def make_checkpoint(path: str, model: str) -> None:
     import torch
 
     from model import build_model
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     from preprocess.synth import GENRES
-    from training import checkpoint
+    from core import checkpoint
     torch.manual_seed(0)
     checkpoint.save(path, {"model_name": model, "model": build_model(model, len(GENRES)).state_dict(),
                            "classes": sorted(GENRES), "feature_spec": FeatureSpec().to_dict()})
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results", f"collection-{host['kind']}-{report['date']}{a.tag}.json")
-    from pipeline.atomic import atomic_write
+    from core.atomic import atomic_write
     atomic_write(path, json.dumps(report, indent=1).encode())
     print(f"\n{a.clips} clips x {a.seconds:g} s ({total_s / 60:.0f} min of audio), model "
           f"{a.model if not a.checkpoint else a.checkpoint}, {host['kind']} ({host['cpu_model']}, GPU {host['gpu']})")

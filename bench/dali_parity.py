@@ -4,7 +4,7 @@
 
 bench.features found DALI's CPU log-mels up to 0.17 dB off librosa's on drum-hit frames, in
 bands 70-80 dB below the frame's loudest band (worst: rock/rock.00000.wav, mel 33, frame 822).
-This script splits the pipeline (pipeline.dali_graph.log_mel's operators, same arguments) into its
+This script splits the pipeline (features.dali_graph.log_mel's operators, same arguments) into its
 two stages and compares each with a float64 reference:
 
   reference   torch.stft in float64 (periodic Hann, centred, reflect padding) -> |X|^2, then
@@ -41,7 +41,7 @@ def dali_stages(audio: np.ndarray, power_ref: np.ndarray, spec) -> tuple[np.ndar
     """DALI CPU: (its power spectrogram, its mel of it, its mel of the float64 power given)."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.dali_graph import periodic_hann
+    from features.dali_graph import periodic_hann
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
@@ -126,12 +126,12 @@ def compare(audio: np.ndarray, pcm: np.ndarray, p64: np.ndarray, dali: tuple, p3
         rows["F  float64 reference on the shard's samples"] = reference(saudio)
         diff = spcm.astype(np.int32) - pcm
         big = np.abs(pcm) > 16384
-        from pipeline.audio import to_pcm16  # what make_shards stores: round(x * 32768), clipped
+        from features.audio import to_pcm16  # what make_shards stores: round(x * 32768), clipped
         res["shard_note"] = (
             f"{shard_dir}: {int((diff != 0).sum())} of {len(pcm)} samples differ from the source file "
             f"(max {int(np.abs(diff).max())} LSB; {int(big.sum())} samples have |x| > 0.5 FS, "
             f"{int((diff[big] != 0).sum())} of them differ, {int((diff[~big] != 0).sum())} of the others); "
-            f"the shard equals pipeline.audio.to_pcm16(source samples), i.e. the source's 16-bit samples: "
+            f"the shard equals features.audio.to_pcm16(source samples), i.e. the source's 16-bit samples: "
             f"{np.array_equal(spcm, to_pcm16(audio))}")
     below = ref.max(axis=0, keepdims=True) - ref  # dB below the frame's loudest band
     loud = below <= a.range_db
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     import soundfile as sf
     import torch
 
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     spec = FeatureSpec()
     pcm, sr = sf.read(a.file, dtype="int16", always_2d=True)
     if sr != spec.sample_rate or pcm.shape[1] != 1:

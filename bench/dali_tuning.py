@@ -5,7 +5,7 @@
 Varies one DaliLoader argument at a time around the baseline (num_threads = cores, prefetch 2,
 batch 32): num_threads 1 / 2, prefetch 1 / 2 / 4, batch 16 / 32 / 64, and in train mode crops 4
 (train.py's --crops-per-track: 4 crops per decoded track, batch counted in tracks); --vary picks
-which of them (none: the baseline alone). Nothing in pipeline/ is changed: every setting is a
+which of them (none: the baseline alone). Nothing in the product code is changed: every setting is a
 DaliLoader constructor argument. Modes:
   train  train=True: a random 3 s crop per track (what training reads)
   eval   train=False: whole tracks, as bench.features' dali-cpu row
@@ -38,8 +38,8 @@ def run_setting(cfg: dict, sampler: Any) -> dict:
     require_dali()
     import torch
 
-    from pipeline.loader import DaliLoader
-    from pipeline.spec import FeatureSpec
+    from loading.loader import DaliLoader
+    from core.spec import FeatureSpec
     dev = torch.device("cuda", 0) if cfg["device"] == "cuda" else torch.device("cpu")
     t = time.perf_counter()
     ld = DaliLoader(cfg["shard_dir"], SPLIT, FeatureSpec.from_dict(cfg["spec"]), cfg["batch"],
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(vary) - set(VARY):
         ap.error(f"--vary: unknown {sorted(set(vary) - set(VARY))}; choose from {', '.join(VARY)}")
 
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     from training.report import write_json  # atomic; imported here to keep the top level light
     spec = FeatureSpec()
     ds = prepare(a.src, a.clips, a.cache, spec, log=log)

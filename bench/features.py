@@ -8,9 +8,9 @@ power 2, dB with ref 1.0 and amin 1e-10):
 
   librosa-1proc       librosa.load + melspectrogram + power_to_db, one file at a time, one process
   librosa-dataloader  the same inside a torch DataLoader, one worker per core
-  torchaudio-cpu      soundfile decode (pipeline.audio) + pipeline.features_torch.LogMel, batch 32
+  torchaudio-cpu      soundfile decode (features.audio) + features.torch_logmel.LogMel, batch 32
   torchaudio-cpu-b1   the same, one clip at a time (extra: shows what batch 32 costs on a CPU)
-  dali-cpu            pipeline.loader.DaliLoader over WebDataset shards, CPU mode, threads = cores
+  dali-cpu            loading.loader.DaliLoader over WebDataset shards, CPU mode, threads = cores
   torchaudio-cuda     as torchaudio-cpu, LogMel on the GPU            (only if CUDA is available)
   dali-cuda           DaliLoader with device cuda:0 (GPU stages)      (only if CUDA is available)
 
@@ -139,14 +139,14 @@ class TorchaudioMethod(Method):
     def open(self) -> None:
         import torch
 
-        from pipeline.features_torch import LogMel
+        from features.torch_logmel import LogMel
         self.torch = torch
         self.dev = torch.device(self.device)
         self.logmel = LogMel(self.spec).to(self.dev)
         self.batch = self.job["batch"]
 
     def epoch(self, save: bool) -> int:
-        from pipeline.audio import decode
+        from features.audio import decode
         torch, spec = self.torch, self.spec
         for b0 in range(0, len(self.paths), self.batch):
             waves = [decode(p, spec.sample_rate).samples for p in self.paths[b0:b0 + self.batch]]
@@ -198,7 +198,7 @@ class DaliMethod(Method):
         require_dali()
         import torch
 
-        from pipeline.loader import DaliLoader
+        from loading.loader import DaliLoader
         self.torch = torch
         self.dev = torch.device(self.device, 0) if self.device == "cuda" else torch.device("cpu")
         self.uid_to_idx = {it["uid"]: it["idx"] for it in self.items}
@@ -247,7 +247,7 @@ def run_method(job: dict, sampler: Any) -> dict:
     """Open, warm up (one untimed pass that also saves the parity clips), then timed passes."""
     import resource
 
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     spec = FeatureSpec.from_dict(job["spec"])
     method = METHODS[job["method"]](job, spec)
     if method.gpu:
@@ -414,14 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     if a._child:
         child_main(a._child, run_method)
     t_start = time.perf_counter()
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     from training.report import write_json  # atomic; imported here to keep the top level light
     spec = FeatureSpec()
     ds = prepare(a.src, a.clips, a.cache, spec, log=log)
     items, notes = ds.items, list(ds.notes)
     if ds.other_rate:
         notes.append(f"{ds.other_rate} clips are not at {spec.sample_rate} Hz: the file methods resample them in "
-                     "every pass (librosa: soxr_hq; torchaudio: pipeline.audio's Kaiser sinc), DALI reads shards "
+                     "every pass (librosa: soxr_hq; torchaudio: features.audio's Kaiser sinc), DALI reads shards "
                      "resampled once offline; ΔdB then includes the two resamplers' difference")
 
     k = len(items) if a.parity_clips <= 0 else min(a.parity_clips, len(items))

@@ -6,7 +6,7 @@
 Every row trains the same model the same way as bench/train_throughput.py (its Training setup, warm-up
 and timed window: train.py's train_step, AdamW, label smoothing 0.1, AMP, one process, no DDP) on the
 same shards (bench.data: the 200 synthetic 30 s clips, 8 shards of 25 tracks); the rows differ only in
-where DaliLoader reads them from (pipeline/stream.py's fn.external_source in every row):
+where DaliLoader reads them from (loading/stream.py's fn.external_source in every row):
 
   local          the local shard folder, loader built once; windows of --epochs-per-window epochs
   local-restart  the local folder, a new loader for every timed epoch (the cold rows' structure
@@ -63,7 +63,7 @@ METHODS = ["local", "local-restart", "http-warm", "http-cold", "http-cold-small"
 DEFAULT_METHODS = ["local", "local-restart", "http-cold", "http-cold-small", "s3-warm", "s3-warm-live", "s3-cold",
                    "s3-cold-small", "stage"]
 BUCKET, PREFIX = "bench", "shards"
-STAGE_THREADS = (4, 1)   # 4: the stream's fetch pool (pipeline.stream.SampleStream fetch_threads)
+STAGE_THREADS = (4, 1)   # 4: the stream's fetch pool (loading.stream.SampleStream fetch_threads)
 log = logger("object-store-bench")
 
 
@@ -78,7 +78,7 @@ def is_cold(method: str) -> bool:
 # ============================================================== the child process
 
 def split_files(manifest: Any) -> list[str]:
-    from pipeline.shards import index_name
+    from core.shards import index_name
     return [f for n in manifest.splits[SPLIT].shards for f in (index_name(n), n)]
 
 
@@ -86,9 +86,9 @@ def run_stage(job: dict) -> dict:
     """Download the whole split into an empty node cache, per thread count, `stage_repeats` times."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.cache import NodeCache
-    from pipeline.shards import read_manifest
-    from pipeline.storage import Store
+    from storage.cache import NodeCache
+    from storage.folder import read_manifest
+    from storage.store import Store
     manifest = read_manifest(job["url"])
     names = split_files(manifest)
     res: dict[str, Any] = {"files": len(names), "stage": {}}
@@ -121,9 +121,9 @@ def run_method(job: dict, sampler: Any) -> dict:
     tr = setup_training(job, require_dali)
     import nvidia.dali.plugin.pytorch  # noqa: F401 - imported before any timing, as in every row
 
-    import pipeline.dali_graph  # noqa: F401
-    from pipeline.loader import DaliLoader, open_files
-    from pipeline.shards import read_manifest
+    import features.dali_graph  # noqa: F401
+    from loading.loader import DaliLoader
+    from storage.folder import open_files, read_manifest
     res: dict[str, Any] = dict(tr.info)
     crops, batch = job["crops"], job["batch"]
     cold, url = is_cold(job["method"]), job["url"]
@@ -378,7 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def code_state() -> dict:
-    """The commit, and the files of pipeline/ and bench/ that differ from it, for the JSON."""
+    """The commit, and the files of the product packages and bench/ that differ from it, for the JSON."""
     import subprocess
 
     from bench import ROOT
@@ -387,7 +387,7 @@ def code_state() -> dict:
         p = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
         return p.stdout if p.returncode == 0 else ""
     return {"commit": git("rev-parse", "HEAD").strip(),
-            "modified": git("status", "--porcelain", "--", "pipeline", "bench").splitlines()}
+            "modified": git("status", "--porcelain", "--", "core", "storage", "features", "loading", "bench").splitlines()}
 
 
 def upload(store: Any, folder: str) -> tuple[str, float, int]:
@@ -409,8 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         child_main(a._child, run_method)
     t_start = time.perf_counter()
     from bench.servers import HttpServer, ObjectStore
-    from pipeline.shards import read_manifest
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
+    from storage.folder import read_manifest
     from training.report import write_json
 
     host = host_info()
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["vs_local"] = r["samples_per_s"]["median"] / base["samples_per_s"]["median"]
             more = load_note(results, "label") + [
                 f"Every row: DaliLoader(train=True, num_threads={a.num_threads}, prefetch={a.prefetch}, "
-                f"crops={a.crops}, window={a.window}) through pipeline/stream.py (fn.external_source); model "
+                f"crops={a.crops}, window={a.window}) through loading/stream.py (fn.external_source); model "
                 f"{a.model}, batch {a.batch}; one untimed warm-up epoch, then {a.repeats} timed windows.",
                 f"Loader built once (local, *-warm): windows of {a.epochs_per_window} epoch(s) ({epoch_steps * a.epochs_per_window} "
                 f"steps). Cold rows and local-restart: each window is one epoch ({epoch_steps} steps) with a new "

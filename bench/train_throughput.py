@@ -8,7 +8,7 @@ Both loaders feed the same model (model.build_model('resnet', n_classes), AdamW,
 0.1) through train.py's own step (training.step.train_step) with the same batch size and the same
 AMP setting (training.amp.Amp.create(device, --amp)), one process, no DDP:
 
-  dali      pipeline.loader.DaliLoader(train=True): WebDataset shards -> decode -> a random
+  dali      loading.loader.DaliLoader(train=True): WebDataset shards -> decode -> a random
             FeatureSpec.clip_seconds (3 s) crop -> log-mel (on the GPU when --device cuda);
             with --crops k, k crops per decoded track and --batch / k tracks per step (train.py's
             --crops-per-track; its default is 4)
@@ -103,7 +103,7 @@ def make_source(job: dict, spec: Any, dev: Any):
     import torch
     batch = job["batch"]
     if job["method"] == "dali":
-        from pipeline.loader import DaliLoader
+        from loading.loader import DaliLoader
         crops = job.get("crops", 1)  # batch counts rows, as train.py's --batch-size: batch // crops tracks
         loader = DaliLoader(job["shard_dir"], SPLIT, spec, batch // crops, train=True, device=dev, seed=0,
                             num_threads=job["num_threads"], prefetch=job["prefetch"], crops=crops)
@@ -157,7 +157,7 @@ def setup_training(job: dict, check: Callable[[], None] | None = None) -> Traini
     import torch
 
     from model import build_model
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     from training.amp import Amp
     from training.step import train_step
 
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if a._child:
         child_main(a._child, run_method)
     t_start = time.perf_counter()
-    from pipeline.spec import FeatureSpec
+    from core.spec import FeatureSpec
     from training.report import write_json  # atomic; imported here to keep the top level light
 
     host = host_info()

@@ -60,9 +60,9 @@ complete, one without is not. The manifest holds no absolute OUT path and no tim
 Object storage. OUT may be s3://bucket/prefix/ (AWS or any S3-compatible store: AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY or AWS_PROFILE, AWS_ENDPOINT_URL) or gs://bucket/prefix/ (gcsfs installed,
 GOOGLE_APPLICATION_CREDENTIALS). The shards are built as above in a local staging folder (--staging,
-default ~/.cache/parallel_tunes/staging/<hash of OUT>), then uploaded through pipeline.storage,
+default ~/.cache/parallel_tunes/staging/<hash of OUT>), then uploaded through storage.store,
 manifest.json last; a rerun after a crash, also one during the upload, resumes and ends with the
-same bytes remotely (preprocess/remote.py has the protocol). The staging folder's files are deleted
+same bytes remotely (storage/upload.py has the protocol). The staging folder's files are deleted
 after a complete upload. http(s):// is read-only and refused. Storage errors (credentials, missing
 bucket, unreachable endpoint after retries) are one line naming the URL, exit code 2.
 """
@@ -78,7 +78,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 import tarfile
 import unicodedata
@@ -89,14 +88,16 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
-from pipeline.atomic import atomic_write as _atomic_write
-from pipeline.audio import MIN_SECONDS
-from pipeline.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, NO_LABEL, OUTPUT_FILE, SPLITS, STORAGE,
-                             UNLABELED_SPLIT, Manifest, Sample,
-                             check_name, index_name, manifest_bytes, read_manifest, sha256_bytes, sha256_file, shard_name)
-from pipeline import version
-from pipeline.spec import FeatureSpec
-from pipeline.storage import StorageError, is_remote
+from core.atomic import atomic_write as _atomic_write
+from features.audio import MIN_SECONDS
+from core import version
+from core.faults import fault_point
+from core.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, NO_LABEL, OUTPUT_FILE, SPLITS, STORAGE, UNLABELED_SPLIT,
+                         Manifest, Sample, check_name, index_name, manifest_bytes, sha256_bytes, sha256_file,
+                         shard_name)
+from core.spec import FeatureSpec
+from storage.folder import read_manifest
+from storage.store import StorageError, is_remote
 
 SPLIT_METHODS = ("random", "list", "gtzan-filtered")
 DECODER_VERSION = 2  # bump when decode_one's output changes: cached .work records become stale
@@ -291,19 +292,6 @@ def _work_paths(work: str, key: str) -> tuple[str, str]:
     return os.path.join(work, key + ".wav"), os.path.join(work, key + ".json")
 
 
-def _test_kill_point(var: str, count) -> None:
-    """TEST-ONLY crash hook (tests/test_make_shards_resume.py), inert unless `var` is set.
-
-    When environment variable `var` holds N and count() == N, this process SIGKILLs itself: a
-    crash at an exact, repeatable point rather than a kill timed from outside. Points:
-    PT_TEST_KILL_AFTER_DECODES (N files decoded), PT_TEST_KILL_AFTER_SHARDS (N tars finished; killed
-    while writing the next one, after its .partial tar and before its index), PT_TEST_KILL_AFTER_UPLOADS
-    (remote OUT: N files uploaded)."""
-    want = os.environ.get(var)
-    if want is not None and count() == int(want):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _init_worker() -> None:
     # one thread per worker: the pool already uses every core. Set before torch is imported
     # (only resampling imports it), so its thread pool starts at that size.
@@ -339,7 +327,7 @@ def decode_one(job: tuple[Item, str, str, dict]) -> dict:
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: decode again
     import soundfile as sf
-    from pipeline.audio import AudioError, decode, to_pcm16, validate
+    from features.audio import AudioError, decode, to_pcm16, validate
 
     rate, min_seconds, max_seconds = options["sample_rate"], options["min_seconds"], options["max_seconds"]
     record: dict = {"key": key, "source": item.rel, "label": item.label, "cache": cache_id}
@@ -407,7 +395,7 @@ def shard_count(n: int, max_per_shard: int, min_shards: int) -> int:
 def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str, int]) -> dict[str, str]:
     """Write one tar + DALI index atomically; fixed tar metadata makes the bytes reproducible.
 
-    The members are pipeline.shards.Sample.members (the format's one definition). Sets each
+    The members are core.shards.Sample.members (the format's one definition). Sets each
     record's "wav_sha256"; returns {tar name: sha256, index name: sha256} for the manifest."""
     import webdataset as wds
     from wds2idx import IndexCreator
@@ -426,7 +414,7 @@ def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str
         tw.close()
         f.flush()
         os.fsync(f.fileno())
-    _test_kill_point("PT_TEST_KILL_AFTER_SHARDS",
+    fault_point("shards",
                      lambda: sum(n.endswith(".tar") for n in os.listdir(os.path.dirname(os.path.abspath(path)))))
     idx, idx_tmp = index_name(path), index_name(path) + ".partial"
     with IndexCreator(tmp, idx_tmp, verbose=False) as ic:
@@ -516,12 +504,12 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
             for r in pool.imap(decode_one, jobs, chunksize=2):
                 records.append(r)
                 bar.update()
-                _test_kill_point("PT_TEST_KILL_AFTER_DECODES", lambda: len(records))
+                fault_point("decodes", lambda: len(records))
     else:
         for j in jobs:
             records.append(decode_one(j))
             bar.update()
-            _test_kill_point("PT_TEST_KILL_AFTER_DECODES", lambda: len(records))
+            fault_point("decodes", lambda: len(records))
     bar.close()
 
     good = []
@@ -639,8 +627,8 @@ def verify(out: str) -> list[str]:
     samples are compared member by member with the bytes the manifest implies (the WAV by its
     sha256, the label, class, uid and metadata rebuilt from the sample record), so the problem
     names the shard, the sample and the member. A remote folder's files are downloaded one at a
-    time into a temporary folder (preprocess/remote.py) and checked the same way. A remote folder
-    that cannot be read raises pipeline.storage.StorageError (one line).
+    time into a temporary folder (storage/upload.py) and checked the same way. A remote folder
+    that cannot be read raises storage.store.StorageError (one line).
     """
     try:
         m = read_manifest(out, allow_unverified=True)  # a file without a checksum is one of the problems named
@@ -649,7 +637,7 @@ def verify(out: str) -> list[str]:
     if m.version < 2:
         raise UsageError(f"{m.path}: manifest version {m.version} records no file checksums; rerun make_shards")
     if is_remote(out):
-        from preprocess.remote import remote_files
+        from storage.folder import remote_files
         with remote_files(out, m.sizes) as open_file:
             return check_files(m, open_file)
     return check_files(m, lambda name: _local_file(out, name))
@@ -835,11 +823,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--staging is for a remote OUT (s3://, gs://) only")
     uploaded = ""
     try:
-        if remote:  # build locally in the staging folder, then upload (preprocess/remote.py)
+        if remote:  # build locally in the staging folder, then upload (storage/upload.py)
             from tqdm import tqdm
 
-            from pipeline.storage import Store
-            from preprocess.remote import check_destination, clear_staging, default_staging, upload
+            from storage.store import Store
+            from storage.upload import check_destination, clear_staging, default_staging, upload
             log = lambda line: tqdm.write(f"make_shards: {line}", file=sys.stderr)  # noqa: E731 - retries
             check_destination(out, log)
             store = Store(out, log=log)
@@ -851,8 +839,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_per_shard=a.max_per_shard, min_shards=a.min_shards,
                         spec=FeatureSpec(sample_rate=a.sample_rate), unlabeled=a.unlabeled, keep_work=remote)
         if remote:
-            n, size, kept = upload(build, store, after_each=lambda i: _test_kill_point("PT_TEST_KILL_AFTER_UPLOADS",
-                                                                                        lambda: i))
+            n, size, kept = upload(build, store, after_each=lambda i: fault_point("uploads", i))
             clear_staging(build)
             uploaded = f"{store.root}: uploaded {n} file(s), {size / 1e6:.1f} MB ({kept} already there)"
     except (UsageError, StorageError) as e:

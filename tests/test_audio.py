@@ -1,10 +1,10 @@
-"""pipeline/audio.py: downmix is the mean of all channels; block decoding equals whole decoding."""
+"""features/audio.py: downmix is the mean of all channels; block decoding equals whole decoding."""
 import numpy as np
 import pytest
 
-import pipeline.audio as audio
+import features.audio as audio
 from audio_files import sine, write
-from pipeline.audio import decode, resample
+from features.audio import decode, resample
 
 RATE = 22_050
 

@@ -9,9 +9,9 @@ whatever random numbers the graph draws for crop positions. Both ways the graph 
 import pytest
 import torch
 
-from pipeline.loader import DaliLoader
-from pipeline.spec import Augment, FeatureSpec
-from training.evaluate import track_logits
+from loading.loader import DaliLoader
+from core.spec import Augment, FeatureSpec
+from features.windows import track_logits
 from training.mixup import mixup
 
 SPEC = FeatureSpec(clip_seconds=8.0)  # longer than the 6 s tracks of the train_shards fixture

@@ -1,7 +1,7 @@
 """Smoke tests of bench/: every script on a few clips of a few seconds, its JSON and table checked.
 
 Each script runs as `python -m bench.<script>` from the repository root (what the docs and
-bench/gpu_check.sh do), in a fresh process with a timeout, into a temporary cache and results
+tools/gpu_check.sh do), in a fresh process with a timeout, into a temporary cache and results
 folder. librosa is a benchmark-only dependency (bench/requirements.txt): without it the methods
 that need it must report themselves skipped; with it, their figures are checked too.
 """
@@ -148,7 +148,7 @@ def test_hard_set(tmp_path):
 
 def test_gpu_smoke(tmp_path):
     out = str(tmp_path / "res" / "smoke.json")
-    run("bench.gpu_smoke", "--allow-cpu", "--parts", "versions,torch,dali-gpu,loader", "--tmp", str(tmp_path / "tmp"),
+    run("tools.gpu_smoke", "--allow-cpu", "--parts", "versions,torch,dali-gpu,loader", "--tmp", str(tmp_path / "tmp"),
         "--out", out, timeout=120)
     with open(out, encoding="utf-8") as f:
         rep = json.load(f)
@@ -157,13 +157,13 @@ def test_gpu_smoke(tmp_path):
     t = rep["parts"]["torch"]  # one train_step of the baseline model; LogMel on the device vs the CPU
     assert math.isfinite(t["loss"]) and t["loss"] > 0 and t["logmel_max_abs_db_vs_cpu"] < 0.05
     assert rep["parts"]["loader"]["x"] == [16, 1, 128, 130]
-    p = run("bench.gpu_smoke", "--summary", str(tmp_path / "res"), timeout=60)
+    p = run("tools.gpu_smoke", "--summary", str(tmp_path / "res"), timeout=60)
     assert "**smoke.json**" in p.stdout and "- loader: ok" in p.stdout
 
 
 def test_gpu_wheels_round_trip(tmp_path, monkeypatch):
     """pack -> check -> unpack of a made-up wheel, cut into pieces; a damaged piece is named."""
-    import bench.gpu_wheels as gw
+    import tools.gpu_wheels as gw
     monkeypatch.setattr(gw, "KEEP", {"fakepkg": "the test's wheel"})
     monkeypatch.setattr(gw, "PIECE_MAX", 4096)
     payload = random.Random(0).randbytes(10_000)  # incompressible: pieces of at most 4 KiB

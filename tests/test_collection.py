@@ -25,9 +25,10 @@ from audio_files import sine, write
 from helpers import ROOT
 from servers import http_server  # noqa: F401 - fixture
 from model import build_model
-from pipeline.spec import FeatureSpec
+from core.spec import FeatureSpec
 from preprocess.synth import generate
-from training import checkpoint
+from core import checkpoint
+from core.faults import fault_env
 
 PREDICT = os.path.join(ROOT, "predict.py")
 MAKE_SHARDS = os.path.join(ROOT, "preprocess", "make_shards.py")
@@ -39,7 +40,7 @@ LENGTHS = [1.2, 2.0, 2.9, 3.3, 4.1, 4.7, 5.5]  # shorter and longer than one 2 s
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PT_TEST_KILL_")}
+    env = {k: v for k, v in os.environ.items() if k != "PT_TEST_FAULT"}
     env.update(extra)
     return env
 
@@ -102,7 +103,7 @@ def shards(collection, tmp_path_factory):
 def single(collection, ckpt) -> dict[str, torch.Tensor]:
     """{path: probabilities} of the single-file path (predict.Predictor, unrounded); .windows: {path: count}."""
     import predict
-    from pipeline.audio import decode
+    from features.audio import decode
     src, _ = collection
     pr = predict.Predictor(ckpt)
     out = {}
@@ -292,7 +293,7 @@ def test_resume_after_sigkill_and_a_torn_line_gives_the_uninterrupted_output(ref
     src, _ = collection
     out = tmp_path / "k.jsonl"
     cmd = [PREDICT, "--shards", shards, "--out", str(out), "--checkpoint", ckpt, "--source-root", src]
-    killed = _run(cmd, PT_TEST_KILL_AFTER_TRACKS="4")
+    killed = _run(cmd, **fault_env("tracks", 4))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     part = tmp_path / "k.jsonl.parts" / "rank-00000.jsonl"
     lines = part.read_text().splitlines()
@@ -320,7 +321,7 @@ def test_torchrun_rank_killed_then_resumed_on_one_rank(reference, shards, collec
     out = tmp_path / "t.jsonl"
     args = ["--shards", shards, "--out", str(out), "--checkpoint", ckpt, "--source-root", src, "--cpu"]
     killed = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", PREDICT, *args],
-                  timeout=300, PT_TEST_KILL_AFTER_TRACKS="2:1")
+                  timeout=300, **fault_env("tracks", 2, rank=1))
     assert killed.returncode != 0 and not out.exists()
     part1 = (tmp_path / "t.jsonl.parts" / "rank-00001.jsonl").read_text().splitlines()
     assert len(part1) == 1 + 2

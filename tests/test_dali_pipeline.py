@@ -8,9 +8,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from pipeline.features_torch import LogMel
-from pipeline.loader import DaliLoader
-from pipeline.spec import FeatureSpec
+from features.torch_logmel import LogMel
+from loading.loader import DaliLoader
+from core.spec import FeatureSpec
 from preprocess.make_shards import make_shards
 from preprocess.synth import generate
 
@@ -139,7 +139,7 @@ def test_crops_from_audio_equal_crops_from_features(train_shards, augment):
     """The CPU way (each crop's samples + context, uncentred log-mel) and the GPU way (one log-mel of
     the track, crops sliced from it) give the same crops, and each crop is a window of the track's
     torchaudio log-mel (what evaluation and predict.py cut), at a frame boundary."""
-    from pipeline.spec import Augment
+    from core.spec import Augment
     shards, _, m = train_shards
     spec = FeatureSpec()
     aug = Augment(gain_db=6.0, freq_masks=2, time_masks=2) if augment != "none" else None

@@ -1,6 +1,6 @@
 """Fault injection on CPU with gloo and 2 ranks: killed and hung ranks, damaged checkpoints, NaN.
 
-Faults strike at a known step (train.py's PT_TEST_FAULT test aid), not by racing the clock, and
+Faults strike at a known step (core/faults.py's named fault points), not by racing the clock, and
 the runs use the tiny model so checkpoints cost next to nothing.
 """
 import contextlib
@@ -12,6 +12,7 @@ import sys
 import time
 
 from helpers import ROOT, TWO_RANK_ARGS
+from core.faults import fault_env
 
 TRAIN = os.path.join(ROOT, "train.py")
 
@@ -76,7 +77,7 @@ def test_killed_rank_restarts_and_resumes_mid_epoch(train_shards, tmp_path):
     # rank 1 SIGKILLs itself after step 5 of epoch 2; the last checkpoint is step 3's (--ckpt-every 3)
     run_dir = str(tmp_path / "faulty")
     p = subprocess.run(torchrun(*common(shards, run_dir, batch=2), max_restarts=1), capture_output=True, text=True,
-                       cwd=ROOT, timeout=600, env={**os.environ, "PT_TEST_FAULT": "kill:2:5:1"})
+                       cwd=ROOT, timeout=600, env={**os.environ, **fault_env("step", "2.5", rank=1)})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Signals.SIGKILL" in p.stderr or "SIGKILL" in p.stderr or "exitcode: -9" in p.stderr, p.stderr[-2000:]
     resumed = [ln for ln in p.stdout.splitlines() if ln.startswith("resumed from")]
@@ -111,7 +112,7 @@ def test_hung_rank_does_not_hang_the_job(train_shards, tmp_path):
     """Rank 1 SIGSTOPs itself after step 4: rank 0's next collective times out (PT_PG_TIMEOUT_S) and
     it exits instead of waiting forever. The test ends as soon as rank 0 is gone (torchrun itself
     would then wait 30 s for the stopped rank to take its SIGTERM)."""
-    env = {**os.environ, "PT_PG_TIMEOUT_S": "6", "PT_TEST_FAULT": "stop:1:4:1"}
+    env = {**os.environ, "PT_PG_TIMEOUT_S": "6", **fault_env("step", "1.4", rank=1, action="stop")}
     proc = subprocess.Popen(torchrun(*common(train_shards[0], str(tmp_path / "r"))), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=ROOT, env=env, start_new_session=True)
     try:

@@ -1,6 +1,6 @@
 """GPU checks: the DALI graph's CUDA stages and mixed-precision training steps on a CUDA device.
 
-    pytest -m gpu tests/test_gpu.py          # on a machine with a GPU (bench/gpu_check.sh runs it)
+    pytest -m gpu tests/test_gpu.py          # on a machine with a GPU (tools/gpu_check.sh runs it)
 
 Every test here is marked `gpu` (pytest.ini) and the whole module is skipped where
 torch.cuda.is_available() is False, so `pytest -q tests` on a CPU-only machine (CI) reports it
@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 import torch.nn.functional as F  # noqa: E402
 
 from model import build_model  # noqa: E402
-from pipeline.spec import FeatureSpec  # noqa: E402
+from core.spec import FeatureSpec  # noqa: E402
 from training.amp import Amp  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -29,8 +29,8 @@ CUDA0 = torch.device("cuda", 0)
 
 
 def _dali_loader():
-    pytest.importorskip("nvidia.dali", reason="nvidia.dali is not installed (bench/gpu_check.sh installs it)")
-    from pipeline.loader import DaliLoader
+    pytest.importorskip("nvidia.dali", reason="nvidia.dali is not installed (tools/gpu_check.sh installs it)")
+    from loading.loader import DaliLoader
     return DaliLoader
 
 

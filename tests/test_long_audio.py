@@ -8,11 +8,11 @@ import torch
 import predict
 from audio_files import write
 from model import MODELS, build_model
-from pipeline.audio import decode
-from pipeline.features_torch import LogMel
-from pipeline.spec import FeatureSpec
-from pipeline.windows import cut_windows, window_starts
-from training import checkpoint
+from features.audio import decode
+from features.torch_logmel import LogMel
+from core.spec import FeatureSpec
+from features.windows import cut_windows, window_starts
+from core import checkpoint
 
 RATE = 22_050
 

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from audio_files import sine, write
 from helpers import ROOT
-from pipeline.audio import decode
+from features.audio import decode
 from preprocess.make_shards import verify, make_shards
 from preprocess.synth import generate
 
@@ -203,7 +203,7 @@ def test_verify_names_any_changed_byte(small_shards, tmp_path, where):
 
 def test_stored_pcm_reads_back_as_the_decoded_samples(tmp_path):
     """Readers divide 16-bit PCM by 32768: storing must multiply by the same, or loud samples shift."""
-    from pipeline.audio import to_pcm16
+    from features.audio import to_pcm16
     x = np.linspace(-1.0, 0.99996, 20001).astype(np.float32)
     path = tmp_path / "x.wav"
     sf.write(path, to_pcm16(x), 22050, subtype="PCM_16")

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from audio_files import sine, write
 from helpers import ROOT
-from pipeline.audio import decode, to_pcm16
+from features.audio import decode, to_pcm16
 from preprocess.make_shards import SPLITS, make_shards, split_tracks
 from preprocess.synth import generate
 

@@ -14,17 +14,18 @@ from helpers import ROOT
 from servers import clear_fsspec_s3_cache, free_ports, http_server, object_store  # noqa: F401 - fixtures
 
 from preprocess.make_shards import main, make_shards, verify
-from preprocess.remote import UPLOADING, default_staging
+from storage.upload import UPLOADING, default_staging
 from preprocess.synth import generate
+from core.faults import fault_env
 
 SCRIPT = os.path.join(ROOT, "preprocess", "make_shards.py")
 ARGS = ["--workers", "1"]
 
 
 def _cli(args: list, env: dict, kill_after_uploads: int | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in env.items() if not k.startswith("PT_TEST_KILL_")}
+    env = {k: v for k, v in env.items() if k != "PT_TEST_FAULT"}
     if kill_after_uploads is not None:
-        env["PT_TEST_KILL_AFTER_UPLOADS"] = str(kill_after_uploads)
+        env.update(fault_env("uploads", kill_after_uploads))
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=180)
 

@@ -13,9 +13,10 @@ import pytest
 import preprocess.make_shards as ms
 from audio_files import sine, truncate, write
 from helpers import ROOT
-from pipeline.audio import decode
+from features.audio import decode
 from preprocess.make_shards import Item, decode_one, make_shards, summary_line, verify
 from preprocess.synth import generate
+from core.faults import fault_env
 
 RATE = 22_050
 SCRIPT = os.path.join(ROOT, "preprocess", "make_shards.py")
@@ -25,11 +26,11 @@ def _tree(folder) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
 
-def _cli(cmd: list[str], out, kill_var: str | None = None, n: int = 0) -> subprocess.CompletedProcess:
-    """Run the make_shards CLI into `out`; with kill_var, it SIGKILLs itself at that test hook's point N."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PT_TEST_KILL_")}
-    if kill_var:
-        env[kill_var] = str(n)
+def _cli(cmd: list[str], out, point: str | None = None, n: int = 0) -> subprocess.CompletedProcess:
+    """Run the make_shards CLI into `out`; with a fault point, it SIGKILLs itself there at position N."""
+    env = {k: v for k, v in os.environ.items() if k != "PT_TEST_FAULT"}
+    if point:
+        env.update(fault_env(point, n))
     return subprocess.run([c if c != "OUT" else str(out) for c in cmd], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=300)
 
@@ -52,7 +53,7 @@ def forty(tmp_path_factory):
 def test_sigkill_during_decode_then_rerun_gives_identical_bytes(forty):
     base, cmd, ref = forty
     out = base / "killed-decoding"
-    killed = _cli(cmd, out, "PT_TEST_KILL_AFTER_DECODES", 7)  # the real CLI kills itself after 7 of 20 files
+    killed = _cli(cmd, out, "decodes", 7)  # the real CLI kills itself after 7 of 20 files
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     work = sorted(os.listdir(out / ".work"))
     assert sum(n.endswith(".json") for n in work) == 7 and not any(".tmp" in n for n in work), work
@@ -76,7 +77,7 @@ def test_sigkill_during_shard_writing_then_rerun_gives_identical_bytes(forty):
     base, cmd, ref = forty
     out = base / "killed-sharding"
     shutil.copytree(ref, out)  # a complete earlier run in the same folder
-    killed = _cli(cmd, out, "PT_TEST_KILL_AFTER_SHARDS", 12)
+    killed = _cli(cmd, out, "shards", 12)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     names = set(os.listdir(out))
     tars = sorted(n for n in names if n.endswith(".tar"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from model import MODELS, build_model, count_parameters
-from pipeline.spec import FeatureSpec
+from core.spec import FeatureSpec
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -1,4 +1,4 @@
-"""One validation for make_shards and predict.py (issue #11 item 6): pipeline.audio.validate.
+"""One validation for make_shards and predict.py (issue #11 item 6): features.audio.validate.
 
 The same crafted files go through both tools as a user runs them (the CLIs, default options):
 what make_shards rejects predict.py refuses (one stderr line naming the file and the reason, the
@@ -20,9 +20,9 @@ import torch
 
 from audio_files import sine, truncate, write
 from model import build_model
-from pipeline.audio import MIN_SECONDS, AudioError, decode, validate
-from pipeline.spec import FeatureSpec
-from training import checkpoint
+from features.audio import MIN_SECONDS, AudioError, decode, validate
+from core.spec import FeatureSpec
+from core import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREDICT = os.path.join(ROOT, "predict.py")

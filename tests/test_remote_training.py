@@ -19,10 +19,11 @@ import torch
 from helpers import ROOT, TWO_RANK_ARGS
 from servers import ObjectStore, clear_fsspec_s3_cache, http_server, object_store  # noqa: F401 - fixtures
 
-from pipeline.loader import DaliLoader
-from pipeline.shards import read_manifest
-from pipeline.spec import FeatureSpec
+from loading.loader import DaliLoader
+from storage.folder import read_manifest
+from core.spec import FeatureSpec
 from preprocess.make_shards import make_shards
+from core.faults import fault_env
 
 TRAIN = os.path.join(ROOT, "train.py")
 BUCKET = "tunes"
@@ -169,7 +170,7 @@ def test_killed_rank_resumes_mid_epoch_from_s3(object_store, s3_shards, small_sh
     run_dir = str(tmp_path / "faulty")
     p = subprocess.run(torchrun(*common(s3_shards, run_dir, "--cache-dir", str(tmp_path / "cache")), max_restarts=1),
                        capture_output=True, text=True, cwd=ROOT, timeout=600,
-                       env=object_store.client_env(PT_TEST_FAULT="kill:2:5:1"))
+                       env=object_store.client_env(**fault_env("step", "2.5", rank=1)))
     assert p.returncode == 0, p.stderr[-3000:]
     resumed = [ln for ln in p.stdout.splitlines() if ln.startswith("resumed from")]
     assert resumed == [f"resumed from {os.path.join(run_dir, 'last.pt')} at epoch 2 step 3"], resumed

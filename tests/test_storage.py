@@ -1,4 +1,4 @@
-"""pipeline.storage.Store against real servers on loopback (tests/servers.py): SeaweedFS's S3 gateway
+"""storage.store.Store against real servers on loopback (tests/servers.py): SeaweedFS's S3 gateway
 with authentication, and a static HTTP server. Round trips, missing objects and buckets, wrong
 credentials, and a server that goes away: retried until it is back, or a one-line error after N tries."""
 import hashlib
@@ -9,7 +9,7 @@ import time
 import pytest
 from servers import HttpServer, clear_fsspec_s3_cache, http_server, object_store, s3_env  # noqa: F401
 
-from pipeline.storage import Store, StorageError
+from storage.store import Store, StorageError
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The sample stream (pipeline/stream.py) and the node cache (pipeline/cache.py), without DALI:
+"""The sample stream (loading/stream.py) and the node cache (storage/cache.py), without DALI:
 shares, shuffle windows, padding, the bytes handed to DALI, and the cache's fetch-once, verify
 and evict rules (against a real HTTP server on loopback)."""
 import hashlib
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from servers import http_server  # noqa: F401 - fixture
 
-from pipeline.cache import LocalFiles, NodeCache
-from pipeline.shards import read_manifest
-from pipeline.storage import Store, StorageError
-from pipeline.stream import SampleStream, epoch_order, rank_share
+from storage.cache import LocalFiles, NodeCache
+from storage.folder import read_manifest
+from storage.store import Store, StorageError
+from loading.stream import SampleStream, epoch_order, rank_share
 
 COUNTS = [5, 3, 7, 1, 4]  # 20 samples in 5 shards of uneven size
 NAMES = [f"train-{i:06d}.tar" for i in range(len(COUNTS))]

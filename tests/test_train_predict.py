@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import ROOT, TRAIN_GENRES
-from training import checkpoint
+from core import checkpoint
 
 
 def run(args, **kw):

@@ -16,6 +16,7 @@ import train as train_py
 from helpers import ROOT
 from preprocess.make_shards import make_shards
 from preprocess.synth import generate
+from core.faults import fault_env
 
 TRAIN = os.path.join(ROOT, "train.py")
 KEYS = ("train_loss", "train_acc", "val_loss", "val_track_acc")
@@ -49,7 +50,7 @@ def reference(train_shards, tmp_path_factory):
 def killed(train_shards, tmp_path_factory):
     """The same run SIGKILLed after step 5 of epoch 3 (its last checkpoint: step 3)."""
     run_dir = str(tmp_path_factory.mktemp("killed") / "r")
-    p = train(train_shards[0], run_dir, env={"PT_TEST_FAULT": "kill:3:5:0"})
+    p = train(train_shards[0], run_dir, env=fault_env("step", "3.5"))
     assert p.returncode == -9, (p.returncode, p.stderr[-2000:])
     st = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
     assert (st["epoch"], st["step"]) == (3, 3)

@@ -19,11 +19,11 @@ import pytest
 from helpers import ROOT
 from servers import HostileServer, Lie
 
-from pipeline.cache import NodeCache
-from pipeline.loader import trust_warnings
-from pipeline.shards import MANIFEST, Manifest, ManifestError, index_name, manifest_bytes, read_manifest
-from pipeline.storage import Limits, Store, StorageError, redact
-from pipeline.stream import parse_index
+from storage.cache import NodeCache
+from storage.folder import read_manifest, trust_warnings
+from core.shards import MANIFEST, Manifest, ManifestError, index_name, manifest_bytes
+from storage.store import Limits, Store, StorageError, redact
+from loading.stream import parse_index
 from preprocess.make_shards import _read_shard
 
 ESCAPES = ["../../../evil_out/pwn.tar", "/tmp/pt-evil/pwn.tar", "%2F..%2F..%2Fpwn.tar", "..%2Fpwn.tar",

@@ -1,6 +1,6 @@
 """Evaluation gathered over all ranks: segment and track accuracy, loss, confusion matrix.
 
-A track is judged by the mean of its windows' logits (pipeline.windows), as predict.py does.
+A track is judged by the mean of its windows' logits (features.windows), as predict.py does.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.spec import FeatureSpec
-from pipeline.windows import cut_windows
+from core.spec import FeatureSpec
+from features.windows import track_logits
 from training.distributed import DistEnv, all_reduce_sum
 
 
@@ -33,21 +33,6 @@ class EvalResult:
             out[name] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
                          "support": int(c[i, :].sum())}
         return out
-
-
-def track_logits(model: torch.nn.Module, feats: torch.Tensor, n_samples: torch.Tensor, spec: FeatureSpec,
-                 max_windows: int = 256) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(B, 1, mels, frames) whole tracks -> (B, classes) mean window logits, and each track's window logits."""
-    windows, counts = [], []
-    for i in range(feats.shape[0]):
-        valid = min(spec.valid_frames(int(n_samples[i])), feats.shape[-1])
-        w = cut_windows(feats[i], valid, spec.clip_frames, spec.floor_value)
-        windows.append(w)
-        counts.append(len(w))
-    allw = torch.cat(windows)
-    logits = torch.cat([model(allw[j:j + max_windows]) for j in range(0, len(allw), max_windows)]).float()
-    per_track = list(torch.split(logits, counts))
-    return torch.stack([t.mean(0) for t in per_track]), per_track
 
 
 @torch.no_grad()

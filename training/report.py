@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_open, atomic_write
+from core.atomic import atomic_open, atomic_write
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.spec import FeatureSpec
+from core.spec import FeatureSpec
 
 SPLITS = ("train", "val", "test")
 UNLABELED_SPLIT = "all"                    # the one split of an unlabeled collection
@@ -242,31 +242,12 @@ class Manifest:
         return {s.uid: s.key for s in self.samples}
 
 
-def read_manifest(folder: str, *, allow_unverified: bool = False, sha256: str | None = None) -> Manifest:
-    """The manifest of a shard folder, local or remote (s3://, gs://, http(s)://: pipeline.storage).
-
-    FileNotFoundError (one line) when the folder has none; ManifestError (one line) when it is
-    malformed, larger than MAX_MANIFEST_BYTES, differs from the pinned `sha256`, or is remote and
-    lacks a checksum for a file it lists (unless `allow_unverified`: then its files are fetched as
-    served). A remote one that cannot be read raises pipeline.storage.StorageError.
-    """
-    from pipeline.storage import NotFound, Store, is_remote
-    if is_remote(folder):
-        store = Store(folder)
-        where = store.shown(MANIFEST)
-        try:
-            data = store.read_bytes(MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
-        except NotFound:
-            raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py "
-                                    "first (a prefix without one is unfinished)") from None
-    else:
-        where = os.path.join(folder, MANIFEST)
-        if not os.path.exists(where):
-            raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py first")
-        if os.path.getsize(where) > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MB; not a manifest this tool wrote")
-        with open(where, "rb") as f:
-            data = f.read()
+def parse_manifest(data: bytes, where: str, sha256: str | None = None) -> Manifest:
+    """A manifest from its file's bytes (read by storage.folder.read_manifest, local or remote):
+    ManifestError (one line) for anything but a well-formed manifest, or bytes whose sha256 is not
+    the pinned `sha256`."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MB; not a manifest this tool wrote")
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
         raise ManifestError(f"{where}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... is not the pinned "
                             f"{sha256[:16]}... (--manifest-sha256): the folder changed or is not the one meant")
@@ -274,14 +255,7 @@ def read_manifest(folder: str, *, allow_unverified: bool = False, sha256: str | 
         doc = json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ManifestError(f"{where}: not valid JSON ({str(e)[:100]})") from None
-    m = Manifest(doc, where)
-    missing = m.unverifiable()
-    if is_remote(folder) and missing and not allow_unverified:
-        raise ManifestError(
-            f"{where}: version {m.version} manifest gives no checksum for {len(missing)} of its "
-            f"{len(m.listed_files)} files (e.g. {missing[0]}): refusing to fetch files that cannot be verified. "
-            "Rebuild it with make_shards (version 3), or pass --allow-unverified to take them as served")
-    return m
+    return Manifest(doc, where)
 
 
 def manifest_bytes(doc: dict[str, Any]) -> bytes:

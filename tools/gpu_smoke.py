@@ -1,17 +1,17 @@
 """A 20-second smoke test of the GPU machine: what the long checks rely on, each part timed.
 
-    python3 -m bench.gpu_smoke [--out smoke.json] [--allow-cpu] [--parts torch,loader]   # from the repo root
+    python3 -m tools.gpu_smoke [--out smoke.json] [--allow-cpu] [--parts torch,loader]   # from the repo root
 
 Parts (each recorded as ok / FAILED / skipped with its seconds; the JSON is rewritten after each):
   versions   python, torch (+ CUDA, cuDNN), torchaudio, numpy, DALI if importable, cores, memory
   driver     nvidia-smi: GPU name, driver, memory
   image      the image's packages that the brought wheels rely on (numba, scipy, ...), by version
-  torch      a bf16 matrix product on the GPU; LogMel (pipeline.features_torch) on cuda vs cpu;
+  torch      a bf16 matrix product on the GPU; LogMel (features.torch_logmel) on cuda vs cpu;
              one AMP training step of the baseline model (training.step.train_step, train.py's)
   dali-gpu   one DALI pipeline with fn.spectrogram + fn.mel_filter_bank on the GPU vs the same
              on the CPU (needs nvidia.dali: skipped until the pieces are unpacked)
   loader     tiny shards (preprocess/synth.py + preprocess/make_shards.py, 8 clips of 4 s, into
-             --tmp, /tmp/gpu_smoke) and one batch of pipeline.loader.DaliLoader on cuda:0, crops 4
+             --tmp, /tmp/gpu_smoke) and one batch of loading.loader.DaliLoader on cuda:0, crops 4
 
 Without CUDA the GPU parts are skipped; --allow-cpu runs them on the CPU instead, to rehearse
 the script on a machine without a GPU. Exit status 0 when nothing FAILED.
@@ -29,7 +29,7 @@ import time
 import traceback
 from importlib import metadata
 
-# On the image (device KINDS.md); the packed wheels need them: bench/gpu_wheels.py ON_IMAGE.
+# On the image (device KINDS.md); the packed wheels need them: tools/gpu_wheels.py ON_IMAGE.
 IMAGE_PACKAGES = ["numpy", "scipy", "numba", "llvmlite", "scikit-learn", "joblib", "msgpack", "lazy-loader",
                   "pyyaml", "six", "packaging", "requests", "typing-extensions", "threadpoolctl", "tqdm",
                   "matplotlib", "pytest", "pytest-timeout"]
@@ -146,7 +146,7 @@ def image_packages() -> dict:
             missing.append(name)
     if missing:
         raise RuntimeError(f"not on this image: {missing} (have {have}); add their wheels to KEEP in "
-                           "bench/gpu_wheels.py")
+                           "tools/gpu_wheels.py")
     return {"versions": have}
 
 
@@ -154,8 +154,8 @@ def torch_part(allow_cpu: bool) -> dict:
     import torch
 
     from model import build_model
-    from pipeline.features_torch import LogMel
-    from pipeline.spec import FeatureSpec
+    from features.torch_logmel import LogMel
+    from core.spec import FeatureSpec
     from training.amp import Amp
     from training.step import train_step
     dev = need_device(allow_cpu)
@@ -199,8 +199,8 @@ def dali_gpu(allow_cpu: bool) -> dict:
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.dali_graph import mel_db
-    from pipeline.spec import FeatureSpec
+    from features.dali_graph import mel_db
+    from core.spec import FeatureSpec
     dev = need_device(allow_cpu)
     spec = FeatureSpec()
     rng = np.random.default_rng(0)
@@ -250,8 +250,8 @@ def loader(allow_cpu: bool, tmp: str = TMP) -> dict:
         raise Skip(f"nvidia.dali not importable yet ({e})") from None
     import torch
 
-    from pipeline.loader import DaliLoader
-    from pipeline.spec import FeatureSpec
+    from loading.loader import DaliLoader
+    from core.spec import FeatureSpec
     from preprocess.make_shards import make_shards
     from preprocess.synth import generate
     dev = need_device(allow_cpu)

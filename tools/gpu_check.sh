@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# bench/gpu_check.sh — ParallelTunes' GPU checks on an offline GPU machine whose image has Python 3.12,
+# tools/gpu_check.sh — ParallelTunes' GPU checks on an offline GPU machine whose image has Python 3.12,
 # torch 2.11.0+cu130 and torchaudio 2.11.0 but no DALI, webdataset, soundfile or librosa, and that
 # takes at most 64 MiB per call (working tree + carried folders).
 #
-#   here:  bash bench/gpu_check.sh fetch    wheels -> .whl/p01 .. .whl/p03 (xz tar pieces, < 60 MiB each)
-#   there: bash bench/gpu_check.sh smoke    call 1, carry .whl/p01: versions, driver, torch on the GPU (~20 s)
-#          bash bench/gpu_check.sh pieces   call 2, carry .whl/p02: checks the pieces so far (~1 s)
-#          bash bench/gpu_check.sh          call 3, carry .whl/p03: unpack, DALI smoke, features, training
+#   here:  bash tools/gpu_check.sh fetch    wheels -> .whl/p01 .. .whl/p03 (xz tar pieces, < 60 MiB each)
+#   there: bash tools/gpu_check.sh smoke    call 1, carry .whl/p01: versions, driver, torch on the GPU (~20 s)
+#          bash tools/gpu_check.sh pieces   call 2, carry .whl/p02: checks the pieces so far (~1 s)
+#          bash tools/gpu_check.sh          call 3, carry .whl/p03: unpack, DALI smoke, features, training
 #                                           throughput, pytest -m gpu, train.py --amp --epochs 1 (< 7.5 min)
 #
 # bench/NOTES.md ("GPU checks without network") gives the three device-tool calls exactly (command,
@@ -46,13 +46,13 @@ fetch() {
     || { grep -v "^WARNING: Location" "$WHL/download.log" >&2; die "pip download failed (above)"; }
   local codecs=()
   [ "${GPU_CHECK_IMAGE_CODECS:-0}" = 1 ] && codecs=(--with-image-codecs)
-  "$PY" -m bench.gpu_wheels pack "$WHL/all" --whl "$WHL" --xz-level "${XZ_LEVEL:-9}" "${codecs[@]}"
+  "$PY" -m tools.gpu_wheels pack "$WHL/all" --whl "$WHL" --xz-level "${XZ_LEVEL:-9}" "${codecs[@]}"
   cat >&2 <<EOF
 
 Next, with the device tool, back to back (the machine goes back after ~30 s idle):
-  1. carry [".whl/p01"]  command: bash bench/gpu_check.sh smoke
-  2. carry [".whl/p02"]  command: bash bench/gpu_check.sh pieces
-  3. carry [".whl/p03"]  command: bash bench/gpu_check.sh
+  1. carry [".whl/p01"]  command: bash tools/gpu_check.sh smoke
+  2. carry [".whl/p02"]  command: bash tools/gpu_check.sh pieces
+  3. carry [".whl/p03"]  command: bash tools/gpu_check.sh
 (bench/NOTES.md, "GPU checks without network", gives the timeouts.)
 EOF
 }
@@ -79,7 +79,7 @@ preflight() {
 }
 
 publish() {  # results so far -> summary.md, and to $OUT (at most 8 flat files there)
-  "$PY" -m bench.gpu_smoke --summary "$RES" > "$RES/summary.md.tmp" 2>/dev/null && mv "$RES/summary.md.tmp" "$RES/summary.md"
+  "$PY" -m tools.gpu_smoke --summary "$RES" > "$RES/summary.md.tmp" 2>/dev/null && mv "$RES/summary.md.tmp" "$RES/summary.md"
   [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ] || return 0
   local f
   for f in summary.md console.log smoke-call1.json smoke.json; do
@@ -118,12 +118,12 @@ smoke() {  # call 1: the machine itself, before any DALI (it arrives with the la
   preflight
   : > "$RES/stages.tsv"
   DEADLINE=$(( $(date +%s) + 100 ))
-  "$PY" -m bench.gpu_wheels check --need 1 --whl "$WHL" || say "piece 1 is not here or damaged (above)"
-  stage smoke-call1 60 0 "$PY" -m bench.gpu_smoke --out "$RES/smoke-call1.json" "${SMOKE_ARGS[@]}"
+  "$PY" -m tools.gpu_wheels check --need 1 --whl "$WHL" || say "piece 1 is not here or damaged (above)"
+  stage smoke-call1 60 0 "$PY" -m tools.gpu_smoke --out "$RES/smoke-call1.json" "${SMOKE_ARGS[@]}"
 }
 
 pieces() {  # call 2: nothing to run but the check
-  "$PY" -m bench.gpu_wheels check --need 2 --whl "$WHL"
+  "$PY" -m tools.gpu_wheels check --need 2 --whl "$WHL"
 }
 
 train_py() {  # shards with val/test splits from features.py's clips, then one epoch as train.py does it
@@ -148,7 +148,7 @@ run() {  # call 3
   "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "|",
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", __import__("os").cpu_count(), "cores")'
 
-  stage unpack 90 225 "$PY" -m bench.gpu_wheels unpack --whl "$WHL" --site "$SITE" \
+  stage unpack 90 225 "$PY" -m tools.gpu_wheels unpack --whl "$WHL" --site "$SITE" \
     || { say "cannot go on without the packages: bring the pieces named above and run again"; publish; return 2; }
   export PYTHONPATH="$PWD/$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -162,7 +162,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
 
   # Limits and reserves (s). A stage runs at most LIMIT, and never into the RESERVE kept for the stages
   # after it: the sum of their floors (smoke 20, features 60, each training 30, pytest 45, train.py 40).
-  stage smoke 45 205 "$PY" -m bench.gpu_smoke --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
+  stage smoke 45 205 "$PY" -m tools.gpu_smoke --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
   stage features 150 145 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
     --parity-clips 50 --method-timeout 45 "${common[@]}"
   stage train-baseline 80 115 "$PY" -m bench.train_throughput --model baseline --tag baseline "${tp[@]}"

@@ -1,7 +1,7 @@
 """A rank's sample stream: which samples it reads, in which order, fetched ahead from where.
 
 This is the DALI graph's source (fn.external_source, one batch per call): the same code for a
-local shard folder and a remote one (s3://, gs://, http(s)://, through pipeline.cache).
+local shard folder and a remote one (s3://, gs://, http(s)://, through storage.cache).
 
 - Share: rank r of W reads the split's samples [floor(N*r/W), floor(N*(r+1)/W)) in shard order,
   padded to ceil(N/W) by repeating its last sample, and every batch is full (the last one filled
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.shards import AUDIO, LABEL, LABEL_DTYPE, UID, UID_DTYPE, index_name
+from core.shards import AUDIO, LABEL, LABEL_DTYPE, UID, UID_DTYPE, index_name
 
 
 def parse_index(text: str, name: str, tar_size: int | None = None, samples: int | None = None
@@ -122,7 +122,7 @@ def epoch_order(share: Share, *, shuffle: bool, seed: int, rank: int, epoch: int
 class SampleStream:
     """DALI external_source callable: BatchInfo -> (wav bytes, label, uid) for one batch.
 
-    `files`: a pipeline.cache LocalFiles or NodeCache (path(name) -> local path, fetched if needed).
+    `files`: a storage.cache LocalFiles or NodeCache (path(name) -> local path, fetched if needed).
     `epoch`: the training epoch (any integer) that DALI's epoch 0 is; later DALI epochs add to it.
     """
 

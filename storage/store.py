@@ -319,7 +319,7 @@ class Store:
         if _is_http(self.root):
             raise StorageError(f"{self.shown_root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
         if not self.remote:
-            from pipeline.atomic import atomic_copy
+            from core.atomic import atomic_copy
             atomic_copy(local, self.url(name))
             return
         self.call(name, lambda: self.fs.put_file(local, self.url(name)))
@@ -328,7 +328,7 @@ class Store:
         if _is_http(self.root):
             raise StorageError(f"{self.shown_root}: HTTP(S) locations are read-only; write to s3://, gs:// or a folder")
         if not self.remote:
-            from pipeline.atomic import atomic_write
+            from core.atomic import atomic_write
             atomic_write(self.url(name), data)
             return
         self.call(name, lambda: self.fs.pipe_file(self.url(name), data))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from pipeline.atomic import atomic_open
+from core.atomic import atomic_open
 
 FORMAT, VERSION = "parallel-tunes", 1
 
@@ -81,18 +81,3 @@ def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str)
                 if bad else f"missing {missing[0]}")
         raise CheckpointError(f"{path}: weights do not fit model '{state.get('model_name')}' ({what})")
     model.load_state_dict(theirs)
-
-
-def load_classifier(ckpt_path: str, device: str = "cpu"):
-    """(model in eval mode on `device`, classes, FeatureSpec) from a checkpoint; CheckpointError in one line."""
-    from model import build_model
-    from pipeline.spec import FeatureSpec
-
-    state = load(ckpt_path, map_location=device)
-    classes, spec = state["classes"], FeatureSpec.from_dict(state["feature_spec"])
-    try:
-        model = build_model(state["model_name"], len(classes))
-    except ValueError as e:
-        raise CheckpointError(f"{ckpt_path}: {e}") from None
-    load_model_weights(model, state, ckpt_path)
-    return model.eval().to(device), classes, spec

@@ -33,15 +33,15 @@ import csv
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.shards import sha256_file
-from pipeline.storage import StorageError, is_remote, redact
+from core.faults import fault_point
+from core.shards import sha256_file
+from storage.store import StorageError, is_remote, redact
 
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
 CLIP_UNIT_S = 30.0     # throughput is reported in clips of 30 s per second
@@ -174,7 +174,7 @@ def csv_columns(classes: list[str], labeled: bool) -> list[str]:
 def write_output(paths: Paths, fmt: str, records: list[dict], classes: list[str], labeled: bool,
                  timeline: bool) -> None:
     """OUT (and with --timeline in CSV, OUT-stem.timeline.csv), each written atomically."""
-    from pipeline.atomic import atomic_open
+    from core.atomic import atomic_open
 
     if fmt == "jsonl":
         with atomic_open(paths.out, "w", encoding="utf-8", newline="\n") as f:
@@ -266,7 +266,8 @@ def _source(root: str | None, source: str) -> str:
 def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
     """Check the request and resolve the shard folder (sharding a plain folder first when
     `may_shard`); raise CollectionError naming the file or folder."""
-    from training.checkpoint import CheckpointError, load_classifier
+    from core.checkpoint import CheckpointError
+    from inference.classifier import load_classifier
 
     if not a.out:
         raise CollectionError("--shards needs --out FILE (where the predictions go)")
@@ -320,7 +321,7 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
     except (FileNotFoundError, ValueError, StorageError) as e:
         raise CollectionError(str(e)) from None
     if int(os.environ.get("RANK", "0")) == 0:
-        from pipeline.loader import trust_warnings
+        from storage.folder import trust_warnings
         for line in trust_warnings(shards, manifest, pinned=job.manifest_sha256 is not None):
             print(f"predict: {line}", file=sys.stderr)
     if manifest.spec.sample_rate != spec.sample_rate:
@@ -331,8 +332,8 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
 
 
 def read_job_manifest(job: Job):
-    """The job's manifest, with the user's trust options (pipeline.shards.read_manifest)."""
-    from pipeline.shards import read_manifest
+    """The job's manifest, with the user's trust options (storage.folder.read_manifest)."""
+    from storage.folder import read_manifest
     return read_manifest(job.shards, allow_unverified=job.allow_unverified, sha256=job.manifest_sha256)
 
 
@@ -360,7 +361,7 @@ def shard_folder(folder: str, shards: str, spec, min_seconds: float) -> None:
     match the folder (same files, none newer than the manifest): a rerun after a kill in the
     prediction stage does not decode again (make_shards itself resumes a killed sharding)."""
     from preprocess.make_shards import UsageError, make_shards, summary_line
-    from pipeline.shards import MANIFEST
+    from core.shards import MANIFEST
 
     manifest = os.path.join(shards, MANIFEST)
     if os.path.exists(manifest):
@@ -466,29 +467,13 @@ def optimise(model, spec, device, eager: bool):
         return model
 
 
-def _ranked(classes: list[str], probs) -> dict:
-    order = probs.argsort(descending=True).tolist()
-    return {"genre": classes[order[0]], "probabilities": {classes[i]: round(float(probs[i]), DIGITS) for i in order}}
-
-
-def _kill_point(written: int, rank: int) -> None:
-    """TEST-ONLY crash hook (tests/test_collection.py), inert unless PT_TEST_KILL_AFTER_TRACKS is
-    set: "N" or "N:RANK" makes that rank (default 0) SIGKILL itself once it has written N tracks."""
-    want = os.environ.get("PT_TEST_KILL_AFTER_TRACKS")
-    if want:
-        n, _, r = want.partition(":")
-        if written == int(n) and rank == int(r or 0):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int]:
     """This rank's tracks that are not done yet, appended to its part file.
     Returns (tracks, seconds of audio, torn bytes cut off its part file)."""
-    import torch
 
-    from pipeline.loader import DaliLoader
+    from loading.loader import DaliLoader
     from training.amp import Amp
-    from training.checkpoint import load_classifier
+    from inference.classifier import load_classifier
 
     manifest = read_job_manifest(job)
     model, classes, spec = load_classifier(job.checkpoint, str(env.device))
@@ -533,7 +518,7 @@ def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int
             writer.write(r)
             n_new += 1
             seconds += n / spec.sample_rate
-            _kill_point(writer.written, env.rank)
+            fault_point("tracks", writer.written, env.rank)
 
     try:
         for loader in loaders:
@@ -565,14 +550,14 @@ class Windows:
     crops pad a short track; windows are then cut and averaged by training.evaluate.track_logits."""
 
     def __init__(self, model, spec, classes: list[str], amp, timeline_hop: float | None, chunk: int):
+        from inference.scoring import hop_frames
         self.model, self.spec, self.classes, self.amp, self.chunk = model, spec, classes, amp, chunk
-        self.hop_frames = (max(1, round(timeline_hop * spec.sample_rate / spec.hop_length))
-                           if timeline_hop else None)
+        self.hop_frames = hop_frames(spec, timeline_hop) if timeline_hop else None
         self.items: list[tuple[Any, int, Any]] = []
         self.count = 0
 
     def add(self, sample, n: int, feats) -> None:
-        from pipeline.windows import window_starts
+        from features.windows import window_starts
         self.items.append((sample, n, feats))
         self.count += len(window_starts(feats.shape[-1], self.spec.clip_frames))
 
@@ -585,8 +570,8 @@ class Windows:
         import torch
         import torch.nn.functional as F
 
-        from pipeline.windows import cut_windows, window_starts
-        from training.evaluate import track_logits
+        from features.windows import cut_windows, track_logits, window_logits, window_starts
+        from inference.scoring import ranked, timeline
 
         if not self.items:
             return []
@@ -601,20 +586,15 @@ class Windows:
             timelines = None
             if self.hop_frames:  # as predict.py --timeline: windows every hop over the track's own frames
                 wins = [cut_windows(f, f.shape[-1], clip, floor, self.hop_frames) for _, _, f in self.items]
-                allw = torch.cat(wins)
-                wl = torch.cat([self.model(allw[j:j + self.chunk]) for j in range(0, len(allw), self.chunk)])
-                timelines = torch.split(torch.softmax(wl.float(), dim=1).cpu(), [len(w) for w in wins])
+                wl = window_logits(self.model, torch.cat(wins), self.chunk)
+                timelines = torch.split(torch.softmax(wl, dim=1).cpu(), [len(w) for w in wins])
         out = []
-        frame_s = spec.hop_length / spec.sample_rate
         for k, (s, n_k, f) in enumerate(self.items):
             secs = round(n_k / spec.sample_rate, 2)
-            fields = {"seconds": secs, "windows": len(per_track[k]), **_ranked(self.classes, probs[k])}
+            fields = {"seconds": secs, "windows": len(per_track[k]), **ranked(self.classes, probs[k], DIGITS)}
             if timelines is not None:
                 starts = window_starts(f.shape[-1], clip, self.hop_frames)
-                tl = [{"start": round(t0 * frame_s, 2), "end": round(min(t0 * frame_s + spec.clip_seconds, secs), 2),
-                       **_ranked(self.classes, p)} for t0, p in zip(starts, timelines[k])]
-                tl[-1]["end"] = secs  # the last window ends the song (frame rounding), as predict.py
-                fields["timeline"] = tl
+                fields["timeline"] = timeline(spec, starts, timelines[k], secs, self.classes, DIGITS)
             out.append((s, n_k, fields))
         self.items, self.count = [], 0
         return out

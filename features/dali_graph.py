@@ -21,7 +21,7 @@ import math
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
-from pipeline.spec import Augment, FeatureSpec
+from core.spec import Augment, FeatureSpec
 
 # The graph's outputs, in order, as the loader names them: features, label, sample id, track length.
 OUTPUTS = ("x", "y", "uid", "n")
@@ -61,7 +61,7 @@ def mel_db(audio, spec: FeatureSpec, cutoff_db: float, center: bool = True):
 
 
 def log_mel(audio, spec: FeatureSpec):
-    """The FeatureSpec's normalised log-mel (pipeline.features_torch.LogMel is its torchaudio twin)."""
+    """The FeatureSpec's normalised log-mel (features.torch_logmel.LogMel is its torchaudio twin)."""
     return spec.normalise(mel_db(audio, spec, spec.db_floor))
 
 
@@ -70,7 +70,7 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
                    crops: int = 1, crop_from: str | None = None):
     """Outputs OUTPUTS: (features, label, uid, n_samples).
 
-    source: a pipeline.stream.SampleStream, called per batch with DALI's BatchInfo and returning
+    source: a loading.stream.SampleStream, called per batch with DALI's BatchInfo and returning
     the batch's encoded WAV members, labels and sample ids (shard order, shuffling and fetching
     are its job; DALI's checkpoint records the epoch and batch index it was called with).
 
@@ -79,9 +79,9 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
     its own `augment` draw (random gain, SpecAugment masks); stacked to (crops, mels, frames).
     crop_from: "features" or "audio" (module docstring); default "features" on a GPU, else "audio".
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
-    cuts it into windows (pipeline.windows) so evaluation covers the whole track.
+    cuts it into windows (features.windows) so evaluation covers the whole track.
     """
-    wav, label, uid = fn.external_source(  # pipeline/shards.py: WAV bytes, int32 label, int64 uid
+    wav, label, uid = fn.external_source(  # core/shards.py: WAV bytes, int32 label, int64 uid
         source=source, num_outputs=3, batch=True, batch_info=True, dtype=[types.UINT8, types.INT32, types.INT64],
         ndim=[1, 1, 1], no_copy=True)  # views of the tars' memory maps, kept alive by the stream
     # Shards hold 16-bit PCM already at spec.sample_rate: no resampling here (DALI's aliases).

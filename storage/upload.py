@@ -1,7 +1,7 @@
 """make_shards with OUT in object storage (s3://bucket/prefix/, gs://bucket/prefix/).
 
 The shards are built in a local staging folder by make_shards' own code path (resumable, byte for
-byte), then uploaded with pipeline.storage.Store:
+byte), then uploaded with storage.store.Store:
 
 1. if neither the remote manifest nor the marker `manifest.json.uploading` holds the new manifest's
    bytes (another build is there, or none), the remote manifest is deleted first (from then on the
@@ -24,11 +24,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from typing import Callable, Iterator
+from typing import Callable
 
-from pipeline.shards import MANIFEST, MAX_MANIFEST_BYTES, OUTPUT_FILE, Manifest, check_name, index_name
-from pipeline.storage import NotFound, Store, StorageError
+from core.shards import MANIFEST, MAX_MANIFEST_BYTES, OUTPUT_FILE, Manifest, index_name
+from storage.store import NotFound, Store, StorageError
 
 UPLOADING = MANIFEST + ".uploading"   # the manifest being uploaded; present while an upload is unfinished
 
@@ -104,38 +103,3 @@ def clear_staging(staging: str) -> None:
             os.remove(os.path.join(staging, name))
     with contextlib.suppress(OSError):
         os.rmdir(staging)
-
-
-@contextlib.contextmanager
-def remote_files(url: str, sizes: dict[str, int] | None = None
-                 ) -> Iterator[Callable[[str], contextlib.AbstractContextManager[str | None]]]:
-    """For make_shards.verify: `with remote_files(url) as open_file: with open_file(name) as path:` gives a
-    local copy of object `name` (downloaded into a temporary folder, deleted after use), or None when
-    the object does not exist. Other storage failures raise StorageError.
-
-    `name` must be a plain shard file name (pipeline.shards.check_name) and the copy stays inside
-    the temporary folder; a download stops at `sizes[name]` bytes (the manifest's record), or, for
-    a manifest without sizes, at the free space of the temporary folder's disk."""
-    store = Store(url)
-    with tempfile.TemporaryDirectory(prefix="pt-verify-") as tmp:
-        @contextlib.contextmanager
-        def open_file(name: str) -> Iterator[str | None]:
-            path = os.path.join(tmp, check_name(name, store.shown(MANIFEST)))
-            if os.path.dirname(os.path.realpath(path)) != os.path.realpath(tmp):
-                raise StorageError(f"{store.shown(name)}: would be written outside {tmp}; refused")
-            limit = (sizes or {}).get(name)
-            what = "the manifest records"
-            if limit is None:
-                limit, what = shutil.disk_usage(tmp).free - (64 << 20), "free on the disk"
-            try:
-                store.get(name, path, max_bytes=limit, what=what)
-            except NotFound:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-                yield None
-                return
-            try:
-                yield path
-            finally:
-                os.remove(path)
-        yield open_file

@@ -1,12 +1,12 @@
 """The FeatureSpec's log-mel in torchaudio: for single files (predict.py) and parity tests.
 
-No DALI needed, so prediction runs on any machine torch runs on. Matches pipeline.dali_graph.log_mel.
+No DALI needed, so prediction runs on any machine torch runs on. Matches features.dali_graph.log_mel.
 """
 from __future__ import annotations
 
 import torch
 
-from pipeline.spec import FeatureSpec
+from core.spec import FeatureSpec
 
 
 class LogMel(torch.nn.Module):

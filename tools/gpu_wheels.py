@@ -1,12 +1,12 @@
 """The packages the GPU machine lacks, packed for an offline machine that takes 64 MiB per call.
 
-    python3 -m bench.gpu_wheels pack WHEEL_DIR [--whl .whl]    # here: wheels -> .whl/p01 .. .whl/pNN
-    python3 -m bench.gpu_wheels check [--whl .whl] [--need N]  # there: which pieces are here, sha256
-    python3 -m bench.gpu_wheels unpack [--whl .whl]           # there: pieces -> .whl/site (PYTHONPATH)
+    python3 -m tools.gpu_wheels pack WHEEL_DIR [--whl .whl]    # here: wheels -> .whl/p01 .. .whl/pNN
+    python3 -m tools.gpu_wheels check [--whl .whl] [--need N]  # there: which pieces are here, sha256
+    python3 -m tools.gpu_wheels unpack [--whl .whl]           # there: pieces -> .whl/site (PYTHONPATH)
 
 (from the repository root; standard library only, apart from `packaging` for pack)
 
-`pack` takes the wheels that `bench/gpu_check.sh fetch` downloaded, keeps those the audio path
+`pack` takes the wheels that `tools/gpu_check.sh fetch` downloaded, keeps those the audio path
 needs and the GPU image lacks (KEEP), checks that every dependency of a kept wheel is kept, on the
 image (ON_IMAGE) or not needed (LEFT_OUT, with the reason), and writes the kept wheels' contents as
 ONE tar (the files as they would lie in site-packages, .dist-info included) compressed with xz,
@@ -47,10 +47,10 @@ KEEP = {
     "optree": "imported by nvidia.dali.ops",
     "gast": "imported by DALI's autograph (pipeline_def)",
     "astunparse": "imported by DALI's autograph",
-    # make_shards, pipeline.audio, tests
+    # make_shards, features.audio, tests
     "webdataset": "make_shards' ShardWriter",
     "braceexpand": "webdataset",
-    "soundfile": "decoding in make_shards, pipeline.audio, synth",
+    "soundfile": "decoding in make_shards, features.audio, synth",
     "cffi": "soundfile",
     "pycparser": "cffi",
     # benchmarks only (features.py librosa-1proc, parity reference)
@@ -88,7 +88,7 @@ SKIP_PREFIX = ("nvidia/dali/include/",)
 # no nvidia/__init__.py here, an nvidia/__init__.py in the image's site-packages would make `nvidia` a
 # regular package there and hide nvidia.dali; so the pack brings its own, which extends nvidia's path
 # over every sys.path entry (pkgutil), and drops the wheels' own (the codec wheels ship two that differ).
-NVIDIA_INIT = ("# Written by bench/gpu_wheels.py: nvidia.* from this folder and from every other sys.path entry.\n"
+NVIDIA_INIT = ("# Written by tools/gpu_wheels.py: nvidia.* from this folder and from every other sys.path entry.\n"
                "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n").encode()
 
 

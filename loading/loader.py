@@ -1,7 +1,7 @@
 """A rank's view of one split: the DALI graph wrapped in an iterator of torch batches.
 
 Every rank gets the same number of full batches per epoch, so DDP's collectives never wait on a
-rank that ran out of data. The sample stream (pipeline/stream.py) shares a split by sample count
+rank that ran out of data. The sample stream (loading/stream.py) shares a split by sample count
 (rank r reads samples [r*N/W, (r+1)*N/W)), pads the shorter shares by repeating their last
 sample and fills the last batch the same way. Those repeats carry weight 0: each sample counts exactly once per epoch.
 """
@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.cache import CacheStats, LocalFiles, NodeCache
-from pipeline.shards import Manifest, read_manifest
-from pipeline.spec import FeatureSpec
-from pipeline.storage import Store, StorageError, is_remote
-from pipeline.stream import SampleStream, rank_share
+from storage.cache import CacheStats
+from core.shards import Manifest
+from core.spec import FeatureSpec
+from storage.folder import open_files, read_manifest
+from storage.store import StorageError
+from loading.stream import SampleStream, rank_share
 
 if TYPE_CHECKING:  # DALI is imported lazily: predict.py and tests that need no DALI never load it
-    from pipeline.spec import Augment
+    from core.spec import Augment
 
 
 @dataclass
@@ -37,10 +38,10 @@ class DaliLoader:
     """`batch_size` counts tracks; with train=True each track yields `crops` rows (see audio_pipeline).
 
     shard_dir: a folder, or a remote one (s3://, gs://, http(s)://) read through the node cache
-    (`cache_dir`, `cache_limit` bytes; pipeline.cache). shards: read only these tars of the split
+    (`cache_dir`, `cache_limit` bytes; storage.cache). shards: read only these tars of the split
     (names, e.g. `all-000003.tar`), in the split's order: predict.py --shards skips the tars a
     resumed job has finished. epoch: the training epoch the first pass is (it seeds the order).
-    window: samples shuffled together (pipeline.stream).
+    window: samples shuffled together (loading.stream).
     """
 
     def __init__(self, shard_dir: str, split: str, spec: FeatureSpec, batch_size: int, *, train: bool,
@@ -52,7 +53,7 @@ class DaliLoader:
                  allow_unverified: bool = False, log=print):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        from pipeline.dali_graph import OUTPUTS, audio_pipeline
+        from features.dali_graph import OUTPUTS, audio_pipeline
 
         manifest = manifest or read_manifest(shard_dir, allow_unverified=allow_unverified)
         if split not in manifest.splits:
@@ -72,7 +73,7 @@ class DaliLoader:
         self.files = open_files(shard_dir, manifest, cache_dir, cache_limit, log, allow_unverified=allow_unverified)
         share = rank_share(names, [counts[n] for n in names], rank % n_shares, n_shares)
         if state is not None and "epoch0" not in state:
-            raise ValueError("a loader state from before the sample stream (pipeline/stream.py); "
+            raise ValueError("a loader state from before the sample stream (loading/stream.py); "
                              "resume from the epoch's end or start the run afresh")
         self.stream = SampleStream(self.files, share, batch_size, shuffle=train, seed=seed, rank=rank,
                                    epoch=state["epoch0"] if state else epoch, window=window)
@@ -134,35 +135,6 @@ class DaliLoader:
             if isinstance(self.stream.error, (StorageError, ValueError, OSError)):
                 raise self.stream.error from None
             raise e
-
-
-def open_files(shard_dir: str, manifest: Manifest, cache_dir: str | None, cache_limit: int | None,
-               log=print, *, allow_unverified: bool = False) -> LocalFiles | NodeCache:
-    """A local folder's files as they are, or a remote folder's through the node cache (which
-    refuses a file the manifest gives no checksum for, unless `allow_unverified`)."""
-    if not is_remote(shard_dir):
-        return LocalFiles(shard_dir)
-    return NodeCache(Store(shard_dir, log=log), cache_dir, manifest.files, cache_limit, log,
-                     sizes=manifest.sizes, allow_unverified=allow_unverified)
-
-
-def trust_warnings(shard_dir: str, manifest: Manifest, pinned: bool = False) -> list[str]:
-    """What a user reading `shard_dir` should know about trusting it (one line each, no secrets):
-    files taken unverified or unbounded, and a manifest sent over plain HTTP."""
-    if not is_remote(shard_dir):
-        return []
-    out = []
-    if manifest.unverifiable():
-        out.append(f"warning: {manifest.path}: {len(manifest.unverifiable())} files have no checksum in this version "
-                   f"{manifest.version} manifest and are taken as served (--allow-unverified); rebuild the folder "
-                   "with make_shards to verify every byte")
-    elif manifest.unsized():
-        out.append(f"warning: {manifest.path}: version {manifest.version} records no file sizes: a fetch is bounded only "
-                   "by --cache-limit and the free disk space; rebuild with make_shards to record them")
-    if shard_dir.startswith("http://") and not pinned:
-        out.append(f"warning: {manifest.path}: plain http: the manifest (and so every checksum) is unauthenticated: "
-                   "anyone on the network path can change what is read; use https:// or pin it with --manifest-sha256")
-    return out
 
 
 def to_device(*tensors: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -5,7 +5,7 @@ A remote shard folder (s3://, gs://, http(s)://) is mirrored, file by file and o
 `train-000003.tar` whose manifest records sha256 H is cached as `train-000003.H.tar`, so a file
 let in under one manifest is never served for another manifest that records other bytes under
 the same name. The ranks of one node are separate processes that share it through the file system:
-- every name is checked first (pipeline.shards.check_name): a plain shard file name, so the
+- every name is checked first (core.shards.check_name): a plain shard file name, so the
   cache never writes or reads outside its folder, whatever the manifest says;
 - a file without a checksum in the manifest is refused unless the cache was opened with
   `allow_unverified` (then it is cached as `<stem>.unverified.<ext>` and taken as served);
@@ -35,8 +35,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 
-from pipeline.shards import MANIFEST, check_name
-from pipeline.storage import Store, StorageError
+from core.shards import MANIFEST, check_name
+from storage.store import Store, StorageError
 
 DISK_RESERVE = 256 << 20   # bytes a fetch leaves free on the cache's disk
 

@@ -1,0 +1,18 @@
+"""A trained classifier from a checkpoint, ready for inference (predict.py and the collection mode)."""
+from __future__ import annotations
+
+from core.checkpoint import CheckpointError, load, load_model_weights
+from core.spec import FeatureSpec
+from model import build_model
+
+
+def load_classifier(ckpt_path: str, device: str = "cpu"):
+    """(model in eval mode on `device`, classes, FeatureSpec) from a checkpoint; CheckpointError in one line."""
+    state = load(ckpt_path, map_location=device)
+    classes, spec = state["classes"], FeatureSpec.from_dict(state["feature_spec"])
+    try:
+        model = build_model(state["model_name"], len(classes))
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt_path}: {e}") from None
+    load_model_weights(model, state, ckpt_path)
+    return model.eval().to(device), classes, spec

@@ -24,7 +24,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from core import checkpoint, version
-from core.atomic import atomic_copy
 from core.faults import fault_point
 from core.shards import Manifest
 from core.spec import Augment, FeatureSpec
@@ -34,6 +33,7 @@ from storage.folder import read_manifest, trust_warnings
 from storage.store import StorageError, redact
 from training import distributed, report
 from training.amp import Amp
+from training.checkpointing import CheckpointSaver, Start
 from training.evaluate import EvalResult, evaluate
 from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check
 from training.step import train_step
@@ -129,6 +129,7 @@ class Trainer:
     manifest: Manifest
     spec: FeatureSpec
     run_dir: str
+    saver: CheckpointSaver
     model: torch.nn.Module          # the plain module: its weights go into checkpoints
     net: torch.nn.Module            # what steps run through: DDP / torch.compile wrappers of `model`
     optimizer: torch.optim.Optimizer
@@ -218,17 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     return result
 
 
-@dataclass
-class Start:
-    """Where the loop begins: epoch 1 step 0, or a checkpoint's position."""
-    epoch: int = 1
-    step: int = 0
-    progress: list[float] | None = None   # this rank's running epoch sums at `step` (mid-epoch resume)
-    path: str | None = None               # the checkpoint resumed from
-
-
 def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest) -> tuple[Trainer, Start]:
-    """Model, optimizer, loaders and schedule, and the state of a run being resumed."""
+    """Model, optimizer, loaders and schedule, and where to start (a resumed run's position)."""
     run_dir = resolve_run_dir(args, env)
     os.makedirs(run_dir, exist_ok=True)
     spec = dataclasses.replace(manifest.spec, clip_seconds=args.clip_seconds)
@@ -239,16 +231,14 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     amp = Amp.create(env.device, args.amp)
-    state, path = resume(args, env, run_dir, manifest.classes, spec)
-    rank_state = restore(state, path, model, amp, env) if state else None
+    saver = CheckpointSaver(run_dir, env)
+    start = saver.resume(want=args.resume, model=model, amp=amp, classes=manifest.classes, spec=spec, args=args)
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
                       time_masks=2 if args.specaugment else 0)
-    first_epoch = 1 if state is None else state["epoch"] + (state["step"] >= state["steps"])
     train_loader = DaliLoader(args.shards, "train", spec, args.batch_size // args.crops_per_track, train=True,
                               augment=augment, crops=args.crops_per_track, window=args.shuffle_window,
-                              epoch=first_epoch, state=rank_state["loader"] if rank_state else None,
-                              **loader_kw(args, env, manifest))
+                              epoch=start.epoch, state=start.loader, **loader_kw(args, env, manifest))
     val_loader = DaliLoader(args.shards, "val", spec, args.eval_batch_size, train=False,
                             **loader_kw(args, env, manifest))
     net = torch.compile(model) if args.compile else model  # checkpoints keep the plain module's weights
@@ -257,84 +247,10 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
-    t = Trainer(args, env, manifest, spec, run_dir, model, net, optimizer, scheduler, amp, train_loader, val_loader)
-    if state is None:
-        return t, Start()
-    # after the scheduler's constructor, which overwrites the optimizer's learning rate
-    optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    t.history, t.best = state["history"], state["best_metric"]
-    if state["step"] >= state["steps"]:
-        return t, Start(state["epoch"] + 1, 0, None, path)
-    return t, Start(state["epoch"], state["step"], rank_state["progress"] if rank_state and state["step"] else None,
-                    path)
-
-
-def resume(args: argparse.Namespace, env: distributed.DistEnv, run_dir: str, classes: list[str],
-           spec: FeatureSpec) -> tuple[dict | None, str | None]:
-    """The checkpoint to continue from and its path, checked against this run; (None, None) for a
-    fresh start.
-
-    --resume, or automatically after torchrun restarted the job (--max-restarts). Raises
-    CheckpointError with one line for a checkpoint that cannot or must not be continued.
-    """
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    if not (args.resume or restarted):
-        return None, None
-    state, path = None, None
-    for name in ("last.pt", "prev.pt"):  # the newest readable one; damaged ones are skipped, named
-        candidate = os.path.join(run_dir, name)
-        if os.path.exists(candidate):
-            try:
-                state, path = checkpoint.load(candidate), candidate
-                break
-            except checkpoint.CheckpointError as e:
-                if env.is_main:
-                    print(f"warning: skipping {e}", file=sys.stderr)
-    if state is None:
-        if restarted:  # the first attempt died before its first checkpoint: start over
-            return None, None
-        raise checkpoint.CheckpointError(f"{run_dir}: no valid checkpoint to resume from")
-    check_compatible(state, classes, spec, args, path)
-    return state, path
-
-
-def restore(state: dict, path: str, model: torch.nn.Module, amp: Amp, env: distributed.DistEnv) -> dict | None:
-    """Load the weights, the GradScaler and this rank's RNG; returns this rank's saved stream state,
-    or None when the checkpoint's world size differs or it predates the sample stream (then a mid-epoch
-    position restarts its epoch)."""
-    checkpoint.load_model_weights(model, state, path)
-    amp.load_state_dict(state["scaler"])
-    same_stream = "epoch0" in state["rank_states"][0]["loader"]  # older checkpoints hold DALI-reader positions
-    if len(state["rank_states"]) == env.world_size and same_stream:
-        rank_state = state["rank_states"][env.rank]
-        torch.set_rng_state(rank_state["torch_rng"].cpu())
-        if env.device.type == "cuda" and "cuda_rng" in rank_state:
-            torch.cuda.set_rng_state(rank_state["cuda_rng"].cpu())
-        return rank_state
-    if state["step"] < state["steps"]:
-        if env.is_main:
-            why = (f"was written by {len(state['rank_states'])} ranks, this run has {env.world_size}" if same_stream
-                   else "holds a data position from before the sample stream (loading/stream.py)")
-            print(f"warning: {path} {why}: epoch {state['epoch']} restarts from its first step")
-        state["step"] = 0
-    return None
-
-
-def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: argparse.Namespace, path: str) -> None:
-    if state["classes"] != classes:
-        raise checkpoint.CheckpointError(f"{path}: classes {state['classes']} differ from the shards' {classes}")
-    saved = FeatureSpec.from_dict(state["feature_spec"]).to_dict()
-    if saved != spec.to_dict():
-        diff = [k for k, v in spec.to_dict().items() if saved.get(k) != v]
-        raise checkpoint.CheckpointError(f"{path}: FeatureSpec differs from this run's in {', '.join(diff)}")
-    if state["model_name"] != args.model:
-        raise checkpoint.CheckpointError(f"{path}: holds model '{state['model_name']}', this run asks for '{args.model}'")
-    for k in ("batch_size", "crops_per_track"):  # they set the steps per epoch, so the schedule and data position
-        was = state["args"].get(k, 1 if k == "crops_per_track" else None)
-        if was != getattr(args, k):
-            flag = "--" + k.replace("_", "-")
-            raise checkpoint.CheckpointError(f"{path}: was trained with {flag} {was}; resume with the same value")
+    start.load_into(optimizer, scheduler)  # after the scheduler's constructor, which resets the learning rate
+    t = Trainer(args, env, manifest, spec, run_dir, saver, model, net, optimizer, scheduler, amp, train_loader,
+                val_loader, start.history, start.best)
+    return t, start
 
 
 def train_one_epoch(t: Trainer, epoch: int, first_step: int, progress: list[float] | None,
@@ -404,10 +320,8 @@ def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> Non
           f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
     improved = val.track_acc > t.best
     t.best = max(t.best, val.track_acc)
-    save_checkpoint(t, epoch, t.steps, [0.0] * 5)
+    save_checkpoint(t, epoch, t.steps, [0.0] * 5, best=improved)
     if t.env.is_main:
-        if improved:
-            atomic_copy(t.path("last.pt"), t.path("best.pt"))
         report.plot_curves(t.history, t.path("curves.png"))
     distributed.barrier(t.env)
 
@@ -430,20 +344,20 @@ def traffic_line(traffic: dict) -> str:
             f"{traffic['retries']} retries, {traffic['evictions']} evictions")
 
 
-def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float]) -> None:
-    """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (the one it replaces
-    becomes prev.pt). The format is documented in core/checkpoint.py."""
+def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float], best: bool = False) -> None:
+    """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (and best.pt if `best`)
+    through the saver (training/checkpointing.py). The format is documented in core/checkpoint.py."""
     env = t.env
     mine = {"loader": t.train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": progress}
     if env.device.type == "cuda":
         mine["cuda_rng"] = torch.cuda.get_rng_state()
     ranks = distributed.all_gather_object(mine, env)
     if env.is_main:
-        checkpoint.save_rotating(t.run_dir, {
+        t.saver.save({
             "model_name": t.args.model, "model": t.model.state_dict(), "classes": t.classes,
             "feature_spec": t.spec.to_dict(), "args": saved_args(t.args), "epoch": epoch, "step": done, "steps": t.steps,
             "history": t.history, "best_metric": t.best, "optimizer": t.optimizer.state_dict(),
-            "scheduler": t.scheduler.state_dict(), "scaler": t.amp.state_dict(), "rank_states": ranks})
+            "scheduler": t.scheduler.state_dict(), "scaler": t.amp.state_dict(), "rank_states": ranks}, best=best)
 
 
 def finish(t: Trainer) -> int:
@@ -451,9 +365,8 @@ def finish(t: Trainer) -> int:
     env, args = t.env, t.args
     metrics: dict = {"history": t.history, "classes": t.classes, "args": saved_args(args), "world_size": env.world_size,
                      "device": env.device.type, "precision": t.amp.name}
-    if os.path.exists(t.path("best.pt")):
-        best_state = checkpoint.load(t.path("best.pt"), map_location=env.device)
-        checkpoint.load_model_weights(t.model, best_state, t.path("best.pt"))
+    best_state = t.saver.load_best(t.model)
+    if best_state is not None:
         metrics["best_epoch"] = best_state["epoch"]
     if t.manifest.splits["test"].count:
         test = evaluate(t.net, t.loader("test"), t.spec, env, t.amp, len(t.classes))

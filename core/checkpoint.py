@@ -1,16 +1,26 @@
-"""The checkpoint format: one dict of plain containers and tensors, saved atomically.
+"""The checkpoint format: one dict of plain containers and tensors, saved atomically. Version 2:
 
-    {"format": "parallel-tunes", "version": 1,
-     "model_name": str, "model": state_dict, "classes": [str], "feature_spec": {...},
-     "args": {...}, "epoch": int, "step": int (done in that epoch), "steps": int (per epoch),
-     "best_metric": float, "history": [{...}], "optimizer": ..., "scheduler": ..., "scaler": ...,
-     "rank_states": [{"loader": {"dali": str, "seen": [int]}, "torch_rng": tensor,
-                      "progress": [float]}, ...one per rank]}
+    {"format": "parallel-tunes", "version": 2,
+     "model_name": str, "model": state_dict, "classes": [str], "feature_spec": {FeatureSpec fields},
+     "args": {train.py's arguments; URLs without credentials},
+     "epoch": int, "step": int (steps done in that epoch), "steps": int (steps per epoch),
+     "best_metric": float (best validation track accuracy so far), "history": [{one dict per epoch}],
+     "optimizer": state_dict, "scheduler": state_dict, "scaler": state_dict (GradScaler; {} without),
+     "rank_states": [{"loader": {"dali": str, "seen": [int], "epoch0": int} or None,
+                      "torch_rng": tensor, "cuda_rng": tensor (GPU runs), "progress": [float]},
+                     ... one per rank, in rank order]}
 
-A checkpoint with step < steps was written inside an epoch: each rank's DALI reader and RNG state
-continue that epoch at the next batch, so no batch is trained twice or skipped.
+A checkpoint with step < steps was written inside an epoch: each rank's sample stream, DALI and RNG
+state continue that epoch at the next batch, so no batch is trained twice or skipped. A rank's
+"loader" is None when the checkpoint holds no usable stream position (then that epoch restarts).
 
-Loaded with torch.load(weights_only=True): a crafted pickle cannot run code, it is refused.
+Version 1 (before 2026-12-06) is read with a warning and upgraded on load: its args may lack
+crops_per_track (it was 1), and a loader state without "epoch0" is a position of DALI's own
+reader, which the sample stream cannot continue (None).
+
+Loaded with torch.load(weights_only=True): a crafted pickle cannot run code, it is refused (safe
+from torch 2.6 on). The fields readers size things by (classes, FeatureSpec, positions) are checked
+for type and range on load. Who writes, rotates and resumes: training/checkpointing.py.
 """
 from __future__ import annotations
 
@@ -21,8 +31,10 @@ from typing import Any
 import torch
 
 from core.atomic import atomic_open
+from core.spec import FeatureSpec
 
-FORMAT, VERSION = "parallel-tunes", 1
+FORMAT, VERSION = "parallel-tunes", 2
+READABLE = (1, 2)
 
 
 class CheckpointError(Exception):
@@ -35,14 +47,6 @@ def save(path: str, state: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_open(path) as f:  # e.g. disk full: the old checkpoint stays, no temp file is left
         torch.save(state, f)
-
-
-def save_rotating(run_dir: str, state: dict[str, Any]) -> None:
-    """Write RUN_DIR/last.pt, keeping the one it replaces as prev.pt (the fallback if last.pt is damaged)."""
-    last = os.path.join(run_dir, "last.pt")
-    if os.path.exists(last):
-        os.replace(last, os.path.join(run_dir, "prev.pt"))
-    save(last, state)
 
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -58,8 +62,41 @@ def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({msg})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a ParallelTunes checkpoint")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')} is not supported (want {VERSION})")
+    if state.get("version") not in READABLE:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r:.20} is not supported "
+                              f"(want one of {READABLE})")
+    _check(state, path)
+    return _upgrade(state) if state["version"] == 1 else state
+
+
+def _check(state: dict[str, Any], path: str) -> None:
+    """The fields a reader sizes things by: CheckpointError (one line) if any is off."""
+    classes = state.get("classes")
+    if (not isinstance(classes, list) or not 0 < len(classes) <= 100_000
+            or not all(isinstance(c, str) and 0 < len(c) <= 256 for c in classes)):
+        raise CheckpointError(f"{path}: its class list is not a list of 1 to 100,000 names")
+    try:
+        FeatureSpec.from_dict(state.get("feature_spec"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if not isinstance(state.get("model_name"), str) or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path}: holds no model name and weights")
+    for k in ("epoch", "step", "steps"):
+        if k in state and (type(state[k]) is not int or not 0 <= state[k] < 1 << 40):
+            raise CheckpointError(f"{path}: {k} {state[k]!r:.20} is not a count")
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 checkpoint in version 2's layout (module docstring); "upgraded_from" says it was."""
+    state = dict(state, version=VERSION, upgraded_from=1)
+    if isinstance(state.get("args"), dict):
+        state["args"] = {"crops_per_track": 1, **state["args"]}
+    ranks = []
+    for r in state.get("rank_states") or []:
+        loader = r.get("loader")
+        ranks.append({**r, "loader": loader if isinstance(loader, dict) and "epoch0" in loader else None})
+    if "rank_states" in state:
+        state["rank_states"] = ranks
     return state
 
 

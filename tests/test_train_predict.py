@@ -10,6 +10,7 @@ import torch
 
 from helpers import ROOT, TRAIN_GENRES
 from core import checkpoint
+from core.spec import FeatureSpec
 
 
 def run(args, **kw):
@@ -121,7 +122,8 @@ def test_hostile_checkpoint_is_refused_without_running_code(tmp_path):
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     """A save that dies midway (disk full) leaves the previous checkpoint loadable and no temp file."""
     path = str(tmp_path / "c.pt")
-    checkpoint.save(path, {"model": {"w": torch.ones(2)}, "step": 1})
+    head = {"model_name": "tiny", "classes": ["a", "b"], "feature_spec": FeatureSpec().to_dict()}
+    checkpoint.save(path, {**head, "model": {"w": torch.ones(2)}, "step": 1})
     assert os.listdir(tmp_path) == ["c.pt"]
     real_save = torch.save
 
@@ -135,7 +137,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(OSError, match="No space left"):
-        checkpoint.save(path, {"model": {"w": torch.zeros(2)}, "step": 2})
+        checkpoint.save(path, {**head, "model": {"w": torch.zeros(2)}, "step": 2})
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["c.pt"]  # no temp file left behind
     old = checkpoint.load(path)
@@ -233,3 +235,23 @@ def test_timeline_covers_the_whole_song(trained_run, train_shards, tmp_path):
     assert bounds[0][0] == 0 and bounds[-1][1] == 12.0
     assert all(a[1] == b[0] and a[2] != b[2] for a, b in zip(bounds, bounds[1:])), bounds
     assert bounds[0][2] == "classical" and bounds[-1][2] == "metal"
+
+
+def test_checkpoint_fields_are_bounded_and_version_1_is_upgraded(tmp_path, capsys):
+    """What a checkpoint from elsewhere sizes things by is checked on load (one line); a version-1
+    checkpoint reads as version 2 (its DALI-reader positions dropped, crops_per_track filled in)."""
+    head = {"model_name": "tiny", "model": {"w": torch.ones(1)}, "classes": ["a", "b"],
+            "feature_spec": FeatureSpec().to_dict()}
+    for bad, message in (({"feature_spec": {**FeatureSpec().to_dict(), "n_mels": 10**9}}, "n_mels"),
+                         ({"classes": ["x" * 10_000]}, "class list"), ({"epoch": -3}, "epoch")):
+        path = str(tmp_path / "bad.pt")
+        checkpoint.save(path, {**head, **bad})
+        with pytest.raises(checkpoint.CheckpointError, match=message) as e:
+            checkpoint.load(path)
+        assert str(e.value).startswith(path) and "\n" not in str(e.value)
+    old = str(tmp_path / "v1.pt")
+    torch.save({**head, "format": checkpoint.FORMAT, "version": 1, "args": {"batch_size": 4}, "epoch": 2, "step": 3,
+                "steps": 9, "rank_states": [{"loader": {"dali": "x", "seen": []}, "progress": [0.0] * 5}]}, old)
+    state = checkpoint.load(old)
+    assert state["version"] == 2 and state["upgraded_from"] == 1
+    assert state["args"] == {"crops_per_track": 1, "batch_size": 4} and state["rank_states"][0]["loader"] is None

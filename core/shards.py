@@ -33,12 +33,15 @@ import hashlib
 import json
 import os
 import re
+import tarfile
+from collections import defaultdict
 from dataclasses import MISSING, dataclass, fields
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
+from core.faults import fault_point
 from core.spec import FeatureSpec
 
 SPLITS = ("train", "val", "test")
@@ -261,6 +264,159 @@ def parse_manifest(data: bytes, where: str, sha256: str | None = None) -> Manife
 def manifest_bytes(doc: dict[str, Any]) -> bytes:
     """The manifest as written: sorted keys, so the same shards give the same bytes."""
     return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+def write_shard(path: str, samples: list[dict], wav_of: Callable[[str], bytes], class_index: dict[str, int]) -> dict[str, str]:
+    """Write one tar and its DALI index atomically; fixed tar metadata makes the bytes reproducible.
+
+    `samples` are sample records (Sample's fields; label None when unlabeled), `wav_of(key)` a
+    sample's WAV bytes. The members are Sample.members (the format's one definition). Sets each
+    record's "wav_sha256"; returns {tar name: sha256, index name: sha256} for the manifest."""
+    import webdataset as wds
+    from wds2idx import IndexCreator
+
+    tmp = path + ".partial"
+    with open(tmp, "wb") as f:  # "wb" truncates a .partial left by a killed run
+        tw = wds.TarWriter(f, user="", group="", mode=0o444, mtime=0)
+        for r in samples:
+            wav = wav_of(r["key"])
+            r["wav_sha256"] = sha256_bytes(wav)
+            smp = Sample.from_dict({**r, "split": "", "shard": ""})
+            label = NO_LABEL if r["label"] is None else class_index[r["label"]]
+            tw.write({"__key__": r["key"], **smp.members(label, wav)})
+        tw.close()
+        f.flush()
+        os.fsync(f.fileno())
+    folder = os.path.dirname(os.path.abspath(path))
+    fault_point("shards", lambda: sum(n.endswith(".tar") for n in os.listdir(folder)))
+    idx, idx_tmp = index_name(path), index_name(path) + ".partial"
+    with IndexCreator(tmp, idx_tmp, verbose=False) as ic:
+        ic.create_index()
+    sums = {os.path.basename(path): sha256_file(tmp), os.path.basename(idx): sha256_file(idx_tmp)}
+    os.replace(idx_tmp, idx)
+    os.replace(tmp, path)  # the tar appears last: a .tar present means its .idx is complete
+    return sums
+
+
+def build_manifest(*, classes: list[str], spec: FeatureSpec, folder: str, files: dict[str, str],
+                   splits: dict[str, dict], samples: list[dict], options: dict, inputs: int,
+                   empty_class_folders: list[str], duplicates: list[dict], rejects: list[dict],
+                   unlabeled: bool) -> dict[str, Any]:
+    """The manifest document (version MANIFEST_VERSION) of shards written into `folder`: the one
+    place its schema is spelled out. `samples` are sample records (Sample's fields)."""
+    doc = {
+        "version": MANIFEST_VERSION,
+        "classes": classes,
+        "feature_spec": spec.to_dict(),
+        "sample_rate": spec.sample_rate,
+        "storage": STORAGE,
+        "files": files,
+        "sizes": {name: os.path.getsize(os.path.join(folder, name)) for name in files},
+        "splits": splits,
+        "total_seconds": round(sum(r["duration"] for r in samples), 2),
+        "options": options,
+        "inputs": inputs,
+        "empty_class_folders": empty_class_folders,
+        "duplicates": duplicates,
+        "samples": [Sample.from_dict(r).to_dict() for r in samples],
+        "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"], r["message"])),
+    }
+    if unlabeled:  # labeled manifests carry no such field
+        doc["unlabeled"] = True
+    return doc
+
+
+# ---------------------------------------------------------------------------------------- verifying
+
+def check_files(m: Manifest, open_file: Callable[[str], ContextManager[str | None]]) -> list[str]:
+    """verify()'s checks, with the files from `open_file(name)`: a context manager giving a local
+    path to the file's bytes, or None when it does not exist."""
+    class_index = {c: i for i, c in enumerate(m.classes)}
+    by_shard: dict[str, dict[str, Sample]] = defaultdict(dict)
+    for smp in m.samples:
+        by_shard[smp.shard][smp.key] = smp
+    problems = []
+    for split in m.split_names:
+        seen = 0
+        for name in m.splits[split].shards:
+            with open_file(name) as tar, open_file(index_name(name)) as idx:
+                seen += _check_shard(m, name, tar, idx, by_shard.get(name, {}), class_index, problems)
+        if seen != m.splits[split].count:
+            problems.append(f"{split}: {seen} samples in shards, manifest says {m.splits[split].count}")
+    return problems
+
+
+def _check_shard(m: Manifest, name: str, tar: str | None, idx: str | None, want: dict[str, Sample],
+                 class_index: dict[str, int], problems: list[str]) -> int:
+    """One tar and its index (local paths, None if missing) against the manifest: problems are
+    appended; returns the number of samples the tar holds."""
+    if tar is None or idx is None:
+        problems.append(f"{name}: tar or index file missing")
+        return 0
+    for n in (name, index_name(name)):
+        if n not in m.files:
+            problems.append(f"{n}: the manifest gives no checksum for it: it cannot be verified")
+    if index_name(name) in m.files and sha256_file(idx) != m.files[index_name(name)]:
+        problems.append(f"{index_name(name)}: index differs from the one written with its shard")
+    if name in m.files and sha256_file(tar) == m.files[name]:  # the bytes that were written: its samples are the manifest's
+        return len(want)
+    try:  # only a tar that differs is read member by member, to name what changed
+        found = read_shard_members(tar)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        problems.append(f"{name}: unreadable tar ({e})")
+        return 0
+    before = len(problems)
+    for key in sorted(set(want) ^ set(found)):
+        problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
+    for key in sorted(set(want) & set(found)):
+        smp, got = want[key], found[key]
+        label = NO_LABEL if smp.label is None else class_index[smp.label]
+        expect = smp.members(label, b"")
+        for ext in sorted(set(expect) | set(got)):
+            if ext not in got:
+                problems.append(f"{name}: sample {key} member .{ext} is missing")
+            elif ext not in expect:
+                problems.append(f"{name}: sample {key} member .{ext} is not part of the format")
+            elif ext == AUDIO:
+                if got[ext][0] != smp.wav_sha256:
+                    problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
+            elif got[ext][1] != expect[ext]:
+                held = got[ext][1][:40] if got[ext][1] is not None else "more than 1 MB"
+                problems.append(f"{name}: sample {key} member .{ext} differs from the manifest "
+                                f"(holds {held!r}, should hold {expect[ext][:40]!r})")
+    if len(problems) == before and name in m.files:
+        problems.append(f"{name}: file checksum differs from the manifest, outside the samples' members "
+                        "(tar headers or padding)")
+    return len(found)
+
+
+SMALL_MEMBER = 1 << 20  # label, class, uid and metadata members are far smaller; their bytes are compared
+
+
+def read_shard_members(tar: str) -> dict[str, dict[str, tuple[str, bytes | None]]]:
+    """{key: {ext: (sha256, the bytes if at most SMALL_MEMBER)}}, hashed as streams: a member is never
+    held whole in memory. A sparse member, or one that claims more bytes than the tar holds, is
+    refused (ValueError): a few KB of tar can declare terabytes."""
+    samples: dict[str, dict[str, tuple[str, bytes | None]]] = defaultdict(dict)
+    size = os.path.getsize(tar)
+    with tarfile.open(tar) as tf:
+        for member in tf:
+            if member.issparse():
+                raise ValueError(f"member {member.name!r} is a sparse file, which shards never hold")
+            if member.size > size:
+                raise ValueError(f"member {member.name!r} claims {member.size:,} bytes, more than the whole tar")
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            h, small, f = hashlib.sha256(), bytearray(), tf.extractfile(member)
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                if len(small) <= SMALL_MEMBER:
+                    small += chunk
+            samples[key][ext] = (h.hexdigest(), bytes(small) if len(small) <= SMALL_MEMBER else None)
+    return samples
 
 
 class _Checker:

@@ -79,23 +79,21 @@ import os
 import re
 import shutil
 import sys
-import tarfile
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from multiprocessing import get_context
-from typing import Callable, ContextManager, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from core.atomic import atomic_write as _atomic_write
-from features.audio import MIN_SECONDS
 from core import version
+from core.atomic import atomic_write as _atomic_write
 from core.faults import fault_point
-from core.shards import (AUDIO, MANIFEST, MANIFEST_VERSION, NO_LABEL, OUTPUT_FILE, SPLITS, STORAGE, UNLABELED_SPLIT,
-                         Manifest, Sample, check_name, index_name, manifest_bytes, sha256_bytes, sha256_file,
-                         shard_name)
+from core.shards import (ALL_SPLITS, MANIFEST, OUTPUT_FILE, SPLITS, UNLABELED_SPLIT, build_manifest, check_files,
+                         check_name, manifest_bytes, shard_name, write_shard)
 from core.spec import FeatureSpec
+from features.audio import MIN_SECONDS
 from storage.folder import read_manifest
 from storage.store import StorageError, is_remote
 
@@ -392,39 +390,6 @@ def shard_count(n: int, max_per_shard: int, min_shards: int) -> int:
     return max(math.ceil(n / max_per_shard), min(min_shards, n))
 
 
-def write_shard(path: str, samples: list[dict], work: str, class_index: dict[str, int]) -> dict[str, str]:
-    """Write one tar + DALI index atomically; fixed tar metadata makes the bytes reproducible.
-
-    The members are core.shards.Sample.members (the format's one definition). Sets each
-    record's "wav_sha256"; returns {tar name: sha256, index name: sha256} for the manifest."""
-    import webdataset as wds
-    from wds2idx import IndexCreator
-
-    tmp = path + ".partial"
-    with open(tmp, "wb") as f:  # "wb" truncates a .partial left by a killed run
-        tw = wds.TarWriter(f, user="", group="", mode=0o444, mtime=0)
-        for r in samples:
-            wav_path, _ = _work_paths(work, r["key"])
-            with open(wav_path, "rb") as w:
-                wav = w.read()
-            r["wav_sha256"] = sha256_bytes(wav)
-            smp = Sample.from_dict({**r, "split": "", "shard": ""})
-            label = NO_LABEL if r["label"] is None else class_index[r["label"]]
-            tw.write({"__key__": r["key"], **smp.members(label, wav)})
-        tw.close()
-        f.flush()
-        os.fsync(f.fileno())
-    fault_point("shards",
-                     lambda: sum(n.endswith(".tar") for n in os.listdir(os.path.dirname(os.path.abspath(path)))))
-    idx, idx_tmp = index_name(path), index_name(path) + ".partial"
-    with IndexCreator(tmp, idx_tmp, verbose=False) as ic:
-        ic.create_index()
-    sums = {os.path.basename(path): sha256_file(tmp), os.path.basename(idx): sha256_file(idx_tmp)}
-    os.replace(idx_tmp, idx)
-    os.replace(tmp, path)  # the tar appears last: a .tar present means its .idx is complete
-    return sums
-
-
 def _clear_outputs(out: str) -> None:
     """Remove the manifest first, then shards, indexes and leftovers of a killed run.
 
@@ -440,8 +405,15 @@ def _clear_outputs(out: str) -> None:
 
 # ---------------------------------------------------------------- main
 
-SAMPLE_FIELDS = ("uid", "key", "source", "label", "split", "shard", "duration", "pcm_sha256", "wav_sha256",
-                 "source_rate", "source_channels", "source_format", "clipped")
+@dataclass
+class Found:
+    """What the find stage gives: the files to decode and the ones already rejected."""
+    items: list[Item]
+    rejects: list[dict]
+    empty_classes: list[str]
+    method: str          # the split method
+    origin: str          # the folder or list the files came from (for messages)
+    inputs: int          # files seen, accepted or not
 
 
 def make_shards(src: str | None, out: str, *, list_file: str | None = None, split: str | None = None,
@@ -454,146 +426,150 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
     src: folder of class folders, or (with list_file) the base for the list's relative paths.
     split: "random" | "list" | "gtzan-filtered"; None picks "list" if the list has a split column.
     unlabeled: every file below src in one split (UNLABELED_SPLIT), no labels (module docstring).
-    keep_work: keep the decoded clips in OUT/.work (a staging folder until its upload is done)."""
-    from tqdm import tqdm
+    keep_work: keep the decoded clips in OUT/.work (a staging folder until its upload is done).
 
+    The stages: find -> decode -> account (rejects, duplicates, ids) -> split -> write."""
     spec = spec or FeatureSpec()
+    found = find(src, out, list_file, split, unlabeled)
+    work = _work_folder(out)
+    options = {"sample_rate": spec.sample_rate, "min_seconds": min_seconds, "max_seconds": max_seconds,
+               "decoder": DECODER_VERSION}
+    records = decode_all(found.items, work, options, workers, progress)
+    good, classes, duplicates = account(records, found, unlabeled)
+    splits = ({UNLABELED_SPLIT: good} if unlabeled else  # in uid (source path) order
+              split_tracks(good, classes, val, test, seed) if found.method == "random" else fixed_splits(good, seed))
+    _clear_outputs(out)  # shards of an earlier, different or killed run must not mix with these
+    split_info, files = write_splits(out, work, splits, classes, max_per_shard, min_shards, progress)
+    opts = {"split": UNLABELED_SPLIT if unlabeled else found.method,
+            **({} if unlabeled else {"val": val, "test": test, "seed": seed}),
+            "min_seconds": min_seconds, "max_seconds": max_seconds, "max_per_shard": max_per_shard,
+            "min_shards": min_shards}
+    if list_file is not None:  # identifies the list without recording where it lived
+        with open(list_file, "rb") as f:
+            opts["list_sha256"] = hashlib.sha256(f.read()).hexdigest()
+    manifest = build_manifest(classes=classes, spec=spec, folder=out, files=files, splits=split_info,
+                              samples=good, options=opts, inputs=found.inputs,
+                              empty_class_folders=found.empty_classes, duplicates=duplicates,
+                              rejects=found.rejects, unlabeled=unlabeled)
+    _atomic_write(os.path.join(out, MANIFEST), manifest_bytes(manifest))
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def find(src: str | None, out: str, list_file: str | None, split: str | None, unlabeled: bool) -> Found:
+    """The find stage: the input files (class folders, a list, or an unlabeled folder) and the split
+    method; UsageError for a request that cannot work."""
     if split is not None and split not in SPLIT_METHODS:
         raise UsageError(f"--split {split}: choose one of {', '.join(SPLIT_METHODS)}")
     if src is not None and not os.path.isdir(src):
         raise UsageError(f"{src}: not a directory")
     if unlabeled and (list_file is not None or split is not None):
         raise UsageError("--unlabeled takes a SRC folder; --list and --split do not apply")
+    has_split_column, empty_classes = False, []
     if unlabeled:
         if src is None:
             raise UsageError("give a SRC folder")
-        items, rejects, empty_classes = find_unlabeled(src, exclude=out), [], []
-        has_split_column, origin = False, src
+        items, rejects, origin = find_unlabeled(src, exclude=out), [], src
     elif list_file is not None:
         items, rejects, has_split_column = read_list(list_file, base=src)
-        empty_classes: list[str] = []
         origin = list_file
     elif src is None:
         raise UsageError("give a SRC folder or --list FILE")
     else:
         items, empty_classes, rejects = find_inputs(src, exclude=out)
-        has_split_column = False
         origin = src
     method = split or ("list" if has_split_column else "random")
     if method == "list" and not has_split_column:
         raise UsageError(f"{origin}: --split list needs a list file with a split column")
-    n_inputs = len(items) + len(rejects)
+    inputs = len(items) + len(rejects)
     items, split_rejects = apply_split_method(items, method)
-    rejects.extend(split_rejects)
+    return Found(items, rejects + split_rejects, empty_classes, method, origin, inputs)
 
+
+def _work_folder(out: str) -> str:
     try:
         os.makedirs(out, exist_ok=True)
         work = os.path.join(out, ".work")
         os.makedirs(work, exist_ok=True)
     except OSError as e:
         raise UsageError(f"{out}: cannot create output folder ({e.strerror or e})") from None
-    keys = [sample_key(it) for it in items]
-    options = {"sample_rate": spec.sample_rate, "min_seconds": min_seconds, "max_seconds": max_seconds,
-               "decoder": DECODER_VERSION}
-    jobs = [(it, k, work, options) for it, k in zip(items, keys)]
-    workers = workers or os.cpu_count() or 1
-    records = []
-    bar = tqdm(total=len(jobs), desc="decode", unit="file", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for r in pool.imap(decode_one, jobs, chunksize=2):
-                records.append(r)
-                bar.update()
-                fault_point("decodes", lambda: len(records))
-    else:
-        for j in jobs:
-            records.append(decode_one(j))
-            bar.update()
-            fault_point("decodes", lambda: len(records))
-    bar.close()
+    return work
 
+
+def decode_all(items: list[Item], work: str, options: dict, workers: int | None, progress: bool) -> list[dict]:
+    """The decode stage: one record per item, in order (decode_one; cached in `work` across reruns),
+    by a pool of `workers` processes or, for one worker or one file, in this process."""
+    from tqdm import tqdm
+
+    jobs = [(it, sample_key(it), work, options) for it in items]
+    workers = workers or os.cpu_count() or 1
+    records: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) > 1:
+            pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
+            results = pool.imap(decode_one, jobs, chunksize=2)
+        else:
+            results = map(decode_one, jobs)
+        bar = stack.enter_context(tqdm(total=len(jobs), desc="decode", unit="file", disable=not progress))
+        for r in results:
+            records.append(r)
+            bar.update()
+            fault_point("decodes", len(records))
+    return records
+
+
+def account(records: list[dict], found: Found, unlabeled: bool) -> tuple[list[dict], list[str], list[dict]]:
+    """The account stage: failed decodes and duplicates go to found.rejects; the kept records get
+    their uids (in source-path order). Returns (kept records, classes, duplicate groups)."""
     good = []
-    for r, it in zip(records, items):
+    for r, it in zip(records, found.items):
         if r["ok"]:
             r["fixed_split"] = it.split
             good.append(r)
         else:
-            rejects.append(_reject(r["source"], r["reason"], r["message"]))
+            found.rejects.append(_reject(r["source"], r["reason"], r["message"]))
     good, dup_rejects, duplicates = resolve_duplicates(good)
-    rejects.extend(dup_rejects)
-    classes = [] if unlabeled else sorted({r["label"] for r in good})
+    found.rejects.extend(dup_rejects)
     if not good:
-        raise UsageError(f"{origin}: no usable audio found ({len(rejects)} files rejected)")
-    class_index = {c: i for i, c in enumerate(classes)}
+        raise UsageError(f"{found.origin}: no usable audio found ({len(found.rejects)} files rejected)")
     good.sort(key=lambda r: r["source"])
     for uid, r in enumerate(good):
         r["uid"] = uid
+    classes = [] if unlabeled else sorted({r["label"] for r in good})
+    return good, classes, duplicates
 
-    if unlabeled:
-        split_names: tuple[str, ...] = (UNLABELED_SPLIT,)
-        splits = {UNLABELED_SPLIT: good}  # in uid (source path) order
-    else:
-        split_names = SPLITS
-        splits = split_tracks(good, classes, val, test, seed) if method == "random" else fixed_splits(good, seed)
-    _clear_outputs(out)  # shards of an earlier, different or killed run must not mix with these
+
+def write_splits(out: str, work: str, splits: dict[str, list[dict]], classes: list[str], max_per_shard: int,
+                 min_shards: int, progress: bool) -> tuple[dict[str, dict], dict[str, str]]:
+    """The write stage: each split's records into its tars (core.shards.write_shard). Returns the
+    manifest's "splits" and "files" entries."""
+    from tqdm import tqdm
+
+    class_index = {c: i for i, c in enumerate(classes)}
+    names = [s for s in ALL_SPLITS if s in splits]
     split_info, files = {}, {}
-    n_total_shards = sum(shard_count(len(splits[s]), max_per_shard, min_shards) for s in split_names)
-    sbar = tqdm(total=n_total_shards, desc="shards", unit="shard", disable=not progress)
-    for s in split_names:
-        rs = splits[s]
-        n_sh = shard_count(len(rs), max_per_shard, min_shards)
-        bounds = np.linspace(0, len(rs), n_sh + 1).round().astype(int) if n_sh else [0]
-        names = []
-        for i in range(n_sh):
-            name = shard_name(s, i)
-            part = rs[bounds[i]:bounds[i + 1]]
-            files.update(write_shard(os.path.join(out, name), part, work, class_index))
-            for r in part:
-                r["split"], r["shard"] = s, name
-            names.append(name)
-            sbar.update()
-        split_info[s] = {"shards": names, "count": len(rs),
-                         "per_class": {c: sum(r["label"] == c for r in rs) for c in classes},
-                         "seconds": round(sum(r["duration"] for r in rs), 2)}
-    sbar.close()
 
-    opts = {"split": method, "val": val, "test": test, "seed": seed, "min_seconds": min_seconds,
-            "max_seconds": max_seconds, "max_per_shard": max_per_shard, "min_shards": min_shards}
-    if unlabeled:  # labeled manifests keep their exact bytes: no field they did not have before
-        opts = {"split": UNLABELED_SPLIT, "min_seconds": min_seconds, "max_seconds": max_seconds,
-                "max_per_shard": max_per_shard, "min_shards": min_shards}
-    if list_file is not None:  # identifies the list without recording where it lived
-        with open(list_file, "rb") as f:
-            opts["list_sha256"] = hashlib.sha256(f.read()).hexdigest()
-    samples = []
-    for r in good:
-        smp = {k: r[k] for k in SAMPLE_FIELDS}
-        if r.get("warnings"):
-            smp["warnings"] = r["warnings"]
-        samples.append(smp)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "classes": classes,
-        "feature_spec": spec.to_dict(),
-        "sample_rate": spec.sample_rate,
-        "storage": STORAGE,
-        "files": files,
-        "sizes": {name: os.path.getsize(os.path.join(out, name)) for name in files},
-        "splits": split_info,
-        "total_seconds": round(sum(r["duration"] for r in good), 2),
-        "options": opts,
-        "inputs": n_inputs,
-        "empty_class_folders": empty_classes,
-        "duplicates": duplicates,
-        "samples": samples,
-        "rejects": sorted(rejects, key=lambda r: (r["path"], r["reason"], r["message"])),
-    }
-    if unlabeled:
-        manifest["unlabeled"] = True
-    _atomic_write(os.path.join(out, MANIFEST), manifest_bytes(manifest))
-    if not keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    return manifest
+    def wav_of(key: str) -> bytes:
+        with open(_work_paths(work, key)[0], "rb") as f:
+            return f.read()
+    with tqdm(total=sum(shard_count(len(splits[s]), max_per_shard, min_shards) for s in names), desc="shards",
+              unit="shard", disable=not progress) as bar:
+        for s in names:
+            rs = splits[s]
+            n_sh = shard_count(len(rs), max_per_shard, min_shards)
+            bounds = np.linspace(0, len(rs), n_sh + 1).round().astype(int) if n_sh else [0]
+            tars = [shard_name(s, i) for i in range(n_sh)]
+            for i, name in enumerate(tars):
+                part = rs[bounds[i]:bounds[i + 1]]
+                files.update(write_shard(os.path.join(out, name), part, wav_of, class_index))
+                for r in part:
+                    r["split"], r["shard"] = s, name
+                bar.update()
+            split_info[s] = {"shards": tars, "count": len(rs),
+                             "per_class": {c: sum(r["label"] == c for r in rs) for c in classes},
+                             "seconds": round(sum(r["duration"] for r in rs), 2)}
+    return split_info, files
 
 
 def resolve_duplicates(good: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -647,95 +623,6 @@ def verify(out: str) -> list[str]:
 def _local_file(folder: str, name: str) -> Iterator[str | None]:
     path = os.path.join(folder, check_name(name, os.path.join(folder, MANIFEST)))
     yield path if os.path.isfile(path) else None
-
-
-def check_files(m: Manifest, open_file: Callable[[str], ContextManager[str | None]]) -> list[str]:
-    """verify()'s checks, with the files from `open_file(name)`: a context manager giving a local
-    path to the file's bytes, or None when it does not exist."""
-    class_index = {c: i for i, c in enumerate(m.classes)}
-    by_shard: dict[str, dict[str, Sample]] = defaultdict(dict)
-    for smp in m.samples:
-        by_shard[smp.shard][smp.key] = smp
-    problems = []
-    for split in m.split_names:
-        seen = 0
-        for name in m.splits[split].shards:
-            with open_file(name) as tar, open_file(index_name(name)) as idx:
-                seen += _check_shard(m, name, tar, idx, by_shard.get(name, {}), class_index, problems)
-        if seen != m.splits[split].count:
-            problems.append(f"{split}: {seen} samples in shards, manifest says {m.splits[split].count}")
-    return problems
-
-
-def _check_shard(m: Manifest, name: str, tar: str | None, idx: str | None, want: dict[str, Sample],
-                 class_index: dict[str, int], problems: list[str]) -> int:
-    """One tar and its index (local paths, None if missing) against the manifest: problems are
-    appended; returns the number of samples the tar holds."""
-    if tar is None or idx is None:
-        problems.append(f"{name}: tar or index file missing")
-        return 0
-    for n in (name, index_name(name)):
-        if n not in m.files:
-            problems.append(f"{n}: the manifest gives no checksum for it: it cannot be verified")
-    if index_name(name) in m.files and sha256_file(idx) != m.files[index_name(name)]:
-        problems.append(f"{index_name(name)}: index differs from the one written with its shard")
-    if name in m.files and sha256_file(tar) == m.files[name]:  # the bytes that were written: its samples are the manifest's
-        return len(want)
-    try:  # only a tar that differs is read member by member, to name what changed
-        found = _read_shard(tar)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        problems.append(f"{name}: unreadable tar ({e})")
-        return 0
-    before = len(problems)
-    for key in sorted(set(want) ^ set(found)):
-        problems.append(f"{name}: sample {key} is {'missing' if key in want else 'not in the manifest'}")
-    for key in sorted(set(want) & set(found)):
-        smp, got = want[key], found[key]
-        label = NO_LABEL if smp.label is None else class_index[smp.label]
-        expect = smp.members(label, b"")
-        for ext in sorted(set(expect) | set(got)):
-            if ext not in got:
-                problems.append(f"{name}: sample {key} member .{ext} is missing")
-            elif ext not in expect:
-                problems.append(f"{name}: sample {key} member .{ext} is not part of the format")
-            elif ext == AUDIO:
-                if got[ext][0] != smp.wav_sha256:
-                    problems.append(f"{name}: sample {key} member .{ext} differs from the manifest (audio checksum)")
-            elif got[ext][1] != expect[ext]:
-                held = got[ext][1][:40] if got[ext][1] is not None else "more than 1 MB"
-                problems.append(f"{name}: sample {key} member .{ext} differs from the manifest "
-                                f"(holds {held!r}, should hold {expect[ext][:40]!r})")
-    if len(problems) == before and name in m.files:
-        problems.append(f"{name}: file checksum differs from the manifest, outside the samples' members "
-                        "(tar headers or padding)")
-    return len(found)
-
-
-SMALL_MEMBER = 1 << 20  # label, class, uid and metadata members are far smaller; their bytes are compared
-
-
-def _read_shard(tar: str) -> dict[str, dict[str, tuple[str, bytes | None]]]:
-    """{key: {ext: (sha256, the bytes if at most SMALL_MEMBER)}}, hashed as streams: a member is never
-    held whole in memory. A sparse member, or one that claims more bytes than the tar holds, is
-    refused (ValueError): a few KB of tar can declare terabytes."""
-    samples: dict[str, dict[str, tuple[str, bytes | None]]] = defaultdict(dict)
-    size = os.path.getsize(tar)
-    with tarfile.open(tar) as tf:
-        for member in tf:
-            if member.issparse():
-                raise ValueError(f"member {member.name!r} is a sparse file, which shards never hold")
-            if member.size > size:
-                raise ValueError(f"member {member.name!r} claims {member.size:,} bytes, more than the whole tar")
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            h, small, f = hashlib.sha256(), bytearray(), tf.extractfile(member)
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                if len(small) <= SMALL_MEMBER:
-                    small += chunk
-            samples[key][ext] = (h.hexdigest(), bytes(small) if len(small) <= SMALL_MEMBER else None)
-    return samples
 
 
 def summary_line(m: dict) -> str:

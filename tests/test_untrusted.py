@@ -24,7 +24,7 @@ from storage.folder import read_manifest, trust_warnings
 from core.shards import MANIFEST, Manifest, ManifestError, index_name, manifest_bytes
 from storage.store import Limits, Store, StorageError, redact
 from loading.stream import parse_index
-from preprocess.make_shards import _read_shard
+from core.shards import read_shard_members
 
 ESCAPES = ["../../../evil_out/pwn.tar", "/tmp/pt-evil/pwn.tar", "%2F..%2F..%2Fpwn.tar", "..%2Fpwn.tar",
            "..\\..\\pwn.tar", "train-000000.tar\x00.tar", "train-000000.tar/../../pwn.tar", "train-0000001.tar"]
@@ -287,7 +287,7 @@ def test_verify_refuses_sparse_and_oversized_members(tmp_path):
         path = tmp_path / f"{edit.__name__}.tar"
         path.write_bytes(_tar_with_header(edit))
         with pytest.raises(ValueError, match=message):
-            _read_shard(str(path))
+            read_shard_members(str(path))
 
 
 # -------------------------------------------------------------------------------------------- fuzz

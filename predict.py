@@ -145,7 +145,9 @@ def _mmss(s: float) -> str:
     return f"{int(s // 60)}:{s % 60:04.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from features.audio import MIN_SECONDS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="audio files or folders (with --out: one folder, sharded first)")
     p.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best.pt")
@@ -156,14 +158,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeline", action="store_true", help="genre of each window over the whole song")
     p.add_argument("--hop", type=float, default=1.5, help="timeline hop in seconds (window: the clip length)")
     p.add_argument("--plot-dir", default=None, help="with --timeline: write <file>.timeline.png here")
-    from features.audio import MIN_SECONDS
     p.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
                    help="refuse clips shorter than this, as make_shards rejects them (default: make_shards' "
                         "default, %(default)g; the checkpoint does not record the value its shards used)")
     p.add_argument("--allow-short", action="store_true",
                    help="predict clips shorter than --min-seconds anyway, with a warning (shards made with the "
                         "same --min-seconds hold none)")
-    g = p.add_argument_group("collection mode (--out): the sharded DALI path on every rank, resumable")
+    _collection_args(p.add_argument_group("collection mode (--out): the sharded DALI path on every rank, resumable"))
+    args = p.parse_args(argv)
+    if args.min_seconds < 0:
+        p.error("--min-seconds must not be negative")
+    if args.nproc == "auto":
+        from training.distributed import auto_nproc
+        args.nproc = auto_nproc(args.cpu)
+    elif not args.nproc.isdigit() or int(args.nproc) < 1:
+        p.error(f"--nproc {args.nproc}: give a number >= 1 or 'auto'")
+    args.nproc = int(args.nproc)
+    if args.out is None and args.shards is None and not args.paths:
+        p.error("give audio files or folders, or --out FILE with --shards DIR or a folder")
+    return args
+
+
+def _collection_args(g) -> None:
     g.add_argument("--out", default=None, metavar="FILE",
                    help="write every track's prediction here (one line per track: .jsonl, or .csv); a rerun with "
                         "the same --out finishes what is missing; summary in FILE-stem.summary.json/.genres.png")
@@ -190,64 +206,63 @@ def main(argv: list[str] | None = None) -> int:
                         "untrained models)")
     g.add_argument("--eager", action="store_true", help="on a CPU, skip the TorchScript-frozen model (slower)")
     g.add_argument("--sharded-from", default=None, help=argparse.SUPPRESS)  # ranks started for a folder
-    a = p.parse_args(argv)
-    if a.min_seconds < 0:
-        p.error("--min-seconds must not be negative")
-    if a.nproc == "auto":
-        from training.distributed import auto_nproc
-        a.nproc = auto_nproc(a.cpu)
-    elif not a.nproc.isdigit() or int(a.nproc) < 1:
-        p.error(f"--nproc {a.nproc}: give a number >= 1 or 'auto'")
-    a.nproc = int(a.nproc)
-    collection = a.out is not None or a.shards is not None
-    if not collection and not a.paths:
-        p.error("give audio files or folders, or --out FILE with --shards DIR or a folder")
 
-    from features.audio import AudioError
-    from core.checkpoint import CheckpointError
 
-    ckpt = a.checkpoint or default_checkpoint()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ckpt = args.checkpoint or default_checkpoint()
     if ckpt is None:
         print("predict: error: no checkpoint given and none found in runs/*/best.pt (train first)", file=sys.stderr)
         return 2
-    if collection:
+    if args.out is not None or args.shards is not None:
         from predict_collection import run
-        return run(a, ckpt)
+        return run(args, ckpt)
+    return predict_files(args, ckpt)
+
+
+def predict_files(args: argparse.Namespace, ckpt: str) -> int:
+    """The single-file mode: each file decoded and predicted here, one line (or one JSON document)."""
+    from core.checkpoint import CheckpointError
+    from features.audio import AudioError
+
     try:
-        predictor = Predictor(ckpt, a.device)
+        predictor = Predictor(ckpt, args.device)
     except CheckpointError as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
     results, failed = [], 0
-    for path in expand(a.paths):
+    for path in expand(args.paths):
         try:
-            r = predictor.predict_file(path, a.hop if a.timeline else None, a.min_seconds, a.allow_short)
+            r = predictor.predict_file(path, args.hop if args.timeline else None, args.min_seconds, args.allow_short)
         except AudioError as e:
-            if e.reason == "too_short":
-                hint = "" if a.allow_short else "; --allow-short predicts it anyway"
-                print(f"predict: error: {path}: too short: {e.message}{hint}", file=sys.stderr)
-            else:
-                print(f"predict: error: {path}: {e.message}", file=sys.stderr)
+            hint = "" if e.reason != "too_short" or args.allow_short else "; --allow-short predicts it anyway"
+            what = "too short: " if e.reason == "too_short" else ""
+            print(f"predict: error: {path}: {what}{e.message}{hint}", file=sys.stderr)
             failed += 1
             continue
         results.append(r)
-        if not a.json:
-            top = list(r["probabilities"].items())[: a.top]
-            print(f"{path}: {r['genre']}  ({', '.join(f'{g} {pr:.1%}' for g, pr in top)})")
-            for w in r["warnings"]:
-                print(f"  warning: {w}")
-            if a.timeline:
-                for s0, s1, g, pr in timeline_segments(r["timeline"], r["seconds"]):
-                    print(f"  {_mmss(s0)}-{_mmss(s1)}  {g} ({pr:.0%})")
-        if a.timeline and a.plot_dir:
-            os.makedirs(a.plot_dir, exist_ok=True)
-            plot_timeline(r, predictor.classes, os.path.join(a.plot_dir, os.path.basename(path) + ".timeline.png"))
-    if a.json:
+        if not args.json:
+            show(r, path, args.top, args.timeline)
+        if args.timeline and args.plot_dir:
+            os.makedirs(args.plot_dir, exist_ok=True)
+            plot_timeline(r, predictor.classes, os.path.join(args.plot_dir, os.path.basename(path) + ".timeline.png"))
+    if args.json:
         for r in results:
-            r["probabilities"] = dict(list(r["probabilities"].items())[: a.top])
+            r["probabilities"] = dict(list(r["probabilities"].items())[: args.top])
         json.dump({"checkpoint": ckpt, "results": results}, sys.stdout, indent=1)
         print()
     return 2 if failed else 0
+
+
+def show(result: dict, path: str, top: int, timeline: bool) -> None:
+    """One file's verdict for a person: genre and top probabilities, warnings, the timeline's segments."""
+    best = list(result["probabilities"].items())[:top]
+    print(f"{path}: {result['genre']}  ({', '.join(f'{g} {pr:.1%}' for g, pr in best)})")
+    for w in result["warnings"]:
+        print(f"  warning: {w}")
+    if timeline:
+        for s0, s1, g, pr in timeline_segments(result["timeline"], result["seconds"]):
+            print(f"  {_mmss(s0)}-{_mmss(s1)}  {g} ({pr:.0%})")
 
 
 if __name__ == "__main__":

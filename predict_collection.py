@@ -29,6 +29,7 @@ Errors are one line, `predict: error: <file or folder>: <reason>`, exit 2.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -263,16 +264,16 @@ def _source(root: str | None, source: str) -> str:
     return os.path.normpath(os.path.join(root, source)) if root else source
 
 
-def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
+def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
     """Check the request and resolve the shard folder (sharding a plain folder first when
     `may_shard`); raise CollectionError naming the file or folder."""
     from core.checkpoint import CheckpointError
     from inference.classifier import load_classifier
 
-    if not a.out:
+    if not args.out:
         raise CollectionError("--shards needs --out FILE (where the predictions go)")
-    out = a.out
-    fmt = format_of(out, a.format)
+    out = args.out
+    fmt = format_of(out, args.format)
     if os.path.isdir(out):
         raise CollectionError(f"{out}: --out is a folder; give a file name, e.g. {os.path.join(out, 'predictions.' + fmt)}")
     parent = os.path.dirname(os.path.abspath(out))
@@ -280,42 +281,42 @@ def prepare(a, ckpt: str, *, may_shard: bool) -> Job:
         raise CollectionError(f"{parent}: no such folder (for --out {out})")
     if not os.access(parent, os.W_OK):
         raise CollectionError(f"{parent}: folder is not writable (for --out {out})")
-    if a.batch_size is not None and a.batch_size < 1:
-        raise CollectionError(f"--batch-size {a.batch_size}: must be at least 1")
-    hop = a.hop if a.timeline else None
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CollectionError(f"--batch-size {args.batch_size}: must be at least 1")
+    hop = args.hop if args.timeline else None
     if hop is not None and hop <= 0:
         raise CollectionError(f"--hop {hop}: must be positive")
     try:
         _, classes, spec = load_classifier(ckpt)
     except CheckpointError as e:
         raise CollectionError(str(e)) from None
-    folder = getattr(a, "sharded_from", None)  # set for the ranks a folder's launcher started
-    if a.shards:
-        if a.paths:
-            raise CollectionError(f"{a.paths[0]}: give --shards DIR or an audio folder, not both")
-        shards = a.shards
+    folder = getattr(args, "sharded_from", None)  # set for the ranks a folder's launcher started
+    if args.shards:
+        if args.paths:
+            raise CollectionError(f"{args.paths[0]}: give --shards DIR or an audio folder, not both")
+        shards = args.shards
         if not is_remote(shards) and not os.path.isdir(shards):
             raise CollectionError(f"{shards}: no such folder (--shards)")
     else:
-        if len(a.paths) != 1 or not os.path.isdir(a.paths[0]):
-            what = a.paths[0] if len(a.paths) == 1 else " ".join(a.paths) or "(nothing)"
+        if len(args.paths) != 1 or not os.path.isdir(args.paths[0]):
+            what = args.paths[0] if len(args.paths) == 1 else " ".join(args.paths) or "(nothing)"
             raise CollectionError(f"{what}: --out without --shards takes one folder of audio files")
-        folder = a.paths[0]
+        folder = args.paths[0]
         if os.path.abspath(out).startswith(os.path.join(os.path.abspath(folder), "")):
             raise CollectionError(f"{out}: --out lies inside {folder}, whose files are read as audio; write it elsewhere")
         shards = Paths(out).shards
-    job = Job(out=out, fmt=fmt, shards=shards, checkpoint=ckpt, source_root=a.source_root or folder,
-              timeline_hop=hop, batch_size=a.batch_size, threads=a.threads, cpu=a.cpu, eager=a.eager, amp=a.amp,
-              folder=folder, min_seconds=a.min_seconds, allow_unverified=a.allow_unverified,
-              manifest_sha256=a.manifest_sha256)
+    job = Job(out=out, fmt=fmt, shards=shards, checkpoint=ckpt, source_root=args.source_root or folder,
+              timeline_hop=hop, batch_size=args.batch_size, threads=args.threads, cpu=args.cpu, eager=args.eager, amp=args.amp,
+              folder=folder, min_seconds=args.min_seconds, allow_unverified=args.allow_unverified,
+              manifest_sha256=args.manifest_sha256)
     job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": sha256_file(ckpt), "classes": classes,
                     "timeline_hop": hop}
     check_resumable(job)  # before any sharding: a refused rerun costs nothing
-    if not a.shards and may_shard:
+    if not args.shards and may_shard:
         if folder_unchanged(job):
             job.up_to_date = True
             return job
-        shard_folder(folder, shards, spec, a.min_seconds)
+        shard_folder(folder, shards, spec, args.min_seconds)
     try:
         manifest = read_job_manifest(job)
     except (FileNotFoundError, ValueError, StorageError) as e:
@@ -467,21 +468,13 @@ def optimise(model, spec, device, eager: bool):
         return model
 
 
-def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int]:
-    """This rank's tracks that are not done yet, appended to its part file.
-    Returns (tracks, seconds of audio, torn bytes cut off its part file)."""
-
+def pending_loaders(job: Job, env, manifest, spec, done: dict[str, dict]) -> list:
+    """This rank's evaluation loaders over the tars that still hold a track without a prediction
+    (tars whose tracks are all done are not read again)."""
     from loading.loader import DaliLoader
-    from training.amp import Amp
-    from inference.classifier import load_classifier
 
-    manifest = read_job_manifest(job)
-    model, classes, spec = load_classifier(job.checkpoint, str(env.device))
-    amp = Amp.create(env.device, job.amp)
-    model = optimise(model, spec, env.device, job.eager or (job.amp and env.device.type == "cpu"))
-    samples = {s.uid: s for s in manifest.samples}
     todo_tars: dict[str, list[str]] = {}
-    for split in manifest.split_names:  # tars whose tracks are all done are not read again
+    for split in manifest.split_names:
         pending = {s.shard for s in manifest.samples
                    if s.split == split and _source(job.source_root, s.source) not in done}
         tars = [t for t in manifest.splits[split].shards if t in pending]
@@ -490,10 +483,25 @@ def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
     threads = job.threads or max(1, (os.cpu_count() or 1) // local_world)
     batch = job.batch_size or (DEFAULT_GPU_BATCH if env.device.type == "cuda" else 1)
-    loaders = [DaliLoader(job.shards, split, spec, batch, train=False, rank=env.rank, world_size=env.world_size,
-                          device=env.device, num_threads=threads, shards=tars, manifest=manifest,
-                          allow_unverified=job.allow_unverified)
-               for split, tars in todo_tars.items()]
+    return [DaliLoader(job.shards, split, spec, batch, train=False, rank=env.rank, world_size=env.world_size,
+                       device=env.device, num_threads=threads, shards=tars, manifest=manifest,
+                       allow_unverified=job.allow_unverified)
+            for split, tars in todo_tars.items()]
+
+
+def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int]:
+    """This rank's tracks that are not done yet, appended to its part file.
+    Returns (tracks, seconds of audio, torn bytes cut off its part file)."""
+
+    from inference.classifier import load_classifier
+    from training.amp import Amp
+
+    manifest = read_job_manifest(job)
+    model, classes, spec = load_classifier(job.checkpoint, str(env.device))
+    amp = Amp.create(env.device, job.amp)
+    model = optimise(model, spec, env.device, job.eager or (job.amp and env.device.type == "cpu"))
+    samples = {s.uid: s for s in manifest.samples}
+    loaders = pending_loaders(job, env, manifest, spec, done)
     writer = PartWriter(job.paths.part(env.rank), job.identity)
     windows = Windows(model, spec, classes, amp, job.timeline_hop,
                       GPU_WINDOWS if env.device.type == "cuda" else CPU_WINDOWS)
@@ -677,21 +685,21 @@ def summary_text(s: dict, classes: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------- main
 
-def run(a, ckpt: str) -> int:
-    """predict.py --out / --shards. `a`: predict.py's parsed arguments."""
+def run(args: argparse.Namespace, ckpt: str) -> int:
+    """predict.py --out / --shards, with predict.py's parsed arguments."""
     from training import distributed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    launching = world == 1 and a.nproc > 1
+    launching = world == 1 and args.nproc > 1
     try:
-        if world > 1 and not a.shards:
-            raise CollectionError(f"{a.paths[0] if a.paths else '(no folder)'}: under torchrun give --shards DIR "
+        if world > 1 and not args.shards:
+            raise CollectionError(f"{args.paths[0] if args.paths else '(no folder)'}: under torchrun give --shards DIR "
                                   "(make_shards.py --unlabeled FOLDER DIR first), or use python predict.py --nproc N "
                                   "FOLDER --out ...")
-        job = prepare(a, ckpt, may_shard=world == 1)
+        job = prepare(args, ckpt, may_shard=world == 1)
         if launching:
-            distributed.check_placement(a.nproc, a.cpu)
+            distributed.check_placement(args.nproc, args.cpu)
     except (CollectionError, distributed.PlacementError) as e:
         if rank == 0:
             print(f"predict: error: {e}", file=sys.stderr)
@@ -706,7 +714,7 @@ def run(a, ckpt: str) -> int:
     if launching:
         from importlib.util import find_spec
         script = find_spec("predict").origin
-        rc = distributed.launch_local(a.nproc, script, rank_args(job))
+        rc = distributed.launch_local(args.nproc, script, rank_args(job))
         if rc == 0:
             _cleanup(job)
         return 2 if rc else 0

@@ -42,7 +42,28 @@ from training.step import train_step
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
-    g = p.add_argument_group("data")
+    _data_args(p.add_argument_group("data"))
+    _training_args(p)
+    args = p.parse_args(argv)
+    if args.crops_per_track < 1 or args.batch_size % args.crops_per_track:
+        p.error(f"--crops-per-track {args.crops_per_track} must be >= 1 and divide --batch-size {args.batch_size}")
+    if args.nproc == "auto":
+        args.nproc = distributed.auto_nproc(args.cpu)
+    elif not args.nproc.isdigit() or int(args.nproc) < 1:
+        p.error(f"--nproc {args.nproc}: give a number >= 1 or 'auto'")
+    args.nproc = int(args.nproc)
+    if args.sync_every < 1:
+        p.error("--sync-every must be >= 1")
+    if args.cache_limit is not None and args.cache_limit <= 0:
+        p.error("--cache-limit must be > 0 GB")
+    if args.shuffle_window < 1:
+        p.error("--shuffle-window must be >= 1")
+    if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
+        p.error("--manifest-sha256 takes the 64 hex digits of a sha256")
+    return args
+
+
+def _data_args(g) -> None:
     g.add_argument("--shards", default="shards",
                    help="folder written by make_shards (default: shards/), or a remote one: s3://bucket/prefix, "
                         "gs://bucket/prefix, https://host/path (read through the node cache)")
@@ -64,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--crops-per-track", type=int, default=4,
                    help="random crops cut from each decoded track per epoch (divides --batch-size; 1: one crop)")
     g.add_argument("--threads", type=int, default=None, help="DALI threads per rank (default: cores / ranks)")
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="baseline", choices=sorted(MODELS),
                    help="baseline: the original 4-block CNN (default: best validation accuracy on synth --hard); "
@@ -97,23 +121,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="continue from RUN_DIR/last.pt, else prev.pt (default RUN_DIR: newest run); automatic after "
                         "an elastic restart")
     g.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
-    args = p.parse_args(argv)
-    if args.crops_per_track < 1 or args.batch_size % args.crops_per_track:
-        p.error(f"--crops-per-track {args.crops_per_track} must be >= 1 and divide --batch-size {args.batch_size}")
-    if args.nproc == "auto":
-        args.nproc = distributed.auto_nproc(args.cpu)
-    elif not args.nproc.isdigit() or int(args.nproc) < 1:
-        p.error(f"--nproc {args.nproc}: give a number >= 1 or 'auto'")
-    args.nproc = int(args.nproc)
-    if args.sync_every < 1:
-        p.error("--sync-every must be >= 1")
-    if args.cache_limit is not None and args.cache_limit <= 0:
-        p.error("--cache-limit must be > 0 GB")
-    if args.shuffle_window < 1:
-        p.error("--shuffle-window must be >= 1")
-    if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
-        p.error("--manifest-sha256 takes the 64 hex digits of a sha256")
-    return args
 
 
 def saved_args(args: argparse.Namespace) -> dict:

@@ -179,19 +179,8 @@ def read_list(list_file: str, base: str | None = None) -> tuple[list[Item], list
         raise UsageError(f"{list_file}: not UTF-8 text") from None
     except OSError as e:
         raise UsageError(f"{list_file}: cannot read list ({e.strerror or e})") from None
-    first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
-    delimiter = "\t" if "\t" in first else ","  # paths may hold commas, hardly ever tabs
     base = base if base is not None else os.path.dirname(os.path.abspath(list_file))
-
-    rows: list[tuple[int, list[str]]] = []
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    for row in reader:
-        cells = [c.strip() for c in row]
-        if not any(cells) or cells[0].startswith("#"):
-            continue
-        rows.append((reader.line_num, cells))
-    if not rows:
-        raise UsageError(f"{list_file}: list has no rows")
+    rows = _list_rows(list_file, text)
     cols = {"path": 0, "label": 1}
     head = [c.lower() for c in rows[0][1]]
     header = head[0] in _PATH_COLS or bool(_PATH_COLS & set(head) and _LABEL_COLS & set(head))
@@ -221,6 +210,27 @@ def read_list(list_file: str, base: str | None = None) -> tuple[list[Item], list
         split = cells[cols["split"]] if has_split else None
         seen[full].append((line, Item(full, os.path.normpath(path), label, split)))
 
+    items, rejects = _list_items(seen)
+    return items, rejects, has_split
+
+
+def _list_rows(list_file: str, text: str) -> list[tuple[int, list[str]]]:
+    """(line number, stripped cells) of a list's non-empty, non-comment rows, tab- or comma-separated."""
+    first = next((ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")), "")
+    delimiter = "\t" if "\t" in first else ","  # paths may hold commas, hardly ever tabs
+    rows: list[tuple[int, list[str]]] = []
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    for row in reader:
+        cells = [c.strip() for c in row]
+        if cells and any(cells) and not cells[0].startswith("#"):
+            rows.append((reader.line_num, cells))
+    if not rows:
+        raise UsageError(f"{list_file}: list has no rows")
+    return rows
+
+
+def _list_items(seen: dict[str, list[tuple[int, Item]]]) -> tuple[list[Item], list[dict]]:
+    """A list's files, each once: a file listed under two labels, twice, missing or a folder is rejected."""
     items, rejects = [], []
     for full, entries in seen.items():
         first_line, item = entries[0]
@@ -238,7 +248,7 @@ def read_list(list_file: str, base: str | None = None) -> tuple[list[Item], list
             rejects.append(_reject(item.rel, "unreadable", f"is a folder, not a file (list line {first_line})"))
         else:
             items.append(item)
-    return items, rejects, has_split
+    return items, rejects
 
 
 def apply_split_method(items: list[Item], method: str) -> tuple[list[Item], list[dict]]:
@@ -644,25 +654,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def verify_main(folder: str) -> int:
+    """make_shards.py --verify OUT: one line per problem, then OK or the count; exit 0, 1 or 2."""
+    try:
+        problems = verify(folder)
+    except (UsageError, StorageError) as e:
+        print(f"make_shards: error: {e}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(f"verify: {line}", file=sys.stderr)
+    print(f"verify: {folder}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The build's arguments, checked; args.src and args.out resolved from the positional paths."""
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                 usage="make_shards.py SRC [OUT|s3://bucket/prefix/] [options]\n       make_shards.py --list FILE [SRC] [OUT] [options]"
                       "\n       make_shards.py --unlabeled SRC [OUT] [options]\n       make_shards.py --verify OUT")
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--verify"]:
-        if len(argv) != 2:
-            print("usage: make_shards.py --verify OUT", file=sys.stderr)
-            return 2
-        try:
-            problems = verify(argv[1])
-        except (UsageError, StorageError) as e:
-            print(f"make_shards: error: {e}", file=sys.stderr)
-            return 2
-        for line in problems:
-            print(f"verify: {line}", file=sys.stderr)
-        print(f"verify: {argv[1]}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
-        return 1 if problems else 0
     p.add_argument("paths", nargs="*", metavar="[SRC] OUT",
                    help="SRC: folder of class folders (or GTZAN's genres_original/); with --list, optional base "
                         "folder for the list's relative paths. OUT: output folder (default: shards/), or "
@@ -689,26 +698,36 @@ def main(argv: list[str] | None = None) -> int:
                    help="remote OUT only: where the shards are built before the upload (default: "
                         "~/.cache/parallel_tunes/staging/<hash of OUT>); a rerun resumes there")
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
-    a = p.parse_intermixed_args(argv)
-    if a.list_file is None and not 1 <= len(a.paths) <= 2:
+    args = p.parse_intermixed_args(argv)
+    if args.list_file is None and not 1 <= len(args.paths) <= 2:
         p.error("give SRC [OUT], or --list FILE [SRC] [OUT]")
-    if len(a.paths) > 2:
-        p.error(f"too many paths: {' '.join(a.paths)}")
-    if a.list_file is not None:
-        src, out = (None, "shards") if not a.paths else (None, a.paths[0]) if len(a.paths) == 1 else a.paths
+    if len(args.paths) > 2:
+        p.error(f"too many paths: {' '.join(args.paths)}")
+    if args.list_file is not None:
+        args.src, args.out = (None, args.paths[0] if args.paths else "shards") if len(args.paths) < 2 else args.paths
     else:
-        src, out = a.paths[0], (a.paths[1] if len(a.paths) == 2 else "shards")
-    if not (0 <= a.val < 1 and 0 <= a.test < 1 and a.val + a.test < 1):
+        args.src, args.out = args.paths[0], (args.paths[1] if len(args.paths) == 2 else "shards")
+    if not (0 <= args.val < 1 and 0 <= args.test < 1 and args.val + args.test < 1):
         p.error("--val and --test must be fractions with val + test < 1")
     for name in ("workers", "max_per_shard", "min_shards", "sample_rate"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if a.min_seconds < 0 or a.max_seconds < 0:
+    if args.min_seconds < 0 or args.max_seconds < 0:
         p.error("--min-seconds and --max-seconds must not be negative")
-    remote = is_remote(out)
-    if a.staging is not None and not remote:
+    if args.staging is not None and not is_remote(args.out):
         p.error("--staging is for a remote OUT (s3://, gs://) only")
-    uploaded = ""
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--verify"]:
+        if len(argv) != 2:
+            print("usage: make_shards.py --verify OUT", file=sys.stderr)
+            return 2
+        return verify_main(argv[1])
+    args = parse_args(argv)
+    remote, uploaded = is_remote(args.out), ""
     try:
         if remote:  # build locally in the staging folder, then upload (storage/upload.py)
             from tqdm import tqdm
@@ -716,28 +735,24 @@ def main(argv: list[str] | None = None) -> int:
             from storage.store import Store
             from storage.upload import check_destination, clear_staging, default_staging, upload
             log = lambda line: tqdm.write(f"make_shards: {line}", file=sys.stderr)  # noqa: E731 - retries
-            check_destination(out, log)
-            store = Store(out, log=log)
-            build = a.staging or default_staging(out)
-        else:
-            build = out
-        m = make_shards(src, build, list_file=a.list_file, split=a.split, val=a.val, test=a.test, seed=a.seed,
-                        workers=a.workers, min_seconds=a.min_seconds, max_seconds=a.max_seconds or None,
-                        max_per_shard=a.max_per_shard, min_shards=a.min_shards,
-                        spec=FeatureSpec(sample_rate=a.sample_rate), unlabeled=a.unlabeled, keep_work=remote)
+            check_destination(args.out, log)
+            store = Store(args.out, log=log)
+        build = (args.staging or default_staging(args.out)) if remote else args.out
+        manifest = make_shards(args.src, build, list_file=args.list_file, split=args.split, val=args.val,
+                               test=args.test, seed=args.seed, workers=args.workers, min_seconds=args.min_seconds,
+                               max_seconds=args.max_seconds or None, max_per_shard=args.max_per_shard,
+                               min_shards=args.min_shards, spec=FeatureSpec(sample_rate=args.sample_rate),
+                               unlabeled=args.unlabeled, keep_work=remote)
         if remote:
             n, size, kept = upload(build, store, after_each=lambda i: fault_point("uploads", i))
             clear_staging(build)
-            uploaded = f"{store.root}: uploaded {n} file(s), {size / 1e6:.1f} MB ({kept} already there)"
-    except (UsageError, StorageError) as e:
-        print(f"make_shards: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. disk full or OUT not writable: the message names the file
+            uploaded = f"{store.shown_root}: uploaded {n} file(s), {size / 1e6:.1f} MB ({kept} already there)"
+    except (UsageError, StorageError, OSError) as e:  # OSError: e.g. disk full or OUT not writable; names the file
         print(f"make_shards: error: {e}", file=sys.stderr)
         return 2
     if uploaded:
         print(uploaded)
-    print(summary_line(m))
+    print(summary_line(manifest))
     return 0
 
 

@@ -8,10 +8,10 @@ path, on every rank, into one JSONL or CSV file.
 How it works:
 - Features: the DALI evaluation graph (audio_pipeline train=False: whole tracks, padded to the
   batch, and their lengths) with the checkpoint's FeatureSpec; windows cut and averaged by
-  training.evaluate.track_logits, as evaluation does; --timeline windows as predict.py cuts them.
+  features.windows.track_logits, as evaluation does; --timeline windows as predict.py cuts them.
   On the GPU when there is one (local rank i on cuda:i, never two ranks on one GPU); --cpu stays
-  on the CPU, where the model is frozen with TorchScript (conv + BatchNorm folded, oneDNN layouts:
-  2.5-2.8x the eager model's windows/s on 2 cores; --eager not) and fed 8 windows at a time.
+  on the CPU, where the model is frozen with TorchScript (conv + BatchNorm folded, oneDNN layouts;
+  --eager not) and fed 8 windows at a time (README, "A whole collection", for the figures).
 - Shares: DaliLoader(rank, world_size) gives each rank its part of every split; the repeats that
   fill shards and last batches have weight 0 and are skipped: each track is predicted by one rank.
 - Journal: each rank appends one complete JSON line per finished track to OUT.parts/rank-NNNNN.jsonl,
@@ -47,7 +47,7 @@ from storage.store import StorageError, is_remote, redact
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
 CLIP_UNIT_S = 30.0     # throughput is reported in clips of 30 s per second
 GPU_WINDOWS = 256      # model windows per forward pass on a GPU
-CPU_WINDOWS = 8        # ... on a CPU: small batches stay in cache (2 cores: 185 windows/s at 8, 143 at 256)
+CPU_WINDOWS = 8        # ... on a CPU: small batches stay in cache (faster than 256 there: README)
 DEFAULT_GPU_BATCH = 32 # tracks per DALI batch on a GPU; on a CPU 1 (see run's --batch-size help)
 HEADER = "parallel-tunes-predictions"
 
@@ -60,33 +60,20 @@ class CollectionError(Exception):
 
 @dataclass(frozen=True)
 class Paths:
+    """Every file and folder the collection mode writes, named after OUT (`Paths.of(out)`)."""
     out: str
+    parts: str         # the ranks' journals (rank-NNNNN.jsonl), removed once OUT is complete
+    summary: str       # OUT-stem.summary.json
+    png: str           # OUT-stem.genres.png
+    timeline_csv: str  # OUT-stem.timeline.csv (--timeline with a CSV OUT)
+    shards: str        # where a folder given without --shards is sharded; removed once OUT is complete
 
-    @property
-    def stem(self) -> str:
-        root, ext = os.path.splitext(self.out)
-        return root if ext else self.out
-
-    @property
-    def parts(self) -> str:
-        return self.out + ".parts"
-
-    @property
-    def summary(self) -> str:
-        return self.stem + ".summary.json"
-
-    @property
-    def png(self) -> str:
-        return self.stem + ".genres.png"
-
-    @property
-    def timeline_csv(self) -> str:
-        return self.stem + ".timeline.csv"
-
-    @property
-    def shards(self) -> str:
-        """Where a folder given without --shards is sharded; removed once OUT is complete."""
-        return self.out + ".shards"
+    @classmethod
+    def of(cls, out: str) -> "Paths":
+        root, ext = os.path.splitext(out)
+        stem = root if ext else out
+        return cls(out, out + ".parts", stem + ".summary.json", stem + ".genres.png", stem + ".timeline.csv",
+                   out + ".shards")
 
     def part(self, rank: int) -> str:
         return os.path.join(self.parts, f"rank-{rank:05d}.jsonl")
@@ -239,7 +226,7 @@ class Job:
     """What every rank needs, decided once (in the launching process) and checked the same way in each rank."""
     out: str
     fmt: str
-    shards: str
+    shard_dir: str                       # the shard folder read (--shards, or the one made for a folder)
     checkpoint: str
     source_root: str | None
     timeline_hop: float | None
@@ -257,7 +244,7 @@ class Job:
 
     @property
     def paths(self) -> Paths:
-        return Paths(self.out)
+        return Paths.of(self.out)
 
 
 def _source(root: str | None, source: str) -> str:
@@ -304,8 +291,8 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
         folder = args.paths[0]
         if os.path.abspath(out).startswith(os.path.join(os.path.abspath(folder), "")):
             raise CollectionError(f"{out}: --out lies inside {folder}, whose files are read as audio; write it elsewhere")
-        shards = Paths(out).shards
-    job = Job(out=out, fmt=fmt, shards=shards, checkpoint=ckpt, source_root=args.source_root or folder,
+        shards = Paths.of(out).shards
+    job = Job(out=out, fmt=fmt, shard_dir=shards, checkpoint=ckpt, source_root=args.source_root or folder,
               timeline_hop=hop, batch_size=args.batch_size, threads=args.threads, cpu=args.cpu, eager=args.eager, amp=args.amp,
               folder=folder, min_seconds=args.min_seconds, allow_unverified=args.allow_unverified,
               manifest_sha256=args.manifest_sha256)
@@ -321,7 +308,8 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
         manifest = read_job_manifest(job)
     except (FileNotFoundError, ValueError, StorageError) as e:
         raise CollectionError(str(e)) from None
-    if int(os.environ.get("RANK", "0")) == 0:
+    from training.distributed import launch
+    if launch().is_main:
         from storage.folder import trust_warnings
         for line in trust_warnings(shards, manifest, pinned=job.manifest_sha256 is not None):
             print(f"predict: {line}", file=sys.stderr)
@@ -335,7 +323,7 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
 def read_job_manifest(job: Job):
     """The job's manifest, with the user's trust options (storage.folder.read_manifest)."""
     from storage.folder import read_manifest
-    return read_manifest(job.shards, allow_unverified=job.allow_unverified, sha256=job.manifest_sha256)
+    return read_manifest(job.shard_dir, allow_unverified=job.allow_unverified, sha256=job.manifest_sha256)
 
 
 def _folder_files(folder: str, shards: str) -> list:
@@ -444,8 +432,8 @@ def done_records(job: Job, classes: list[str]) -> tuple[dict[str, dict], int, in
 
 def optimise(model, spec, device, eager: bool):
     """The model as inference runs it: channels_last on a GPU; on a CPU frozen with TorchScript
-    (conv + BatchNorm folded, oneDNN layouts: the baseline CNN at 185 windows/s on 2 cores, eager
-    58-77; logits within 3e-7), unless `eager` or tracing fails."""
+    (conv + BatchNorm folded, oneDNN layouts; README for its speed and logit differences), unless
+    `eager` or tracing fails."""
     import warnings
 
     import torch
@@ -480,10 +468,9 @@ def pending_loaders(job: Job, env, manifest, spec, done: dict[str, dict]) -> lis
         tars = [t for t in manifest.splits[split].shards if t in pending]
         if tars:
             todo_tars[split] = tars
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    threads = job.threads or max(1, (os.cpu_count() or 1) // local_world)
+    threads = job.threads or max(1, (os.cpu_count() or 1) // env.local_world_size)
     batch = job.batch_size or (DEFAULT_GPU_BATCH if env.device.type == "cuda" else 1)
-    return [DaliLoader(job.shards, split, spec, batch, train=False, rank=env.rank, world_size=env.world_size,
+    return [DaliLoader(job.shard_dir, split, spec, batch, train=False, rank=env.rank, world_size=env.world_size,
                        device=env.device, num_threads=threads, shards=tars, manifest=manifest,
                        allow_unverified=job.allow_unverified)
             for split, tars in todo_tars.items()]
@@ -555,7 +542,7 @@ class Windows:
 
     Each track keeps only its own frames (1 + n // hop; DALI pads the batch's audio to its longest
     track) and is padded here with the FeatureSpec's floor value, as predict.py and the training
-    crops pad a short track; windows are then cut and averaged by training.evaluate.track_logits."""
+    crops pad a short track; windows are then cut and averaged by features.windows.track_logits."""
 
     def __init__(self, model, spec, classes: list[str], amp, timeline_hop: float | None, chunk: int):
         from inference.scoring import hop_frames
@@ -637,7 +624,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
     summary = {
         "out": paths.out, "summary": paths.summary, "format_written": job.fmt, "out_sha256": sha256_file(paths.out),
         "identity": job.identity, "checkpoint": job.checkpoint,
-        "shards": None if job.folder else redact(job.shards), "folder": job.folder,
+        "shards": None if job.folder else redact(job.shard_dir), "folder": job.folder,
         "min_seconds": job.min_seconds if job.folder else None,
         "tracks": len(records), "seconds": round(total_s, 2),
         "new_tracks": stats["tracks"], "new_seconds": round(stats["seconds"], 2),
@@ -689,8 +676,8 @@ def run(args: argparse.Namespace, ckpt: str) -> int:
     """predict.py --out / --shards, with predict.py's parsed arguments."""
     from training import distributed
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    here = distributed.launch()
+    world, rank = here.world_size, here.rank
     launching = world == 1 and args.nproc > 1
     try:
         if world > 1 and not args.shards:
@@ -722,7 +709,7 @@ def run(args: argparse.Namespace, ckpt: str) -> int:
     try:
         env = distributed.setup(force_cpu=job.cpu)
     except distributed.PlacementError as e:  # under torchrun, every rank of the machine: its first reports
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if here.local_rank == 0:
             print(f"predict: error: {e}", file=sys.stderr)
         return 2
     try:
@@ -756,7 +743,7 @@ def _cleanup(job: Job) -> None:
 
 def rank_args(job: Job) -> list[str]:
     """predict.py's arguments for the launched ranks: the same job, on the resolved shard folder."""
-    args = ["--shards", job.shards, "--out", job.out, "--checkpoint", job.checkpoint, "--format", job.fmt]
+    args = ["--shards", job.shard_dir, "--out", job.out, "--checkpoint", job.checkpoint, "--format", job.fmt]
     if job.batch_size:
         args += ["--batch-size", str(job.batch_size)]
     if job.source_root:

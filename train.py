@@ -7,7 +7,7 @@
 Reads shards/ (preprocess/make_shards.py). Writes RUN_DIR/{last,best}.pt, metrics.json,
 curves.png, confusion.png; rank 0 shows the progress bar and logs.
 
-Reading order: main() -> build() -> resume() -> train_one_epoch() / validate -> finish().
+Reading order: main() -> build() (CheckpointSaver.resume) -> train_one_epoch() -> evaluate -> end_epoch() -> finish().
 """
 from __future__ import annotations
 
@@ -169,8 +169,7 @@ class Trainer:
 
 
 def loader_kw(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest) -> dict:
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
-    threads = args.threads or max(1, (os.cpu_count() or 1) // local_world)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // env.local_world_size)
     limit = None if args.cache_limit is None else int(args.cache_limit * 1e9)
     return dict(rank=env.rank, world_size=env.world_size, device=env.device, num_threads=threads, seed=args.seed,
                 manifest=manifest, cache_dir=args.cache_dir, cache_limit=limit, allow_unverified=args.allow_unverified,
@@ -179,12 +178,12 @@ def loader_kw(args: argparse.Namespace, env: distributed.DistEnv, manifest: Mani
 
 def _warn(line: str) -> None:
     """Storage retries and cache warnings, from any rank, on stderr (the bar is on stdout)."""
-    print(f"[rank {os.environ.get('RANK', '0')}] {line}", file=sys.stderr, flush=True)
+    print(f"[rank {distributed.launch().rank}] {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if args.nproc > 1 and distributed.launch().world_size == 1:
         distributed.check_placement(args.nproc, args.cpu)  # fail here, in one line, not in every rank
         return distributed.launch_local(args.nproc, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv)
     try:
@@ -201,27 +200,27 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
     try:
         torch.manual_seed(args.seed)  # before the model is built: its initial weights follow the seed
-        t, start = build(args, env, manifest)
+        trainer, start = build(args, env, manifest)
     except checkpoint.CheckpointError as e:
         if env.is_main:
             print(f"train: error: {e}", file=sys.stderr)
         distributed.teardown(env)
         return 2
-    t.log(f"model {args.model}: {count_parameters(t.model):,} parameters | {env.world_size} rank(s) on "
-          f"{env.device.type} | precision {t.amp.name} | {manifest.splits['train'].count} training tracks x "
-          f"{args.crops_per_track} crops, {t.steps} steps/epoch | run dir {t.run_dir}")
+    trainer.log(f"model {args.model}: {count_parameters(trainer.model):,} parameters | {env.world_size} rank(s) on "
+          f"{env.device.type} | precision {trainer.amp.name} | {manifest.splits['train'].count} training tracks x "
+          f"{args.crops_per_track} crops, {trainer.steps} steps/epoch | run dir {trainer.run_dir}")
     if start.path:
-        t.log(f"resumed from {start.path} at epoch {start.epoch} step {start.step}")
+        trainer.log(f"resumed from {start.path} at epoch {start.epoch} step {start.step}")
 
-    watch = NonFiniteWatch(env, manifest.key_of()) if t.amp.scaler is None else None
-    step, progress = start.step, start.progress
+    watch = NonFiniteWatch(env, manifest.key_of()) if trainer.amp.scaler is None else None
+    step, saved_sums = start.step, start.sums
     for epoch in range(start.epoch, args.epochs + 1):
-        stats = train_one_epoch(t, epoch, step, progress, watch)
-        step, progress = 0, None
-        val = evaluate(t.net, t.val_loader, t.spec, env, t.amp, len(t.classes))
-        end_epoch(t, epoch, stats, val)
+        stats = train_one_epoch(trainer, epoch, step, saved_sums, watch)
+        step, saved_sums = 0, None
+        val = evaluate(trainer.net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
+        end_epoch(trainer, epoch, stats, val)
 
-    result = finish(t)
+    result = finish(trainer)
     distributed.teardown(env)
     return result
 
@@ -255,48 +254,48 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
     start.load_into(optimizer, scheduler)  # after the scheduler's constructor, which resets the learning rate
-    t = Trainer(args, env, manifest, spec, run_dir, saver, model, net, optimizer, scheduler, amp, train_loader,
+    trainer = Trainer(args, env, manifest, spec, run_dir, saver, model, net, optimizer, scheduler, amp, train_loader,
                 val_loader, start.history, start.best)
-    return t, start
+    return trainer, start
 
 
-def train_one_epoch(t: Trainer, epoch: int, first_step: int, progress: list[float] | None,
+def train_one_epoch(trainer: Trainer, epoch: int, first_step: int, saved_sums: list[float] | None,
                     watch: NonFiniteWatch | None) -> EpochStats:
     """Steps first_step..steps-1 of `epoch` on this rank; returns the epoch's figures over all ranks.
 
-    `progress`: the running sums saved with a mid-epoch checkpoint, so a resumed epoch's figures
+    `saved_sums`: the running sums saved with a mid-epoch checkpoint, so a resumed epoch's figures
     equal an uninterrupted one's. Nothing in a step reads from the device: the sums and the
     non-finite check are read every --sync-every steps (training/stats.py).
     """
-    args, env = t.args, t.env
-    t.net.train()
-    sums = RunningSums(env.device, progress)
-    bar = _bar(env, t.steps, f"epoch {epoch}/{args.epochs}", first_step)
-    it = iter(t.train_loader)
+    args, env = trainer.args, trainer.env
+    trainer.net.train()
+    sums = RunningSums(env.device, saved_sums)
+    bar = _bar(env, trainer.steps, f"epoch {epoch}/{args.epochs}", first_step)
+    it = iter(trainer.train_loader)
     t0 = time.perf_counter()
     try:
-        for step in range(first_step, t.steps):
+        for step in range(first_step, trainer.steps):
             tw = time.perf_counter()
             b = next(it)
             sums.data_wait += time.perf_counter() - tw
             with no_sync_check(env.device):  # nothing here may wait for the GPU
-                r = train_step(t.net, b.x, b.y, b.weight, t.optimizer, t.amp, n_classes=len(t.classes),
+                r = train_step(trainer.net, b.x, b.y, b.weight, trainer.optimizer, trainer.amp, n_classes=len(trainer.classes),
                                label_smoothing=args.label_smoothing, mixup_alpha=args.mixup)
-                t.scheduler.step()
+                trainer.scheduler.step()
                 sums.add(r.per_sample, r.logits.argmax(1) == b.y, b.weight)
                 if watch is not None:
                     watch.note(r.loss, step, b.uid)
             done = step + 1
             sync = done % args.sync_every == 0
-            ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done < t.steps
-            if watch is not None and (sync or ckpt or done == t.steps):
+            ckpt = args.ckpt_every and done % args.ckpt_every == 0 and done < trainer.steps
+            if watch is not None and (sync or ckpt or done == trainer.steps):
                 watch.check(epoch)  # before any checkpoint: nothing is saved after a non-finite loss
             if bar is not None:
                 bar.update()
                 if sync or step == first_step:  # reading the loss waits for the GPU: not every step
-                    bar.set_postfix(loss=f"{r.loss.item():.3f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
+                    bar.set_postfix(loss=f"{r.loss.item():.3f}", lr=f"{trainer.scheduler.get_last_lr()[0]:.2e}")
             if ckpt:
-                save_checkpoint(t, epoch, done, sums.progress(time.perf_counter() - t0))
+                save_checkpoint(trainer, epoch, done, sums.snapshot(time.perf_counter() - t0))
             fault_point("step", (epoch, done), env.rank)
     except BaseException:
         if bar is not None:  # a clean line for the error that follows
@@ -312,34 +311,34 @@ def train_one_epoch(t: Trainer, epoch: int, first_step: int, progress: list[floa
     return sums.reduce(env)
 
 
-def end_epoch(t: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> None:
+def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> None:
     """Log the epoch, checkpoint it (last.pt; best.pt on a new best validation accuracy), plot curves."""
     h = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
          "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
-         "lr": t.scheduler.get_last_lr()[0], "samples_per_s": stats.samples_per_s, "data_wait": stats.data_wait,
+         "lr": trainer.scheduler.get_last_lr()[0], "samples_per_s": stats.samples_per_s, "data_wait": stats.data_wait,
          "epoch_seconds": stats.seconds}
-    traffic = epoch_traffic(t, stats.seconds)
+    traffic = epoch_traffic(trainer, stats.seconds)
     if traffic:
         h["storage"] = traffic
-    t.history.append(h)
-    t.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
+    trainer.history.append(h)
+    trainer.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
           f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
           f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
-    improved = val.track_acc > t.best
-    t.best = max(t.best, val.track_acc)
-    save_checkpoint(t, epoch, t.steps, [0.0] * 5, best=improved)
-    if t.env.is_main:
-        report.plot_curves(t.history, t.path("curves.png"))
-    distributed.barrier(t.env)
+    improved = val.track_acc > trainer.best
+    trainer.best = max(trainer.best, val.track_acc)
+    save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved)
+    if trainer.env.is_main:
+        report.plot_curves(trainer.history, trainer.path("curves.png"))
+    distributed.barrier(trainer.env)
 
 
-def epoch_traffic(t: Trainer, seconds: float) -> dict | None:
+def epoch_traffic(trainer: Trainer, seconds: float) -> dict | None:
     """Every rank's shard traffic this epoch (remote shards only): fetched bytes and rate, cache hits."""
-    mine = t.train_loader.traffic() + t.val_loader.traffic()
-    if not t.train_loader.files.remote:
+    mine = trainer.train_loader.traffic() + trainer.val_loader.traffic()
+    if not trainer.train_loader.files.remote:
         return None
     row = {**mine.as_dict(), "fetch_mb_s": mine.bytes_fetched / 1e6 / max(seconds, 1e-9)}
-    ranks = distributed.all_gather_object(row, t.env)
+    ranks = distributed.all_gather_object(row, trainer.env)
     return {"bytes_fetched": sum(r["bytes_fetched"] for r in ranks), "retries": sum(r["retries"] for r in ranks),
             "evictions": sum(r["evictions"] for r in ranks), "ranks": ranks}
 
@@ -351,42 +350,42 @@ def traffic_line(traffic: dict) -> str:
             f"{traffic['retries']} retries, {traffic['evictions']} evictions")
 
 
-def save_checkpoint(t: Trainer, epoch: int, done: int, progress: list[float], best: bool = False) -> None:
+def save_checkpoint(trainer: Trainer, epoch: int, done: int, sums: list[float], best: bool = False) -> None:
     """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (and best.pt if `best`)
     through the saver (training/checkpointing.py). The format is documented in core/checkpoint.py."""
-    env = t.env
-    mine = {"loader": t.train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": progress}
+    env = trainer.env
+    mine = {"loader": trainer.train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": sums}
     if env.device.type == "cuda":
         mine["cuda_rng"] = torch.cuda.get_rng_state()
     ranks = distributed.all_gather_object(mine, env)
     if env.is_main:
-        t.saver.save({
-            "model_name": t.args.model, "model": t.model.state_dict(), "classes": t.classes,
-            "feature_spec": t.spec.to_dict(), "args": saved_args(t.args), "epoch": epoch, "step": done, "steps": t.steps,
-            "history": t.history, "best_metric": t.best, "optimizer": t.optimizer.state_dict(),
-            "scheduler": t.scheduler.state_dict(), "scaler": t.amp.state_dict(), "rank_states": ranks}, best=best)
+        trainer.saver.save({
+            "model_name": trainer.args.model, "model": trainer.model.state_dict(), "classes": trainer.classes,
+            "feature_spec": trainer.spec.to_dict(), "args": saved_args(trainer.args), "epoch": epoch, "step": done, "steps": trainer.steps,
+            "history": trainer.history, "best_metric": trainer.best, "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.amp.state_dict(), "rank_states": ranks}, best=best)
 
 
-def finish(t: Trainer) -> int:
+def finish(trainer: Trainer) -> int:
     """Test-split accuracy of the best checkpoint, metrics.json, confusion matrix, summary."""
-    env, args = t.env, t.args
-    metrics: dict = {"history": t.history, "classes": t.classes, "args": saved_args(args), "world_size": env.world_size,
-                     "device": env.device.type, "precision": t.amp.name}
-    best_state = t.saver.load_best(t.model)
+    env, args = trainer.env, trainer.args
+    metrics: dict = {"history": trainer.history, "classes": trainer.classes, "args": saved_args(args), "world_size": env.world_size,
+                     "device": env.device.type, "precision": trainer.amp.name}
+    best_state = trainer.saver.load_best(trainer.model)
     if best_state is not None:
         metrics["best_epoch"] = best_state["epoch"]
-    if t.manifest.splits["test"].count:
-        test = evaluate(t.net, t.loader("test"), t.spec, env, t.amp, len(t.classes))
+    if trainer.manifest.splits["test"].count:
+        test = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes))
         metrics["test"] = {"track_acc": test.track_acc, "segment_acc": test.segment_acc, "loss": test.loss,
-                           "tracks": test.tracks, "per_class": test.per_class(t.classes),
+                           "tracks": test.tracks, "per_class": test.per_class(trainer.classes),
                            "confusion": test.confusion.tolist()}
         if env.is_main:
-            report.plot_confusion(test.confusion, t.classes, t.path("confusion.png"))
+            report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
     if env.is_main:
-        report.write_json(t.path("metrics.json"), metrics)
-        last = t.history[-1] if t.history else {}
-        print(f"\n== {t.run_dir} ==")
-        print(f"best val acc {max((h['val_track_acc'] for h in t.history), default=float('nan')):.3f} "
+        report.write_json(trainer.path("metrics.json"), metrics)
+        last = trainer.history[-1] if trainer.history else {}
+        print(f"\n== {trainer.run_dir} ==")
+        print(f"best val acc {max((h['val_track_acc'] for h in trainer.history), default=float('nan')):.3f} "
               f"(epoch {metrics.get('best_epoch', '-')}), last train acc {last.get('train_acc', float('nan')):.3f}, "
               f"{last.get('samples_per_s', 0):.1f} samples/s, data wait {100 * last.get('data_wait', 0):.1f}%")
         if "test" in metrics:
@@ -394,7 +393,7 @@ def finish(t: Trainer) -> int:
             print(f"test acc {m['track_acc']:.3f} on {m['tracks']} tracks (windows {m['segment_acc']:.3f})")
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
-        print(f"checkpoints: {t.path('best.pt')}, {t.path('last.pt')} | reports: metrics.json, curves.png, confusion.png")
+        print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: metrics.json, curves.png, confusion.png")
     return 0
 
 
@@ -402,7 +401,7 @@ def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:
     """Every rank must agree on the folder: rank 0 decides and broadcasts it."""
     run_dir = args.run_dir
     if run_dir is None and env.is_main:
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        restarted = env.restart > 0
         run_dir = ((checkpoint.newest_run("last.pt") if (args.resume or restarted) else None)
                    or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
     if env.distributed:
@@ -417,8 +416,8 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
     return f
 
 
@@ -429,29 +428,25 @@ def _bar(env: distributed.DistEnv, total: int, desc: str, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
-def _which_rank() -> str:
-    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-
-
 def cli() -> int:
     try:
         return main()
     except FloatingPointError as e:  # raised on every rank together (NonFiniteWatch); rank 0 reports
-        if int(os.environ.get("RANK", "0")) == 0:
+        if distributed.launch().is_main:
             print(f"train: error: {e}", file=sys.stderr)
         return 1
     except StorageError as e:  # raised by the rank(s) whose shards failed; each says which URL
-        print(f"train: error: {_which_rank()}{e}", file=sys.stderr)
+        print(f"train: error: {distributed.launch().tag}{e}", file=sys.stderr)
         return 1
     except distributed.PlacementError as e:  # raised on every rank of a machine together; its first reports
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        if distributed.launch().local_rank == 0:
             print(f"train: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # after PlacementError, one of its kind
         if not distributed.lost_peer(e):
             raise
         # a collective failed because another rank stopped: that rank's own error says why
-        print(f"train: error: {_which_rank()}stopped: another rank left the job "
+        print(f"train: error: {distributed.launch().tag}stopped: another rank left the job "
               f"({str(e).split(']', 1)[-1].strip()[:80]})", file=sys.stderr)
         return 1
 

@@ -34,9 +34,9 @@ from typing import Any
 
 from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
-from bench.harness import (SkipMethod, child_main, load_note, logger, require_cuda, require_dali, run_fresh,
+from bench.harness import (SkipMethod, load_note, logger, opening, require_cuda, require_dali, run_fresh,
                            run_quietest)
-from bench.host import describe, host_info, today
+from bench.host import describe, today
 from bench.memory import GpuMemory
 from bench.reference import librosa_db
 from bench.reference import require as require_librosa
@@ -410,10 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    if a._child:
-        child_main(a._child, run_method)
-    t_start = time.perf_counter()
+    run = opening(argv, parse_args, run_method)
+    a, t_start = run.args, run.t_start
     from core.spec import FeatureSpec
     from training.report import write_json  # atomic; imported here to keep the top level light
     spec = FeatureSpec()
@@ -440,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_dir = None
         notes.append(f"{e}: no parity reference and no ratio to librosa")
 
-    host, date = host_info(), today()
+    host, date = run.host, today()
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"features-{host['kind']}-{date}")
 

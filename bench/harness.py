@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from bench import ROOT
@@ -188,3 +189,29 @@ def require_dali() -> None:
         import nvidia.dali  # noqa: F401
     except ImportError as e:
         raise SkipMethod(f"nvidia.dali not importable ({e})") from None
+
+
+# ============================================================== the opening every main shares
+
+@dataclass
+class Opening:
+    """What a benchmark's main starts from: its arguments, when it started, the host, the device."""
+    args: Any
+    t_start: float
+    host: dict
+    device: str     # "cuda" or "cpu": --device, with "auto" resolved
+
+
+def opening(argv: list[str] | None, parse_args: Callable[[list[str] | None], Any],
+            run_method: Callable[[dict, Any], dict]) -> Opening:
+    """Parse the arguments; in a method's child process (--_child JOB) run the method and exit;
+    else describe the host and resolve --device auto."""
+    from bench.host import host_info
+
+    args = parse_args(argv)
+    if getattr(args, "_child", None):
+        child_main(args._child, run_method)
+    t_start = time.perf_counter()
+    host = host_info()
+    device = getattr(args, "device", "auto")
+    return Opening(args, t_start, host, device if device != "auto" else ("cuda" if host["gpu"] else "cpu"))

@@ -11,7 +11,7 @@ where DaliLoader reads them from (loading/stream.py's fn.external_source in ever
   local          the local shard folder, loader built once; windows of --epochs-per-window epochs
   local-restart  the local folder, a new loader for every timed epoch (the cold rows' structure
                  without the network: what rebuilding the DALI pipeline costs by itself)
-  s3-warm        s3://bench/shards on a SeaweedFS server (`weed mini`, bench.servers) started by this
+  s3-warm        s3://bench/shards on a SeaweedFS server (`weed mini`, tests.servers) started by this
                  script, the node cache already holding every file (filled untimed first), loader
                  built once; windows as local. The server is paused (SIGSTOP) after the warm-up: a
                  warm cache reads nothing from it, and a remote store costs the node no CPU
@@ -20,7 +20,7 @@ where DaliLoader reads them from (loading/stream.py's fn.external_source in ever
                  loader: the loader's construction and every shard's fetch (+ sha256) fall inside it
   s3-cold-small  s3-cold with --small-window (default one shard's tracks) instead of --window: the
                  stream's first batch then needs one shard, not every shard of the first window
-  http-warm, http-cold, http-cold-small   the same through http.server (bench.servers.HttpServer, a
+  http-warm, http-cold, http-cold-small   the same through http.server (tests.servers.HttpServer, a
                  thread of this script) serving the local folder: a server that costs little CPU
   stage          no training: download the whole train split into an empty cache dir (NodeCache,
                  fetch + sha256, 4 threads as the stream's fetch pool, and 1 thread), --stage-repeats
@@ -53,10 +53,11 @@ from typing import Any
 
 from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
-from bench.harness import child_main, load_note, logger, require_dali, run_fresh, run_quietest, wait_idle
-from bench.host import describe, host_info, today
+from bench.harness import load_note, logger, opening, require_dali, run_fresh, run_quietest, wait_idle
+from bench.host import describe, today
 from bench.tables import DASH, Bars, Col, markdown, num, publish, rng, text
-from bench.train_throughput import LABEL_SMOOTHING, check_losses, setup_training, summarise, timed_window, warm_up
+from bench.train_throughput import (LABEL_SMOOTHING, check_losses, setup_training, summarise, timed_window,
+                                    training_args, warm_up)
 
 METHODS = ["local", "local-restart", "http-warm", "http-cold", "http-cold-small", "s3-warm", "s3-warm-live", "s3-cold",
            "s3-cold-small", "stage"]
@@ -333,15 +334,8 @@ START_COLUMNS = [
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cores = os.cpu_count() or 1
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", help="folder of class folders of audio (default: synthetic clips in bench/.cache)")
-    p.add_argument("--clips", type=int, default=200, help="tracks to train on (default 200)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="default: cuda if available, else cpu")
-    p.add_argument("--model", default="resnet")
-    p.add_argument("--batch", type=int, default=32, help="batch size in rows (default 32, train.py's)")
+    training_args(p, "batch size in rows (default 32, train.py's)")
     p.add_argument("--crops", type=int, default=1, help="crops per decoded track (default 1; --batch counts crops)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="mixed precision via training.amp.Amp.create (default on: bf16 on CPU)")
     p.add_argument("--repeats", type=int, default=5, help="timed windows per row (default 5)")
     p.add_argument("--epochs-per-window", type=int, default=3,
                    help="epochs per timed window of the loader-built-once rows (default 3; cold rows: 1)")
@@ -404,17 +398,14 @@ def upload(store: Any, folder: str) -> tuple[str, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    if a._child:
-        child_main(a._child, run_method)
-    t_start = time.perf_counter()
-    from bench.servers import HttpServer, ObjectStore
+    run = opening(argv, parse_args, run_method)
+    a, t_start = run.args, run.t_start
+    from tests.servers import HttpServer, ObjectStore
     from core.spec import FeatureSpec
     from storage.folder import read_manifest
     from training.report import write_json
 
-    host = host_info()
-    device = a.device if a.device != "auto" else ("cuda" if host["gpu"] else "cpu")
+    host, device = run.host, run.device
     spec = FeatureSpec()
     ds = prepare(a.src, a.clips, a.cache, spec, log=log)
     if not ds.shard_dir:

@@ -40,8 +40,8 @@ from typing import Any, Callable, Iterator
 
 from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
-from bench.harness import SkipMethod, child_main, load_note, logger, require_dali, run_fresh, run_quietest
-from bench.host import describe, host_info, today
+from bench.harness import SkipMethod, load_note, logger, opening, require_dali, run_fresh, run_quietest
+from bench.host import describe, today
 from bench.reference import librosa_db
 from bench.reference import require as require_librosa
 from bench.tables import Bars, Col, num, publish, rng, text
@@ -309,17 +309,22 @@ CHART = [
 
 # ============================================================== driver (parent process)
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    cores = os.cpu_count() or 1
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_args(p: argparse.ArgumentParser, batch_help: str = "batch size (default 32, train.py's)") -> None:
+    """The arguments of the benchmarks that train (this one and bench.object_store)."""
     p.add_argument("--src", help="folder of class folders of audio (default: synthetic clips in bench/.cache)")
     p.add_argument("--clips", type=int, default=200, help="tracks to train on (default 200)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="default: cuda if available, else cpu")
     p.add_argument("--model", default="resnet")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32, train.py's)")
+    p.add_argument("--batch", type=int, default=32, help=batch_help)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision via training.amp.Amp.create (default on: bf16 on CPU and recent GPUs)")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    training_args(p)
     p.add_argument("--warmup", type=int, help="untimed steps first (default: cpu %d, cuda %d)"
                    % (DEFAULTS["cpu"][0], DEFAULTS["cuda"][0]))
     p.add_argument("--steps", type=int, help="timed steps per window (default: cpu %d, cuda %d)"
@@ -364,15 +369,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    if a._child:
-        child_main(a._child, run_method)
-    t_start = time.perf_counter()
+    run = opening(argv, parse_args, run_method)
+    a, t_start = run.args, run.t_start
     from core.spec import FeatureSpec
     from training.report import write_json  # atomic; imported here to keep the top level light
 
-    host = host_info()
-    device = a.device if a.device != "auto" else ("cuda" if host["gpu"] else "cpu")
+    host, device = run.host, run.device
     warmup, steps, repeats = (d if v is None else v for d, v in zip(DEFAULTS["cuda" if device == "cuda" else "cpu"],
                                                                    (a.warmup, a.steps, a.repeats)))
     spec = FeatureSpec()

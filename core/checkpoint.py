@@ -7,7 +7,8 @@
      "best_metric": float (best validation track accuracy so far), "history": [{one dict per epoch}],
      "optimizer": state_dict, "scheduler": state_dict, "scaler": state_dict (GradScaler; {} without),
      "rank_states": [{"loader": {"dali": str, "seen": [int], "epoch0": int} or None,
-                      "torch_rng": tensor, "cuda_rng": tensor (GPU runs), "progress": [float]},
+                      "torch_rng": tensor, "cuda_rng": tensor (GPU runs),
+                      "progress": [loss*n, correct, n, data-wait s, step s] (the epoch's running sums)},
                      ... one per rank, in rank order]}
 
 A checkpoint with step < steps was written inside an epoch: each rank's sample stream, DALI and RNG

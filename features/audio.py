@@ -1,8 +1,7 @@
 """Decode any supported audio file to mono float32 at the feature sample rate.
 
 Shared by make_shards (offline, once per file) and predict.py, so both see the same samples.
-DALI's own resampler aliases (a 15 kHz tone in a 44.1 kHz file comes out at 7,050 Hz at full
-level, measured with DALI 2.4); we resample here with a windowed-sinc
+DALI's own resampler aliases (README, "Feature parity"); we resample here with a windowed-sinc
 (Kaiser) filter instead and store audio already at the feature rate.
 
 Truncated files (a WAV whose header promises more frames than the file holds, e.g. an

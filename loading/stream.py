@@ -73,13 +73,13 @@ class Share:
     padded: int             # samples per rank per epoch, repeats included
 
 
-def rank_share(shards: list[str], counts: list[int], shard_id: int, num_shards: int) -> Share:
-    """Rank `shard_id`'s contiguous range of the split's samples, [N*r/W, N*(r+1)/W)."""
+def rank_share(shards: list[str], counts: list[int], rank: int, world: int) -> Share:
+    """Rank `rank`'s contiguous range of the split's samples (`counts` per shard), [N*r/W, N*(r+1)/W)."""
     n = sum(counts)
-    lo, hi = n * shard_id // num_shards, n * (shard_id + 1) // num_shards
+    lo, hi = n * rank // world, n * (rank + 1) // world
     shard = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     pos = np.arange(n, dtype=np.int64) - np.repeat(np.cumsum([0, *counts[:-1]]), counts)
-    return Share(tuple(shards), shard[lo:hi], pos[lo:hi].astype(np.int32), -(-n // num_shards))
+    return Share(tuple(shards), shard[lo:hi], pos[lo:hi].astype(np.int32), -(-n // world))
 
 
 @dataclass(frozen=True)

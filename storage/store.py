@@ -176,8 +176,8 @@ class Store:
         lim = self.limits
         if protocol == "s3":
             # botocore reads AWS_ENDPOINT_URL itself; passing it keeps older clients working too.
-            # The store's own retry loop is the one that counts: botocore's (5 attempts with backoff
-            # on a refused connection, 7-11 s a call, measured) is off; s3fs's own is set to one try in `fs`.
+            # The store's own retry loop is the one that counts: botocore's (several attempts with
+            # backoff, seconds a call) is off; s3fs's own is set to one try in `fs`.
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             opts: dict = {"config_kwargs": {"retries": {"total_max_attempts": 1}, "read_timeout": lim.read_timeout,
                                             "connect_timeout": lim.connect_timeout}}

@@ -24,7 +24,7 @@ def test_running_sums_equal_host_sums_and_round_trip_a_checkpoint():
         host[2] += float(w.sum())
         if step == 3:  # a mid-epoch checkpoint and a resume from it
             sums.data_wait, sums.seconds = 0.5, 2.0
-            sums = RunningSums(ENV.device, sums.progress(extra_seconds=1.0))
+            sums = RunningSums(ENV.device, sums.snapshot(extra_seconds=1.0))
     assert sums.sums.tolist() == host  # the same float64 sums of the same float32 terms
     st = sums.reduce(ENV)
     assert st.loss == pytest.approx(host[0] / host[2]) and st.acc == pytest.approx(host[1] / host[2])

@@ -31,7 +31,7 @@ class Start:
     """Where the loop begins: epoch 1 step 0, or a checkpoint's position and what it restores."""
     epoch: int = 1
     step: int = 0
-    progress: list[float] | None = None   # this rank's running epoch sums at `step` (mid-epoch resume)
+    sums: list[float] | None = None       # this rank's running epoch sums at `step` (mid-epoch resume)
     path: str | None = None               # the checkpoint resumed from
     loader: dict | None = None            # this rank's sample-stream state (continues at the next batch)
     optimizer: dict | None = None         # load after the scheduler is built (it resets the learning rate)
@@ -69,7 +69,7 @@ class CheckpointSaver:
 
         Resumes with --resume (`want`) or automatically after torchrun restarted the job. Raises
         CheckpointError (one line) for a checkpoint that cannot or must not be continued."""
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        restarted = self.env.restart > 0
         if not (want or restarted):
             return Start()
         state, path = self._newest()
@@ -87,7 +87,7 @@ class CheckpointSaver:
             start.epoch, start.step = state["epoch"] + (state["step"] >= state["steps"]), 0
         else:
             start.epoch, start.step = state["epoch"], state["step"]
-            start.progress = mine["progress"] if state["step"] else None
+            start.sums = mine["progress"] if state["step"] else None
         if mine is not None:
             start.loader = mine["loader"]
         return start

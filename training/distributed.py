@@ -31,6 +31,8 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    local_world_size: int = 1   # ranks on this machine
+    restart: int = 0            # torchrun's restart count: 0 in a job's first attempt
 
     @property
     def is_main(self) -> bool:
@@ -65,13 +67,40 @@ def auto_nproc(force_cpu: bool = False) -> int:
     return torch.cuda.device_count() if uses_cuda(force_cpu) else 2
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What the launcher (torchrun, or train.py / predict.py --nproc) told this process: the one place
+    its environment variables are read. Before setup() (argument checks, error lines) use this;
+    after it, the DistEnv that carries the same numbers."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    restart: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def tag(self) -> str:
+        """"[rank N] " before a line when there are several ranks, else ""."""
+        return f"[rank {self.rank}] " if self.world_size > 1 else ""
+
+
+def launch() -> Launch:
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", 1))
+    return Launch(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world)),
+                  int(env.get("TORCHELASTIC_RESTART_COUNT", 0)))
+
+
 def setup(force_cpu: bool = False) -> DistEnv:
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
+    here = launch()
+    rank, world, local = here.rank, here.world_size, here.local_rank
     use_cuda = uses_cuda(force_cpu)
     if use_cuda:
-        check_placement(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), force_cpu)
+        check_placement(here.local_world_size, force_cpu)
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
@@ -80,10 +109,10 @@ def setup(force_cpu: bool = False) -> DistEnv:
         # Key the group's store entries by restart: after torchrun restarts the workers, the store
         # still holds the dead group's addresses, and gloo would try to connect to them.
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=PG_TIMEOUT))
-        store = dist.PrefixStore(f"parallel-tunes/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        store = dist.PrefixStore(f"parallel-tunes/{here.restart}", store)
         dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
                                 timeout=PG_TIMEOUT, device_id=device if use_cuda else None)
-    return DistEnv(rank, world, local, device)
+    return DistEnv(rank, world, local, device, here.local_world_size, here.restart)
 
 
 def teardown(env: DistEnv) -> None:

@@ -34,8 +34,8 @@ class EpochStats:
 class RunningSums:
     """Weighted loss, correct and sample counts on the device; data-wait and step seconds on the host."""
 
-    def __init__(self, device: torch.device, progress: list[float] | None = None):
-        p = list(progress) if progress else [0.0] * 5
+    def __init__(self, device: torch.device, saved: list[float] | None = None):
+        p = list(saved) if saved else [0.0] * 5
         self.device = device
         self.sums = torch.tensor(p[:3], dtype=torch.float64, device=device)  # loss*n, correct, n
         self.data_wait, self.seconds = p[3], p[4]
@@ -46,7 +46,7 @@ class RunningSums:
         step = torch.stack([(per_sample_loss.detach() * w).sum(), (correct.to(w.dtype) * w).sum(), w.sum()])
         self.sums += step.double()
 
-    def progress(self, extra_seconds: float = 0.0) -> list[float]:
+    def snapshot(self, extra_seconds: float = 0.0) -> list[float]:
         """Five floats for a mid-epoch checkpoint (a host sync)."""
         return self.sums.tolist() + [self.data_wait, self.seconds + extra_seconds]
 

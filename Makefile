@@ -16,7 +16,7 @@ demo: setup
 	$(PY) predict.py --checkpoint $(DEMO_RUN)/best.pt $(DEMO_DATA)/metal/metal.00019.wav $(DEMO_DATA)/jazz/jazz.00019.wav
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 clean-demo:
 	rm -rf $(DEMO_DATA) $(DEMO_RUN) $(DEMO_SHARDS)/*.tar $(DEMO_SHARDS)/*.idx $(DEMO_SHARDS)/manifest.json

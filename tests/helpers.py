@@ -1,4 +1,6 @@
-"""Constants the tests share (a plain module: tests import it, unlike conftest.py)."""
+"""Constants and helpers the tests share (a plain module: tests import it, unlike conftest.py)."""
+import contextlib
+import fcntl
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: scripts run from here
@@ -12,3 +14,19 @@ def _two_rank_args() -> list[str]:
 
 
 TWO_RANK_ARGS = _two_rank_args()
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+    """(folder, done) for data that one test session builds once, also when pytest-xdist runs it in
+    several workers: the session-wide folder of `name` (shared by the workers) and whether it is
+    already built. The caller builds it when not done and writes `folder/done.json` last; a lock
+    is held meanwhile, so the other workers wait and then read it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / f"shared-{name}"
+    folder.mkdir(exist_ok=True)
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder, (folder / "done.json").exists()

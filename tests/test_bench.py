@@ -68,7 +68,7 @@ def test_features(bench_data, tmp_path):
         r = rows[name]
         assert "error" not in r and "skipped" not in r, r
         assert len(r["times_s"]) == 1 and r["clips_per_s"]["median"] > 0 and r["peak_rss_mb"] > 100
-        assert r["other_load_cores"] >= 0 and r["attempts"] == 1
+        assert 0 <= r["other_load_cores"] < os.cpu_count() and r["attempts"] == 1
         assert f"| {name} | " in p.stdout
     assert_librosa_row(rows["librosa-1proc"])
     if HAVE_LIBROSA:  # every method against the librosa reference (bench.reference)
@@ -86,21 +86,20 @@ def test_features(bench_data, tmp_path):
 def test_train_throughput(bench_data, tmp_path):
     src, cache = bench_data
     run("bench.train_throughput", "--src", src, "--clips", str(CLIPS), "--model", "tiny", "--batch", "4",
-        "--crops", "2,1", "--methods", "dali,librosa,synthetic", "--device", "cpu", "--warmup", "1", "--steps", "2",
+        "--crops", "2", "--methods", "dali,librosa,synthetic", "--device", "cpu", "--warmup", "1", "--steps", "2",
         "--repeats", "1", "--wait-idle", "0", "--retries", "0", "--method-timeout", "90",
         "--cache", cache, "--out", str(tmp_path), timeout=240)
     rep = only_json(str(tmp_path), "train-*.json")
-    assert rep["complete"] and rep["runs_wanted"] == ["dali-c2", "dali-c1", "librosa", "synthetic"]
+    assert rep["complete"] and rep["runs_wanted"] == ["dali", "librosa", "synthetic"]
     assert rep["settings"]["label_smoothing"] == 0.1 and rep["data"]["tracks"] == CLIPS
     rows = rep["methods"]
-    for r in (rows[0], rows[1], rows[3]):
+    for r in (rows[0], rows[2]):
         assert "error" not in r and "skipped" not in r, r
         assert r["shape"] == [4, 1, 128, 130] and r["samples_per_s"]["median"] > 0
         assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])  # train_step's weighted loss
     assert rows[0]["loader"]["crops"] == 2 and rows[0]["loader"]["tracks_per_batch"] == 2
-    assert rows[1]["loader"]["tracks_per_batch"] == 4
-    assert_librosa_row(rows[2])
+    assert_librosa_row(rows[1])
 
 
 def test_dali_tuning(bench_data, tmp_path):
@@ -197,7 +196,7 @@ def test_object_store(bench_data, tmp_path):
     """Local shards, a warm and a cold cache from a real SeaweedFS bucket, a cold one over HTTP, and the
     whole-split download: every cold epoch fetches the split once, a warm one nothing."""
     src, cache = bench_data
-    methods = ["local", "http-cold", "s3-warm", "s3-cold", "stage"]
+    methods = ["local", "http-cold", "s3-warm", "stage"]  # s3-cold: http-cold's path with s3-warm's store
     p = run("bench.object_store", "--src", src, "--clips", str(CLIPS), "--model", "tiny", "--batch", "4",
             "--methods", ",".join(methods), "--device", "cpu", "--repeats", "1", "--epochs-per-window", "1",
             "--stage-repeats", "1", "--wait-idle", "0", "--retries", "0", "--method-timeout", "90",
@@ -212,14 +211,14 @@ def test_object_store(bench_data, tmp_path):
         assert r["samples_per_s"]["median"] > 0 and 0 <= r["data_wait"]["median"] < 1 and r["first_batch_s"] > 0
         assert len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2, r["windows"]
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])
-        assert r["server_cpu_cores"] >= 0 and r["vs_local"] > 0
+        assert 0 <= r["server_cpu_cores"] < os.cpu_count() and r["vs_local"] > 0
     split = rep["data"]["split_bytes"]
-    for name in ("s3-cold", "http-cold"):  # an empty cache every window: the whole split, all misses
+    for name in ("http-cold",):  # an empty cache every window: the whole split, all misses
         assert rows[name]["traffic"][0]["bytes_fetched"] == split and rows[name]["hit_rate"] == 0
         assert rows[name]["fetched_vs_split"] == 1 and len(rows[name]["windows_first_batch_s"]) == 1
     warm = rows["s3-warm"]  # filled first: no byte fetched after, every lookup a hit
     assert warm["prefill_traffic"]["bytes_fetched"] == split and warm["fetched_vs_split"] == 0
-    assert warm["hit_rate"] == 1 and warm["server_paused_after_s"] >= 0  # paused (SIGSTOP) for the windows
+    assert warm["hit_rate"] == 1 and warm["server_paused_after_s"] > 0  # paused (SIGSTOP) for the windows
     assert rows["local"]["fetched_vs_split"] == 0 and rows["local"]["hit_rate"] is None
     stage = rows["stage"]["stage"]
     assert set(stage) == {"4", "1"} and all(v["bytes"] == [split] for v in stage.values())

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, TWO_RANK_ARGS
+from helpers import ROOT, TWO_RANK_ARGS, built_once
 from servers import ObjectStore, clear_fsspec_s3_cache, http_server, object_store  # noqa: F401 - fixtures
 
 from loading.loader import DaliLoader
@@ -32,8 +32,11 @@ BUCKET = "tunes"
 @pytest.fixture(scope="module")
 def small_shards(train_shards, tmp_path_factory):
     """The session's tracks in shards of 4 (10 train shards): windows, shares and evictions have shards to span."""
-    out = str(tmp_path_factory.mktemp("small") / "shards")
-    make_shards(train_shards[1], out, val=0.2, test=0.2, seed=0, workers=2, max_per_shard=4, progress=False)
+    with built_once(tmp_path_factory, "small-shards") as (base, done):
+        out = str(base / "shards")
+        if not done:
+            make_shards(train_shards[1], out, val=0.2, test=0.2, seed=0, workers=2, max_per_shard=4, progress=False)
+            (base / "done.json").write_text("{}")
     return out
 
 
@@ -80,10 +83,14 @@ def assert_same_metrics(a: list[dict], b: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def local_reference(small_shards, tmp_path_factory):
-    """The 2-rank run on the local shards every remote run must equal."""
-    run_dir = str(tmp_path_factory.mktemp("ref") / "run")
-    p = subprocess.run(torchrun(*common(small_shards, run_dir)), capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    """The 2-rank run on the local shards every remote run must equal (built once per session)."""
+    with built_once(tmp_path_factory, "remote-reference") as (base, done):
+        run_dir = str(base / "run")
+        if not done:
+            p = subprocess.run(torchrun(*common(small_shards, run_dir)), capture_output=True, text=True, cwd=ROOT,
+                               timeout=600)
+            assert p.returncode == 0, p.stderr[-3000:]
+            (base / "done.json").write_text("{}")
     return run_dir
 
 
@@ -135,25 +142,6 @@ def test_two_nodes_stream_from_s3_like_one_node_reads_local_shards(object_store,
         assert all(r["hit_rate"] in (None, 1.0) for r in h["storage"]["ranks"])
 
 
-def test_cache_smaller_than_an_epoch_evicts_and_trains_the_same(object_store, s3_shards, small_shards,
-                                                                local_reference, tmp_path):
-    limit_gb = 4e-3  # 4 MB: about 3 training shards of the 10 (+ validation), more than a rank reads at once
-    assert files_of(small_shards, "train") > 2 * limit_gb * 1e9
-    run_dir = str(tmp_path / "run")
-    p = subprocess.run(torchrun(*common(s3_shards, run_dir, "--cache-dir", str(tmp_path / "cache"),
-                                        "--cache-limit", str(limit_gb))),
-                       capture_output=True, text=True, cwd=ROOT, timeout=600, env=object_store.client_env())
-    assert p.returncode == 0, p.stderr[-3000:]
-    hist = history(run_dir)
-    assert_same_metrics(history(local_reference), hist)
-    assert all(h["storage"]["evictions"] > 0 for h in hist)
-    assert all(h["storage"]["bytes_fetched"] > 0 for h in hist[1:])  # evicted shards come back
-    cached = next(os.scandir(tmp_path / "cache")).path
-    held = sum(e.stat().st_size for e in os.scandir(cached) if e.is_file())
-    assert held <= limit_gb * 1e9
-    assert_no_secret(object_store.SECRET_KEY.encode(), tmp_path, p)
-
-
 def assert_no_secret(secret: bytes, root, *procs: subprocess.CompletedProcess) -> None:
     """`secret` is in nothing the run printed, and in no file or folder name or content under `root`."""
     for p in procs:
@@ -165,20 +153,34 @@ def assert_no_secret(secret: bytes, root, *procs: subprocess.CompletedProcess) -
             assert secret not in open(os.path.join(d, n), "rb").read(), os.path.join(d, n)
 
 
-def test_killed_rank_resumes_mid_epoch_from_s3(object_store, s3_shards, small_shards, local_reference, tmp_path):
-    """test_faults' killed-rank test, streaming from the object store: the resumed run equals the reference."""
+def test_killed_rank_resumes_mid_epoch_from_s3_through_a_small_cache(object_store, s3_shards, small_shards,
+                                                                     local_reference, tmp_path):
+    """A rank SIGKILLs itself after step 5 of epoch 2 (the last checkpoint is step 3's); torchrun restarts
+    the job, which resumes mid-epoch from the object store through a node cache of 4 MB, smaller than
+    an epoch (10 MB of training shards): the same batches in the same order from the same weights,
+    optimizer, schedule and RNG, so its figures equal the uninterrupted local run's; evicted shards
+    come back, the cache stays within its limit, and the S3 secret is in nothing the run wrote."""
+    limit_gb = 4e-3  # about 3 training shards of the 10 (+ validation), more than a rank reads at once
+    assert files_of(small_shards, "train") > 2 * limit_gb * 1e9
     run_dir = str(tmp_path / "faulty")
-    p = subprocess.run(torchrun(*common(s3_shards, run_dir, "--cache-dir", str(tmp_path / "cache")), max_restarts=1),
+    p = subprocess.run(torchrun(*common(s3_shards, run_dir, "--cache-dir", str(tmp_path / "cache"),
+                                        "--cache-limit", str(limit_gb)), max_restarts=1),
                        capture_output=True, text=True, cwd=ROOT, timeout=600,
                        env=object_store.client_env(**fault_env("step", "2.5", rank=1)))
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "SIGKILL" in p.stderr or "exitcode: -9" in p.stderr, p.stderr[-2000:]  # torchrun saw the kill, restarted
     resumed = [ln for ln in p.stdout.splitlines() if ln.startswith("resumed from")]
     assert resumed == [f"resumed from {os.path.join(run_dir, 'last.pt')} at epoch 2 step 3"], resumed
     hist = history(run_dir)
     assert_same_metrics(history(local_reference), hist)
-    # epoch 1 (the first attempt): the two ranks of the node fetched each training and validation
-    # file once between them, also the shard both read a part of
-    assert hist[0]["storage"]["bytes_fetched"] == files_of(small_shards, "train") + files_of(small_shards, "val")
+    # epoch 1 (the first attempt) fetched every training and validation file; every epoch evicted,
+    # and the later ones fetched evicted shards again
+    assert hist[0]["storage"]["bytes_fetched"] >= files_of(small_shards, "train") + files_of(small_shards, "val")
+    assert all(h["storage"]["evictions"] > 0 for h in hist)
+    assert all(h["storage"]["bytes_fetched"] > 0 for h in hist[1:])
+    cached = next(os.scandir(tmp_path / "cache")).path
+    assert sum(e.stat().st_size for e in os.scandir(cached) if e.is_file()) <= limit_gb * 1e9
+    assert_no_secret(object_store.SECRET_KEY.encode(), tmp_path, p)
 
 
 def one_rank(shards: str, run_dir: str, cache: str, env: dict) -> subprocess.CompletedProcess:
@@ -191,7 +193,7 @@ def error_lines(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("train: error:")]
 
 
-@pytest.mark.parametrize("damage", ["deleted", "altered"])
+@pytest.mark.parametrize("damage", ["altered"])  # "deleted": test_missing_shard_on_two_ranks_names_it_once
 def test_missing_or_altered_shard_stops_with_one_line(object_store, small_shards, tmp_path, damage):
     url = upload(object_store, small_shards, f"broken-{damage}")
     victim = read_manifest(small_shards).splits["train"].shards[3]
@@ -246,7 +248,7 @@ def batches(loader: DaliLoader) -> list[tuple[list[int], torch.Tensor]]:
 
 def test_http_stream_equals_local_shards(small_shards, http_server, tmp_path):
     """Read-only HTTP(S): the same batches, bit for bit, as the local folder."""
-    shutil.copytree(small_shards, os.path.join(http_server.folder, "small"))
+    shutil.copytree(small_shards, os.path.join(http_server.folder, "small"), dirs_exist_ok=True)
     spec = FeatureSpec(clip_seconds=2.0)
     kw = dict(train=True, seed=5, window=4, num_threads=1)
     local = batches(DaliLoader(small_shards, "train", spec, 4, **kw))
@@ -261,8 +263,7 @@ def test_http_stream_equals_local_shards(small_shards, http_server, tmp_path):
 def test_http_run_with_credentials_keeps_them_out_of_everything_it_writes(small_shards, http_server, tmp_path):
     """A one-rank training run from https-style user:password@ and a ?token= URL: the secrets reach
     the server with every request, and no line, file, saved argument or folder name."""
-    if not os.path.exists(os.path.join(http_server.folder, "small")):
-        shutil.copytree(small_shards, os.path.join(http_server.folder, "small"))
+    shutil.copytree(small_shards, os.path.join(http_server.folder, "small"), dirs_exist_ok=True)
     url = http_server.url.replace("://", "://trainer:pw-SECRET1@") + "/small?sig=SECRET2"
     p = one_rank(url, str(tmp_path / "run"), str(tmp_path / "cache"), dict(os.environ))
     assert p.returncode == 0, p.stderr[-3000:]
@@ -272,29 +273,33 @@ def test_http_run_with_credentials_keeps_them_out_of_everything_it_writes(small_
     assert_no_secret(b"SECRET", tmp_path, p)
 
 
-def test_server_stopped_and_restarted_mid_epoch(small_shards, tmp_path):
-    """Fetches that fail while the server is down are retried, counted, and the epoch completes
-    with every sample once."""
-    with ObjectStore(str(tmp_path / "weed")) as store:
-        url = upload(store, small_shards, "p")
-        for k, v in store.env.items():
-            os.environ[k] = v
+def test_server_stopped_and_restarted_mid_epoch(object_store, s3_shards, small_shards, tmp_path):
+    """Fetches that fail while the server is down (killed, back 2 s later) are retried, counted, and
+    the epoch completes with every sample once."""
+    for k, v in object_store.env.items():
+        os.environ[k] = v
+    clear_fsspec_s3_cache()
+    restart = None
+    try:
+        spec = FeatureSpec(clip_seconds=2.0)
+        ld = DaliLoader(s3_shards, "train", spec, 2, train=True, seed=1, window=1, num_threads=1,
+                        cache_dir=str(tmp_path / "c"), log=lambda line: None)
+        it = iter(ld)
+        first = next(it)
+        seen = first.uid[first.counted].tolist()
+        object_store.stop(kill=True)
+        restart = threading.Timer(2.0, object_store.start)
+        restart.start()
+        t0 = time.time()
+        for b in it:
+            seen += b.uid[b.counted].tolist()
+        assert time.time() - t0 >= 1.5  # it did wait for the server
+        assert ld.traffic().retries > 0
+        assert sorted(set(seen)) == sorted(s.uid for s in read_manifest(small_shards).samples if s.split == "train")
+    finally:
+        if restart is not None:
+            restart.join()
+        object_store.start()  # (a no-op when it is running) the module's later tests need it
+        for k in object_store.env:
+            os.environ.pop(k, None)
         clear_fsspec_s3_cache()
-        try:
-            spec = FeatureSpec(clip_seconds=2.0)
-            ld = DaliLoader(url, "train", spec, 2, train=True, seed=1, window=1, num_threads=1,
-                            cache_dir=str(tmp_path / "c"), log=lambda line: None)
-            it = iter(ld)
-            first = next(it)
-            seen = first.uid[first.counted].tolist()
-            store.stop()
-            threading.Timer(2.0, store.start).start()
-            t0 = time.time()
-            for b in it:
-                seen += b.uid[b.counted].tolist()
-            assert time.time() - t0 >= 1.5  # it did wait for the server
-            assert ld.traffic().retries > 0
-            assert sorted(set(seen)) == sorted(s.uid for s in read_manifest(small_shards).samples if s.split == "train")
-        finally:
-            for k in store.env:
-                os.environ.pop(k, None)

@@ -19,12 +19,13 @@ import pytest
 from helpers import ROOT
 from servers import HostileServer, Lie
 
+from core import checkpoint
+from core.shards import MANIFEST, Manifest, ManifestError, index_name, manifest_bytes, read_shard_members
+from loading.stream import parse_index
+from model import build_model
 from storage.cache import NodeCache
 from storage.folder import read_manifest, trust_warnings
-from core.shards import MANIFEST, Manifest, ManifestError, index_name, manifest_bytes
 from storage.store import Limits, Store, StorageError, redact
-from loading.stream import parse_index
-from core.shards import read_shard_members
 
 ESCAPES = ["../../../evil_out/pwn.tar", "/tmp/pt-evil/pwn.tar", "%2F..%2F..%2Fpwn.tar", "..%2Fpwn.tar",
            "..\\..\\pwn.tar", "train-000000.tar\x00.tar", "train-000000.tar/../../pwn.tar", "train-0000001.tar"]
@@ -90,7 +91,7 @@ def walk(root: str) -> dict[str, bytes]:
     return out
 
 
-def test_cli_readers_refuse_escaping_names_before_touching_anything(folder, trained_run, tmp_path):
+def test_cli_readers_refuse_escaping_names_before_touching_anything(folder, tmp_path):
     """train.py, predict.py --shards and make_shards --verify against a server whose manifest renames a
     shard to escape: exit 2, one line, no request beyond the manifest, and no file created, changed
     or removed anywhere under the test's root (a sentinel file the manifest names survives)."""
@@ -106,7 +107,9 @@ def test_cli_readers_refuse_escaping_names_before_touching_anything(folder, trai
         return real.get(os.path.splitext(path)[1])
 
     cache = tmp_path / "cache"
-    best = os.path.join(trained_run[0], "best.pt")
+    best = str(tmp_path / "tiny.pt")  # predict.py loads its checkpoint before it reads the shards
+    checkpoint.save(best, {"model_name": "tiny", "model": build_model("tiny", 4).state_dict(),
+                           "classes": doc["classes"], "feature_spec": doc["feature_spec"]})
     runs = [
         ("train", "../../../evil_out/pwn.tar",
          [os.path.join(ROOT, "train.py"), "--cache-dir", str(cache), "--run-dir", str(tmp_path / "run"),

@@ -27,7 +27,7 @@ def train_shards(tmp_path_factory):
     with built_once(tmp_path_factory, "train_data") as (base, done):
         if not done:
             generate(str(base / "src"), per_class=16, seconds=6.0, seed=1, genres=TRAIN_GENRES, progress=False)
-            m = make_shards(str(base / "src"), str(base / "shards"), val=0.2, test=0.2, seed=0, workers=2,
+            m = make_shards(str(base / "src"), str(base / "shards"), val=0.2, test=0.2, seed=0, workers=1,
                             min_shards=2, progress=False)
             (base / "done.json").write_text(json.dumps(m))
         return str(base / "shards"), str(base / "src"), json.loads((base / "done.json").read_text())

@@ -93,7 +93,7 @@ def shards(collection, tmp_path_factory):
     """make_shards --unlabeled through the CLI (3 tars: several shards per rank)."""
     src, n = collection
     out = str(tmp_path_factory.mktemp("shards") / "s")
-    p = _run([MAKE_SHARDS, "--unlabeled", src, out, "--workers", "2", "--min-shards", "3"])
+    p = _run([MAKE_SHARDS, "--unlabeled", src, out, "--workers", "1", "--min-shards", "3"])
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"accepted {n} ({n} all), rejected 3 (duplicate 1, not_audio 1, too_short 1)")
     return out

@@ -35,7 +35,7 @@ def small_shards(train_shards, tmp_path_factory):
     with built_once(tmp_path_factory, "small-shards") as (base, done):
         out = str(base / "shards")
         if not done:
-            make_shards(train_shards[1], out, val=0.2, test=0.2, seed=0, workers=2, max_per_shard=4, progress=False)
+            make_shards(train_shards[1], out, val=0.2, test=0.2, seed=0, workers=1, max_per_shard=4, progress=False)
             (base / "done.json").write_text("{}")
     return out
 

@@ -28,6 +28,7 @@ import os
 import sys
 
 from core import version  # light: imports neither torch nor DALI
+from core.text import printable
 
 
 def default_checkpoint() -> str | None:
@@ -135,7 +136,7 @@ def plot_timeline(result: dict, classes: list[str], path: str) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("probability")
-    ax.set_title(f"{os.path.basename(result['file'])}: {result['genre']}")
+    ax.set_title(f"{printable(os.path.basename(result['file']))}: {result['genre']}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
@@ -228,7 +229,7 @@ def predict_files(args: argparse.Namespace, ckpt: str) -> int:
     try:
         predictor = Predictor(ckpt, args.device)
     except CheckpointError as e:
-        print(f"predict: error: {e}", file=sys.stderr)
+        print(f"predict: error: {printable(str(e))}", file=sys.stderr)
         return 2
     results, failed = [], 0
     for path in expand(args.paths):
@@ -237,7 +238,7 @@ def predict_files(args: argparse.Namespace, ckpt: str) -> int:
         except AudioError as e:
             hint = "" if e.reason != "too_short" or args.allow_short else "; --allow-short predicts it anyway"
             what = "too short: " if e.reason == "too_short" else ""
-            print(f"predict: error: {path}: {what}{e.message}{hint}", file=sys.stderr)
+            print(f"predict: error: {printable(path)}: {what}{e.message}{hint}", file=sys.stderr)
             failed += 1
             continue
         results.append(r)
@@ -249,7 +250,7 @@ def predict_files(args: argparse.Namespace, ckpt: str) -> int:
     if args.json:
         for r in results:
             r["probabilities"] = dict(list(r["probabilities"].items())[: args.top])
-        json.dump({"checkpoint": ckpt, "results": results}, sys.stdout, indent=1)
+        json.dump({"checkpoint": ckpt, "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
         print()
     return 2 if failed else 0
 
@@ -257,7 +258,7 @@ def predict_files(args: argparse.Namespace, ckpt: str) -> int:
 def show(result: dict, path: str, top: int, timeline: bool) -> None:
     """One file's verdict for a person: genre and top probabilities, warnings, the timeline's segments."""
     best = list(result["probabilities"].items())[:top]
-    print(f"{path}: {result['genre']}  ({', '.join(f'{g} {pr:.1%}' for g, pr in best)})")
+    print(f"{printable(path)}: {result['genre']}  ({', '.join(f'{g} {pr:.1%}' for g, pr in best)})")
     for w in result["warnings"]:
         print(f"  warning: {w}")
     if timeline:

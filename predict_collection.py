@@ -42,6 +42,7 @@ from typing import Any
 
 from core.faults import fault_point
 from core.shards import sha256_file
+from core.text import csv_cell, csv_value, json_bytes, json_text, printable
 from storage.store import StorageError, is_remote, redact
 
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
@@ -139,7 +140,7 @@ class PartWriter:
         self.written = 0
 
     def _line(self, obj: dict) -> None:
-        self.f.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")  # one write per line
+        self.f.write(json_bytes(obj) + b"\n")  # one write per line
         self.f.flush()
 
     def write(self, record: dict) -> None:
@@ -167,24 +168,27 @@ def write_output(paths: Paths, fmt: str, records: list[dict], classes: list[str]
     if fmt == "jsonl":
         with atomic_open(paths.out, "w", encoding="utf-8", newline="\n") as f:
             for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(json_text(r) + "\n")
         return
-    with atomic_open(paths.out, "w", encoding="utf-8", newline="") as f:
+    # CSV: cells a spreadsheet would run as formulas are escaped (core.text.csv_cell); a file name's
+    # undecodable bytes are written as they are (surrogateescape), so a resumed run matches them
+    with atomic_open(paths.out, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
         w = csv.writer(f)
-        w.writerow(csv_columns(classes, labeled))
+        w.writerow([csv_cell(c) for c in csv_columns(classes, labeled)])
         for r in records:
-            w.writerow([r["uid"], r["source"], r["seconds"], r["windows"], r["genre"]]
-                       + ([r.get("label", ""), r.get("split", "")] if labeled else [])
-                       + [int(r.get("clipped", False)), " | ".join(r.get("warnings", []))]
-                       + [r["probabilities"][c] for c in classes])
+            w.writerow([csv_cell(v) for v in
+                        [r["uid"], r["source"], r["seconds"], r["windows"], r["genre"]]
+                        + ([r.get("label", ""), r.get("split", "")] if labeled else [])
+                        + [int(r.get("clipped", False)), " | ".join(r.get("warnings", []))]
+                        + [r["probabilities"][c] for c in classes]])
     if timeline:
-        with atomic_open(paths.timeline_csv, "w", encoding="utf-8", newline="") as f:
+        with atomic_open(paths.timeline_csv, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["uid", "source", "start", "end", "genre"] + [f"p_{c}" for c in classes])
+            w.writerow([csv_cell(c) for c in ["uid", "source", "start", "end", "genre"] + [f"p_{c}" for c in classes]])
             for r in records:
                 for t in r["timeline"]:
-                    w.writerow([r["uid"], r["source"], t["start"], t["end"], t["genre"]]
-                               + [t["probabilities"][c] for c in classes])
+                    w.writerow([csv_cell(v) for v in [r["uid"], r["source"], t["start"], t["end"], t["genre"]]
+                                + [t["probabilities"][c] for c in classes]])
 
 
 def _ranked_dict(probs: dict[str, float]) -> dict[str, float]:
@@ -196,8 +200,8 @@ def read_output(paths: Paths, fmt: str, classes: list[str]) -> list[dict]:
     if fmt == "jsonl":
         with open(paths.out, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
-    with open(paths.out, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
+    with open(paths.out, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        rows = [{csv_value(k): csv_value(v) for k, v in row.items()} for row in csv.DictReader(f)]
     records = []
     for row in rows:
         r: dict[str, Any] = {"uid": int(row["uid"]), "source": row["source"], "seconds": float(row["seconds"]),
@@ -211,8 +215,8 @@ def read_output(paths: Paths, fmt: str, classes: list[str]) -> list[dict]:
         records.append(r)
     if os.path.exists(paths.timeline_csv):
         by_source = {r["source"]: r for r in records}
-        with open(paths.timeline_csv, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
+        with open(paths.timeline_csv, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            for row in ({csv_value(k): csv_value(v) for k, v in r.items()} for r in csv.DictReader(f)):
                 by_source[row["source"]].setdefault("timeline", []).append(
                     {"start": float(row["start"]), "end": float(row["end"]), "genre": row["genre"],
                      "probabilities": _ranked_dict({c: float(row[f"p_{c}"]) for c in classes})})
@@ -689,7 +693,7 @@ def run(args: argparse.Namespace, ckpt: str) -> int:
             distributed.check_placement(args.nproc, args.cpu)
     except (CollectionError, distributed.PlacementError) as e:
         if rank == 0:
-            print(f"predict: error: {e}", file=sys.stderr)
+            print(f"predict: error: {printable(str(e))}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()  # the prediction stage: sharding a folder is timed by make_shards' own line
     if job.up_to_date:
@@ -710,7 +714,7 @@ def run(args: argparse.Namespace, ckpt: str) -> int:
         env = distributed.setup(force_cpu=job.cpu)
     except distributed.PlacementError as e:  # under torchrun, every rank of the machine: its first reports
         if here.local_rank == 0:
-            print(f"predict: error: {e}", file=sys.stderr)
+            print(f"predict: error: {printable(str(e))}", file=sys.stderr)
         return 2
     try:
         classes = job.identity["classes"]
@@ -725,7 +729,7 @@ def run(args: argparse.Namespace, ckpt: str) -> int:
         try:
             summary = merge(job, classes, stats)
         except CollectionError as e:
-            print(f"predict: error: {e}", file=sys.stderr)
+            print(f"predict: error: {printable(str(e))}", file=sys.stderr)
             return 2
         print(summary_text(summary, classes))
         if world == 1:

@@ -43,6 +43,7 @@ import numpy as np
 
 from core.faults import fault_point
 from core.spec import FeatureSpec
+from core.text import json_bytes
 
 SPLITS = ("train", "val", "test")
 UNLABELED_SPLIT = "all"                    # the one split of an unlabeled collection
@@ -64,7 +65,7 @@ STORAGE = "wav/pcm16"
 SHARD_FILE = re.compile(r"(train|val|test|all)-\d{6}\.(tar|idx)")   # every name a manifest may give
 KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")                             # a sample key: dot-free (DALI), plain
 HEX64 = re.compile(r"[0-9a-f]{64}")
-OUTPUT_FILE = re.compile(r"(?:(?:train|val|test|all)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\d+)?)")
+OUTPUT_FILE = re.compile(r"(?:(?:train|val|test|all)-\d{6}\.(?:tar|idx)(?:\.partial)?|manifest\.json(?:\.tmp\w+)?)")
 
 
 class ManifestError(ValueError):
@@ -145,7 +146,7 @@ class Sample:
         meta = {"source": self.source, "label": self.label, "duration": self.duration, "pcm_sha256": self.pcm_sha256}
         return {AUDIO: wav, CLASS: str(class_index).encode(), LABEL: np.array(class_index, LABEL_DTYPE).tobytes(),
                 UID: np.array(self.uid, UID_DTYPE).tobytes(),
-                META: json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()}
+                META: json_bytes(meta, sort_keys=True)}
 
 
 REQUIRED_SAMPLE_FIELDS = tuple(f.name for f in fields(Sample) if f.default is MISSING)
@@ -263,7 +264,7 @@ def parse_manifest(data: bytes, where: str, sha256: str | None = None) -> Manife
 
 def manifest_bytes(doc: dict[str, Any]) -> bytes:
     """The manifest as written: sorted keys, so the same shards give the same bytes."""
-    return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return json_bytes(doc, indent=1, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------------------ writing

@@ -116,7 +116,7 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
     if size == 0:
         raise AudioError("empty_file", "file is empty (0 bytes)")
     try:
-        f = sf.SoundFile(path)
+        f = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not UTF-8 opens too
     except sf.LibsndfileError as e:
         msg = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
         raise AudioError("not_audio", f"not a readable audio file ({msg.strip()})") from None

@@ -93,6 +93,7 @@ from core.faults import fault_point
 from core.shards import (ALL_SPLITS, MANIFEST, OUTPUT_FILE, SPLITS, UNLABELED_SPLIT, build_manifest, check_files,
                          check_name, manifest_bytes, shard_name, write_shard)
 from core.spec import FeatureSpec
+from core.text import printable
 from features.audio import MIN_SECONDS
 from storage.folder import read_manifest
 from storage.store import StorageError, is_remote
@@ -290,7 +291,7 @@ def sample_key(item: Item) -> str:
     """WebDataset key: readable, unique, and free of dots (DALI splits names at the first dot)."""
     stem = unicodedata.normalize("NFKD", os.path.splitext(os.path.basename(item.rel))[0])
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem.encode("ascii", "ignore").decode()).strip("_")[:48]
-    digest = hashlib.sha1(item.rel.encode("utf-8")).hexdigest()[:10]
+    digest = hashlib.sha1(os.fsencode(item.rel)).hexdigest()[:10]  # the name's bytes, UTF-8 or not
     return f"{slug or 'clip'}_{digest}"
 
 
@@ -659,10 +660,10 @@ def verify_main(folder: str) -> int:
     try:
         problems = verify(folder)
     except (UsageError, StorageError) as e:
-        print(f"make_shards: error: {e}", file=sys.stderr)
+        print(f"make_shards: error: {printable(str(e))}", file=sys.stderr)
         return 2
     for line in problems:
-        print(f"verify: {line}", file=sys.stderr)
+        print(f"verify: {printable(line)}", file=sys.stderr)
     print(f"verify: {folder}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 
@@ -748,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             clear_staging(build)
             uploaded = f"{store.shown_root}: uploaded {n} file(s), {size / 1e6:.1f} MB ({kept} already there)"
     except (UsageError, StorageError, OSError) as e:  # OSError: e.g. disk full or OUT not writable; names the file
-        print(f"make_shards: error: {e}", file=sys.stderr)
+        print(f"make_shards: error: {printable(str(e))}", file=sys.stderr)
         return 2
     if uploaded:
         print(uploaded)

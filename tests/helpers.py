@@ -30,3 +30,18 @@ def built_once(tmp_path_factory, name: str):
     with open(root / f"shared-{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield folder, (folder / "done.json").exists()
+
+
+def run_main(main, argv: list[str]):
+    """A CLI's main(argv) in this process, its exit code, stdout and stderr captured as a process's
+    would be (subprocess.CompletedProcess): for tests of messages and exit codes, where a process
+    would add only torch's import."""
+    import io
+    import subprocess
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse: --help, usage errors
+            code = e.code
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

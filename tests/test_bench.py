@@ -86,20 +86,19 @@ def test_features(bench_data, tmp_path):
 def test_train_throughput(bench_data, tmp_path):
     src, cache = bench_data
     run("bench.train_throughput", "--src", src, "--clips", str(CLIPS), "--model", "tiny", "--batch", "4",
-        "--crops", "2", "--methods", "dali,librosa,synthetic", "--device", "cpu", "--warmup", "1", "--steps", "2",
+        "--crops", "2", "--methods", "dali,synthetic", "--device", "cpu", "--warmup", "1", "--steps", "2",
         "--repeats", "1", "--wait-idle", "0", "--retries", "0", "--method-timeout", "90",
         "--cache", cache, "--out", str(tmp_path), timeout=240)
     rep = only_json(str(tmp_path), "train-*.json")
-    assert rep["complete"] and rep["runs_wanted"] == ["dali", "librosa", "synthetic"]
+    assert rep["complete"] and rep["runs_wanted"] == ["dali", "synthetic"]  # librosa's skip: test_features
     assert rep["settings"]["label_smoothing"] == 0.1 and rep["data"]["tracks"] == CLIPS
     rows = rep["methods"]
-    for r in (rows[0], rows[2]):
+    for r in rows:
         assert "error" not in r and "skipped" not in r, r
         assert r["shape"] == [4, 1, 128, 130] and r["samples_per_s"]["median"] > 0
         assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])  # train_step's weighted loss
     assert rows[0]["loader"]["crops"] == 2 and rows[0]["loader"]["tracks_per_batch"] == 2
-    assert_librosa_row(rows[1])
 
 
 def test_dali_tuning(bench_data, tmp_path):

@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 
 from audio_files import sine, write
-from helpers import ROOT
+from helpers import ROOT, run_main
 from servers import http_server  # noqa: F401 - fixture
 from model import build_model
 from core.spec import FeatureSpec
@@ -364,8 +364,9 @@ def test_refusals_are_one_line(shards, collection, ckpt, tmp_path):
                           f"predict: error: {os.path.join(src, 'p.jsonl')}: --out lies inside {src}, whose files are "
                           "read as audio; write it elsewhere"),
     }
+    import predict
     for name, (cmd, want) in cases.items():
-        p = _run(cmd)
+        p = run_main(predict.main, cmd[1:])  # in this process: the refusals come before any data is read
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [want], (name, p.stderr)
         assert not any(f.startswith(("r.", "n.")) for f in os.listdir(tmp_path)), name
 

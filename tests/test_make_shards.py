@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from audio_files import sine, write
-from helpers import ROOT
+from helpers import ROOT, run_main
 from features.audio import decode
-from preprocess.make_shards import verify, make_shards
+from preprocess.make_shards import main, make_shards, verify
 from preprocess.synth import generate
 
 
@@ -135,8 +135,7 @@ def test_cli_reports_summary_and_bad_source(messy, tmp_path):
     assert last.startswith("accepted 6 ") and "rejected 9" in last and "too_short 1" in last
     m = json.loads((out / "manifest.json").read_text())
     assert m["sample_rate"] == 22050 and m["feature_spec"]["n_mels"] == 128
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), str(tmp_path / "nope"),
-                          str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    bad = run_main(main, [str(tmp_path / "nope"), str(out)])
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -146,8 +145,8 @@ def test_verify_detects_a_flipped_byte(tmp_path):
     generate(str(src), per_class=4, seconds=1.5, genres=["pop", "rock"], progress=False)
     out = tmp_path / "out"
     m = make_shards(str(src), str(out), val=0.25, test=0.25, workers=1, min_shards=2, progress=False)
-    cli = [sys.executable, os.path.join(ROOT, "preprocess", "make_shards.py"), "--verify", str(out)]
-    ok = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    cli = ["--verify", str(out)]  # main() in this process (the CLI as a process: test_cli_reports_summary...)
+    ok = run_main(main, cli)
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
     shard = out / m["splits"]["train"]["shards"][0]
     with tarfile.open(shard) as tf:
@@ -155,11 +154,11 @@ def test_verify_detects_a_flipped_byte(tmp_path):
     data = bytearray(shard.read_bytes())
     data[wav.offset_data + wav.size // 2] ^= 0xFF  # inside a sample's PCM
     shard.write_bytes(bytes(data))
-    bad = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    bad = run_main(main, cli)
     assert bad.returncode == 1
     assert f"{shard.name}: sample {wav.name[:-4]} member .wav differs from the manifest (audio checksum)" in bad.stderr
     (out / m["splits"]["val"]["shards"][0]).unlink()
-    worse = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    worse = run_main(main, cli)
     assert worse.returncode == 1 and "missing" in worse.stderr
 
 

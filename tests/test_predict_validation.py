@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from audio_files import sine, truncate, write
+from helpers import run_main
 from model import build_model
 from features.audio import MIN_SECONDS, AudioError, decode, validate
 from core.spec import FeatureSpec
@@ -33,7 +34,13 @@ HINT = "; --allow-short predicts it anyway"
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    """make_shards as a process; predict.py's main in this process (helpers.run_main: a process would
+    add only torch's import; predict.py runs as a process in test_train_predict.py and
+    test_odd_inputs.py)."""
+    if args[0] != PREDICT:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    import predict
+    return run_main(predict.main, args[1:])
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,25 @@
 """Run reports written by rank 0: metrics.json and PNGs people would rather look at than read."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
 from core.atomic import atomic_open, atomic_write
+from core.text import json_bytes
 
 
 def write_json(path: str, obj: Any) -> None:
     """Atomic: written to a temp file, then renamed over `path`."""
-    atomic_write(path, json.dumps(obj, indent=1, default=float, ensure_ascii=False).encode("utf-8"))
+    atomic_write(path, json_bytes(obj, indent=1, default=float))
 
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
     import matplotlib
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # file and class names are text, never math ($x$)
     import matplotlib.pyplot as plt
     return plt
 

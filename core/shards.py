@@ -57,9 +57,7 @@ MAX_FILE_BYTES = 1 << 44      # 16 TiB: no shard file is larger
 
 # Members of a sample, by extension. DALI's reader takes AUDIO, LABEL and UID with these dtypes.
 AUDIO, CLASS, LABEL, UID, META = "wav", "cls", "lab", "uid", "json"
-MEMBERS = (AUDIO, CLASS, LABEL, UID, META)
 LABEL_DTYPE, UID_DTYPE = np.dtype("<i4"), np.dtype("<i8")
-META_FIELDS = ("source", "label", "duration", "pcm_sha256")
 STORAGE = "wav/pcm16"
 
 SHARD_FILE = re.compile(r"(train|val|test|all)-\d{6}\.(tar|idx)")   # every name a manifest may give
@@ -163,8 +161,8 @@ class Split:
 class Manifest:
     """manifest.json, typed: `m.classes`, `m.splits["train"].count`, `m.samples`, `m.spec`, ...
 
-    `m["field"]` gives the JSON document's fields by name, as written (the schema is documented in
-    the README and preprocess/make_shards.py).
+    `m["field"]` gives the JSON document's fields by name, as written (the schema: build_manifest
+    below writes it, _Checker checks it).
     """
 
     def __init__(self, doc: dict[str, Any], path: str = MANIFEST):

@@ -232,6 +232,7 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
     spec = dataclasses.replace(manifest.spec, clip_seconds=args.clip_seconds)
     model = build_model(args.model, len(manifest.classes)).to(env.device)
     if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # training crops and evaluation windows have fixed shapes
         model = model.to(memory_format=torch.channels_last)
         if env.distributed:  # SyncBatchNorm has no CPU implementation
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

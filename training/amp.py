@@ -34,8 +34,11 @@ class Amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_norm: float | None = None) -> bool:
-        """Backward + optimizer step. Returns False when fp16 overflow made the scaler skip it."""
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip_norm: float | None = None
+             ) -> torch.Tensor | bool:
+        """Backward + optimizer step. Returns True, or with the fp16 GradScaler a 0-dim bool tensor on the
+        device: False when overflow made the scaler skip the step. The step reads nothing back from the
+        device (GradScaler.get_scale() would, twice a step); reading the result is the caller's choice."""
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
@@ -47,10 +50,10 @@ class Amp:
         if clip_norm:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(_params(optimizer), clip_norm)
-        scale = self.scaler.get_scale()
+        before = self.scaler._scale.clone()  # the scale tensor itself (get_scale() is its .item())
         self.scaler.step(optimizer)
-        self.scaler.update()
-        return self.scaler.get_scale() >= scale
+        self.scaler.update()  # backs the scale off, in place, after an overflow
+        return self.scaler._scale >= before
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler is not None else {}

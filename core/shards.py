@@ -245,11 +245,9 @@ class Manifest:
 
 
 def parse_manifest(data: bytes, where: str, sha256: str | None = None) -> Manifest:
-    """A manifest from its file's bytes (read by storage.folder.read_manifest, local or remote):
-    ManifestError (one line) for anything but a well-formed manifest, or bytes whose sha256 is not
-    the pinned `sha256`."""
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MB; not a manifest this tool wrote")
+    """A manifest from its file's bytes (read, at most MAX_MANIFEST_BYTES of them, by
+    storage.folder.read_manifest, local or remote): ManifestError (one line) for anything but a
+    well-formed manifest, or bytes whose sha256 is not the pinned `sha256`."""
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
         raise ManifestError(f"{where}: sha256 {hashlib.sha256(data).hexdigest()[:16]}... is not the pinned "
                             f"{sha256[:16]}... (--manifest-sha256): the folder changed or is not the one meant")

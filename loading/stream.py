@@ -141,6 +141,9 @@ class SampleStream:
         # DALI takes the batches without copying (no_copy): the arrays are views of the tars' memory
         # maps, read by DALI's decoder threads, and must outlive the prefetched iterations that use them
         self._alive: deque = deque(maxlen=keep_alive)
+        # per shard, the samples its index must hold for this share (its highest position + 1)
+        self._needed = np.zeros(len(share.shards), np.int64)
+        np.maximum.at(self._needed, share.shard, share.pos.astype(np.int64) + 1)
 
     # -- the order ------------------------------------------------------------------------------------
     def plan(self, epoch: int) -> Plan:
@@ -203,8 +206,7 @@ class SampleStream:
                     text = f.read()
                 with open(self.files.path(name), "rb") as f:
                     mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                needed = int(self.share.pos[self.share.shard == shard].max()) + 1
-                return mm, parse_index(text, self.files.url(index_name(name)), len(mm), needed)
+                return mm, parse_index(text, self.files.url(index_name(name)), len(mm), int(self._needed[shard]))
             except FileNotFoundError:
                 if attempt == 5 or not self.files.remote:
                     raise

@@ -22,26 +22,18 @@ def read_manifest(folder: str, *, allow_unverified: bool = False, sha256: str | 
     """The manifest of a shard folder, local or remote (s3://, gs://, http(s)://: storage.store).
 
     FileNotFoundError (one line) when the folder has none; ManifestError (one line) when it is
-    malformed, larger than MAX_MANIFEST_BYTES, differs from the pinned `sha256`, or is remote and
+    malformed, differs from the pinned `sha256`, or is remote and
     lacks a checksum for a file it lists (unless `allow_unverified`: then its files are fetched as
-    served). A remote one that cannot be read raises storage.store.StorageError.
+    served). One that cannot be read, or is larger than MAX_MANIFEST_BYTES, raises
+    storage.store.StorageError.
     """
-    if is_remote(folder):
-        store = Store(folder)
-        where = store.shown(MANIFEST)
-        try:
-            data = store.read_bytes(MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
-        except NotFound:
-            raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py "
-                                    "first (a prefix without one is unfinished)") from None
-    else:
-        where = os.path.join(folder, MANIFEST)
-        if not os.path.exists(where):
-            raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py first")
-        if os.path.getsize(where) > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{where}: larger than {MAX_MANIFEST_BYTES >> 20} MB; not a manifest this tool wrote")
-        with open(where, "rb") as f:
-            data = f.read()
+    store = Store(folder)  # local or remote: one bounded read
+    where = store.shown(MANIFEST)
+    try:
+        data = store.read_bytes(MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
+    except NotFound:
+        unfinished = " (a prefix without one is unfinished)" if is_remote(folder) else ""
+        raise FileNotFoundError(f"{where}: no manifest; run preprocess/make_shards.py first{unfinished}") from None
     m = parse_manifest(data, where, sha256)
     missing = m.unverifiable()
     if is_remote(folder) and missing and not allow_unverified:
@@ -68,8 +60,9 @@ def trust_warnings(shard_dir: str, manifest: Manifest, pinned: bool = False) -> 
     if not is_remote(shard_dir):
         return []
     out = []
-    if manifest.unverifiable():
-        out.append(f"warning: {manifest.path}: {len(manifest.unverifiable())} files have no checksum in this version "
+    unverifiable = manifest.unverifiable()
+    if unverifiable:
+        out.append(f"warning: {manifest.path}: {len(unverifiable)} files have no checksum in this version "
                    f"{manifest.version} manifest and are taken as served (--allow-unverified); rebuild the folder "
                    "with make_shards to verify every byte")
     elif manifest.unsized():

@@ -242,7 +242,7 @@ class Store:
                 raise StorageError(f"{self.shown(name)}: {size:,} bytes, more than the {max_bytes:,} this file may have")
             return self.call(name, lambda: self.fs.cat_file(self.url(name)))
         chunks: list[bytes] = []
-        self._stream(name, chunks.append, max_bytes, "this file may have")
+        self._stream(name, chunks.append, max_bytes, "this file may have", restart=chunks.clear)
         return b"".join(chunks)
 
     def exists(self, name: str) -> bool:

@@ -377,6 +377,12 @@ class Lie:
         return cls("trickle", data, interval=interval)
 
     @classmethod
+    def cut_once(cls, data: bytes) -> "Lie":
+        """The first request gets half of `data` under its full Content-Length, then the connection
+        closes; later requests get all of it."""
+        return cls("cut", data)
+
+    @classmethod
     def stall(cls, data: bytes) -> "Lie":
         """Headers for `data`, then silence."""
         return cls("stall", data)
@@ -441,6 +447,9 @@ class HostileServer:
                         self.wfile.write(lie.data[i:i + 1])
                         self.wfile.flush()
                         time.sleep(lie.interval)
+                elif lie.kind == "cut":
+                    self.wfile.write(lie.data[:len(lie.data) // 2])
+                    lie.kind = "plain"  # the next request gets the whole
                 elif lie.kind == "stall":
                     time.sleep(60)
                 self.close_connection = True

@@ -242,6 +242,22 @@ def test_servers_that_lie_end_in_one_line_within_their_deadline(folder, tmp_path
         assert time.monotonic() - t0 < 30
 
 
+def test_a_transfer_cut_midway_is_retried_from_its_start(folder, tmp_path):
+    """A connection closed halfway through a manifest or a shard: the retry starts over, and what
+    is read or written is the object's bytes exactly once."""
+    shards, doc = folder
+    files = folder_bytes(shards)
+    name = doc["splits"]["train"]["shards"][0]
+    with serve(files, doc) as server:
+        server.routes[f"/s/{MANIFEST}"] = Lie.cut_once(manifest_bytes(doc))
+        server.routes[f"/s/{name}"] = Lie.cut_once(files[name])
+        store = Store(f"{server.url}/s", backoff=0.05)
+        assert store.read_bytes(MANIFEST) == manifest_bytes(doc)
+        dest = tmp_path / "cut.tar"
+        assert store.get(name, str(dest)) == (len(files[name]), hashlib.sha256(files[name]).hexdigest())
+        assert dest.read_bytes() == files[name] and store.retried == 2
+
+
 def test_index_members_outside_their_tar_are_refused(folder):
     shards, doc = folder
     name = doc["splits"]["train"]["shards"][0]

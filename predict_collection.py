@@ -170,25 +170,32 @@ def write_output(paths: Paths, fmt: str, records: list[dict], classes: list[str]
             for r in records:
                 f.write(json_text(r) + "\n")
         return
-    # CSV: cells a spreadsheet would run as formulas are escaped (core.text.csv_cell); a file name's
-    # undecodable bytes are written as they are (surrogateescape), so a resumed run matches them
-    with atomic_open(paths.out, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([csv_cell(c) for c in csv_columns(classes, labeled)])
-        for r in records:
-            w.writerow([csv_cell(v) for v in
-                        [r["uid"], r["source"], r["seconds"], r["windows"], r["genre"]]
-                        + ([r.get("label", ""), r.get("split", "")] if labeled else [])
-                        + [int(r.get("clipped", False)), " | ".join(r.get("warnings", []))]
-                        + [r["probabilities"][c] for c in classes]])
+    rows = [[r["uid"], r["source"], r["seconds"], r["windows"], r["genre"]]
+            + ([r.get("label", ""), r.get("split", "")] if labeled else [])
+            + [int(r.get("clipped", False)), " | ".join(r.get("warnings", []))]
+            + [r["probabilities"][c] for c in classes] for r in records]
+    _write_csv(paths.out, csv_columns(classes, labeled), rows)
     if timeline:
-        with atomic_open(paths.timeline_csv, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-            w = csv.writer(f)
-            w.writerow([csv_cell(c) for c in ["uid", "source", "start", "end", "genre"] + [f"p_{c}" for c in classes]])
-            for r in records:
-                for t in r["timeline"]:
-                    w.writerow([csv_cell(v) for v in [r["uid"], r["source"], t["start"], t["end"], t["genre"]]
-                                + [t["probabilities"][c] for c in classes]])
+        _write_csv(paths.timeline_csv, ["uid", "source", "start", "end", "genre"] + [f"p_{c}" for c in classes],
+                   [[r["uid"], r["source"], t["start"], t["end"], t["genre"]] + [t["probabilities"][c] for c in classes]
+                    for r in records for t in r["timeline"]])
+
+
+def _write_csv(path: str, header: list[str], rows: list[list]) -> None:
+    """A CSV other tools may open: cells a spreadsheet would run as formulas escaped (core.text.csv_cell);
+    a file name's undecodable bytes written as they are (surrogateescape), so a resumed run matches them.
+    _read_csv reads it back."""
+    from core.atomic import atomic_open
+
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        w = csv.writer(f)
+        for row in [header, *rows]:
+            w.writerow([csv_cell(v) for v in row])
+
+
+def _read_csv(path: str) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        return [{csv_value(k): csv_value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _ranked_dict(probs: dict[str, float]) -> dict[str, float]:
@@ -200,8 +207,7 @@ def read_output(paths: Paths, fmt: str, classes: list[str]) -> list[dict]:
     if fmt == "jsonl":
         with open(paths.out, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
-    with open(paths.out, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        rows = [{csv_value(k): csv_value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rows = _read_csv(paths.out)
     records = []
     for row in rows:
         r: dict[str, Any] = {"uid": int(row["uid"]), "source": row["source"], "seconds": float(row["seconds"]),
@@ -215,11 +221,10 @@ def read_output(paths: Paths, fmt: str, classes: list[str]) -> list[dict]:
         records.append(r)
     if os.path.exists(paths.timeline_csv):
         by_source = {r["source"]: r for r in records}
-        with open(paths.timeline_csv, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            for row in ({csv_value(k): csv_value(v) for k, v in r.items()} for r in csv.DictReader(f)):
-                by_source[row["source"]].setdefault("timeline", []).append(
-                    {"start": float(row["start"]), "end": float(row["end"]), "genre": row["genre"],
-                     "probabilities": _ranked_dict({c: float(row[f"p_{c}"]) for c in classes})})
+        for row in _read_csv(paths.timeline_csv):
+            by_source[row["source"]].setdefault("timeline", []).append(
+                {"start": float(row["start"]), "end": float(row["end"]), "genre": row["genre"],
+                 "probabilities": _ranked_dict({c: float(row[f"p_{c}"]) for c in classes})})
     return records
 
 
@@ -758,5 +763,8 @@ def rank_args(job: Job) -> list[str]:
         args += ["--timeline", "--hop", repr(job.timeline_hop)]
     if job.threads:
         args += ["--threads", str(job.threads)]
-    args += [flag for flag, on in (("--cpu", job.cpu), ("--eager", job.eager), ("--amp", job.amp)) if on]
+    if job.manifest_sha256:
+        args += ["--manifest-sha256", job.manifest_sha256]
+    args += [flag for flag, on in (("--cpu", job.cpu), ("--eager", job.eager), ("--amp", job.amp),
+                                   ("--allow-unverified", job.allow_unverified)) if on]
     return args

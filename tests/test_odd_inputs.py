@@ -102,3 +102,4 @@ def test_atomic_writes_never_follow_a_planted_symlink(tmp_path):
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~umask
     assert sorted(os.listdir(out.parent)) == sorted(["manifest.json", f"manifest.json.tmp{os.getpid()}",
                                                      f"manifest.json.tmp{os.getpid() + 1}"])
+

@@ -377,3 +377,15 @@ def test_redact_removes_credentials_and_tokens():
     store = Store("https://u:pw@h.example/shards?sig=SECRET")
     assert store.url("a.tar") == "https://u:pw@h.example/shards/a.tar?sig=SECRET"
     assert store.shown("a.tar") == "https://***@h.example/shards/a.tar"
+
+
+def test_launched_ranks_get_the_trust_options(tmp_path):
+    """predict.py --nproc N relaunches itself for its ranks: --allow-unverified and --manifest-sha256
+    reach them, or the ranks would refuse (or not pin) the folder the launcher accepted."""
+    import predict
+    from predict_collection import Job, rank_args
+    job = Job(out=str(tmp_path / "p.jsonl"), fmt="jsonl", shard_dir="http://h.example/s", checkpoint="c.pt",
+              source_root=None, timeline_hop=None, batch_size=None, threads=None, cpu=True, eager=False, amp=False,
+              allow_unverified=True, manifest_sha256="ab" * 32)
+    args = predict.parse_args(rank_args(job))
+    assert args.allow_unverified and args.manifest_sha256 == "ab" * 32 and args.shards == job.shard_dir

@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown(env)
         return 2
     trainer.log(f"model {args.model}: {count_parameters(trainer.model):,} parameters | {env.world_size} rank(s) on "
-          f"{env.device.type} | precision {trainer.amp.name} | {manifest.splits['train'].count} training tracks x "
-          f"{args.crops_per_track} crops, {trainer.steps} steps/epoch | run dir {trainer.run_dir}")
+                f"{env.device.type} | precision {trainer.amp.name} | {manifest.splits['train'].count} training tracks x "
+                f"{args.crops_per_track} crops, {trainer.steps} steps/epoch | run dir {trainer.run_dir}")
     if start.path:
         trainer.log(f"resumed from {start.path} at epoch {start.epoch} step {start.step}")
 
@@ -323,8 +323,8 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult) 
         h["storage"] = traffic
     trainer.history.append(h)
     trainer.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
-          f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
-          f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
+                f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
+                f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
     improved = val.track_acc > trainer.best
     trainer.best = max(trainer.best, val.track_acc)
     save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved)

@@ -77,17 +77,21 @@ class Predictor:
                 window_starts(feats.shape[-1], clip, hop_frames))
 
     def predict_file(self, path: str, timeline_hop: float | None = None, min_seconds: float | None = None,
-                     allow_short: bool = False) -> dict:
+                     allow_short: bool = False, max_seconds: float | None = None) -> dict:
         """Genre of one song (mean of window logits); with timeline_hop, also per-window probabilities.
 
         Raises AudioError for a file make_shards would reject (features.audio.validate; too short
-        only with allow_short=False); result["warnings"] holds what validate reports."""
-        from features.audio import MIN_SECONDS, AudioError, decode, validate
+        only with allow_short=False); result["warnings"] holds what validate reports, and a clip to
+        `max_seconds` (default MAX_SECONDS, as make_shards; 0: only the decoder's own cap)."""
+        from features.audio import MAX_SECONDS, MIN_SECONDS, AudioError, decode, validate
         from inference.scoring import hop_frames, ranked, timeline
 
         torch = self.torch
-        d = decode(path, self.spec.sample_rate)
+        d = decode(path, self.spec.sample_rate, MAX_SECONDS if max_seconds is None else max_seconds or None)
         warnings = validate(d, MIN_SECONDS if min_seconds is None else min_seconds, allow_short)
+        if d.clipped:
+            warnings.append(f"clipped: classified the first {d.seconds:.1f} s of {d.source_frames / d.source_rate:.1f} s "
+                            f"(--max-seconds)")
         if len(d.samples) <= self.spec.n_fft // 2:  # even --allow-short: the centred STFT needs more
             raise AudioError("too_short", f"{len(d.samples)} samples, fewer than the {self.spec.n_fft // 2 + 1} "
                                           f"one feature frame needs")
@@ -147,7 +151,7 @@ def _mmss(s: float) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from features.audio import MIN_SECONDS
+    from features.audio import MAX_SECONDS, MIN_SECONDS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="audio files or folders (with --out: one folder, sharded first)")
@@ -165,10 +169,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-short", action="store_true",
                    help="predict clips shorter than --min-seconds anyway, with a warning (shards made with the "
                         "same --min-seconds hold none)")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                   help="classify only the first N seconds of longer files, as make_shards keeps them (default "
+                        "%(default)g; 0: only the decoder's own cap, 600 s at 192 kHz); a clipped file says so")
     _collection_args(p.add_argument_group("collection mode (--out): the sharded DALI path on every rank, resumable"))
     args = p.parse_args(argv)
-    if args.min_seconds < 0:
-        p.error("--min-seconds must not be negative")
+    if args.min_seconds < 0 or args.max_seconds < 0:
+        p.error("--min-seconds and --max-seconds must not be negative")
     if args.nproc == "auto":
         from training.distributed import auto_nproc
         args.nproc = auto_nproc(args.cpu)
@@ -234,7 +241,8 @@ def predict_files(args: argparse.Namespace, ckpt: str) -> int:
     results, failed = [], 0
     for path in expand(args.paths):
         try:
-            r = predictor.predict_file(path, args.hop if args.timeline else None, args.min_seconds, args.allow_short)
+            r = predictor.predict_file(path, args.hop if args.timeline else None, args.min_seconds, args.allow_short,
+                                         args.max_seconds)
         except AudioError as e:
             hint = "" if e.reason != "too_short" or args.allow_short else "; --allow-short predicts it anyway"
             what = "too short: " if e.reason == "too_short" else ""

@@ -248,6 +248,7 @@ class Job:
     manifest_sha256: str | None = None   # --manifest-sha256: the manifest's pinned checksum
     folder: str | None = None            # the audio folder sharded into paths.shards (removed when done)
     min_seconds: float | None = None     # a folder's make_shards --min-seconds
+    max_seconds: float | None = None     # and --max-seconds (None: no limit but the decoder's own cap)
     up_to_date: bool = False             # a folder whose finished OUT is current: nothing to do
     identity: dict = field(default_factory=dict)   # what the records depend on: parts' header, summary
 
@@ -303,7 +304,7 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
         shards = Paths.of(out).shards
     job = Job(out=out, fmt=fmt, shard_dir=shards, checkpoint=ckpt, source_root=args.source_root or folder,
               timeline_hop=hop, batch_size=args.batch_size, threads=args.threads, cpu=args.cpu, eager=args.eager, amp=args.amp,
-              folder=folder, min_seconds=args.min_seconds, allow_unverified=args.allow_unverified,
+              folder=folder, min_seconds=args.min_seconds, max_seconds=args.max_seconds or None, allow_unverified=args.allow_unverified,
               manifest_sha256=args.manifest_sha256)
     job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": sha256_file(ckpt), "classes": classes,
                     "timeline_hop": hop}
@@ -312,7 +313,7 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
         if folder_unchanged(job):
             job.up_to_date = True
             return job
-        shard_folder(folder, shards, spec, args.min_seconds)
+        shard_folder(folder, shards, spec, args.min_seconds, args.max_seconds or None)
     try:
         manifest = read_job_manifest(job)
     except (FileNotFoundError, ValueError, StorageError) as e:
@@ -342,10 +343,11 @@ def _folder_files(folder: str, shards: str) -> list:
 
 def folder_unchanged(job: Job) -> bool:
     """A finished OUT made from this folder, which has had no file added, removed or changed since
-    (and the same --min-seconds): nothing to shard or predict."""
+    (and the same --min-seconds and --max-seconds): nothing to shard or predict."""
     paths = job.paths
     summary = _summary_of(paths) if os.path.exists(paths.out) else None
-    if summary is None or summary.get("folder") != job.folder or summary.get("min_seconds") != job.min_seconds:
+    if (summary is None or summary.get("folder") != job.folder or summary.get("min_seconds") != job.min_seconds
+            or summary.get("max_seconds") != job.max_seconds):
         return False
     items = _folder_files(job.folder, paths.shards)
     known = {r["source"] for r in read_output(paths, summary["format_written"], job.identity["classes"])}
@@ -354,7 +356,7 @@ def folder_unchanged(job: Job) -> bool:
     return {_source(job.folder, it.rel) for it in items} == known and newest < os.path.getmtime(paths.summary)
 
 
-def shard_folder(folder: str, shards: str, spec, min_seconds: float) -> None:
+def shard_folder(folder: str, shards: str, spec, min_seconds: float, max_seconds: float | None) -> None:
     """make_shards --unlabeled FOLDER into `shards`, unless an earlier run's shards there still
     match the folder (same files, none newer than the manifest): a rerun after a kill in the
     prediction stage does not decode again (make_shards itself resumes a killed sharding)."""
@@ -369,10 +371,11 @@ def shard_folder(folder: str, shards: str, spec, min_seconds: float) -> None:
         known = {s["source"] for s in m["samples"]} | {r["path"] for r in m["rejects"]}
         newest = max((os.path.getmtime(it.path) for it in items), default=0.0)
         if ({it.rel for it in items} == known and newest < os.path.getmtime(manifest) and m.get("unlabeled")
-                and m["options"].get("min_seconds") == min_seconds and m["sample_rate"] == spec.sample_rate):
+                and m["options"].get("min_seconds") == min_seconds and m["options"].get("max_seconds") == max_seconds
+                and m["sample_rate"] == spec.sample_rate):
             return
     try:
-        m = make_shards(folder, shards, unlabeled=True, min_seconds=min_seconds, spec=spec,
+        m = make_shards(folder, shards, unlabeled=True, min_seconds=min_seconds, max_seconds=max_seconds, spec=spec,
                         progress=sys.stderr.isatty())
     except UsageError as e:
         shutil.rmtree(shards, ignore_errors=True)
@@ -635,6 +638,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
         "identity": job.identity, "checkpoint": job.checkpoint,
         "shards": None if job.folder else redact(job.shard_dir), "folder": job.folder,
         "min_seconds": job.min_seconds if job.folder else None,
+        "max_seconds": job.max_seconds if job.folder else None,
         "tracks": len(records), "seconds": round(total_s, 2),
         "new_tracks": stats["tracks"], "new_seconds": round(stats["seconds"], 2),
         "wall_s": round(stats["wall_s"], 3),

@@ -94,6 +94,48 @@ def index_name(tar_name: str) -> str:
     return tar_name[:-4] + ".idx"
 
 
+WAV_HEAD = 512  # a member's chunks before its audio must fit here (soundfile writes 44 bytes)
+
+
+def wav_member_frames(member: bytes | memoryview, rate: int, max_frames: int, where: str) -> int:
+    """The frame count of a sample's WAV member, checked to be this format's audio: RIFF/WAVE,
+    16-bit PCM, mono, at `rate`, its samples inside the member, at most `max_frames` of them.
+
+    What the DALI graph is handed is bounded by this: a member that holds anything else (a FLAC,
+    another rate, a header claiming more than the bytes) is ValueError, one line naming `where`.
+    Reads only the member's first WAV_HEAD bytes."""
+    head = bytes(member[:WAV_HEAD])
+    size = len(member)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise ValueError(f"{where}: .{AUDIO} member is not a RIFF/WAVE file")
+    pos, fmt = 12, None
+    while pos + 8 <= len(head):
+        cid, csize = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        body = pos + 8
+        if cid == b"fmt ":
+            fmt = head[body:body + 16]
+            if len(fmt) < 16:
+                break
+            tag, channels, got_rate = int.from_bytes(fmt[0:2], "little"), int.from_bytes(fmt[2:4], "little"), \
+                int.from_bytes(fmt[4:8], "little")
+            bits = int.from_bytes(fmt[14:16], "little")
+            if (tag, channels, bits) != (1, 1, 16) or got_rate != rate:
+                raise ValueError(f"{where}: .{AUDIO} member is format {tag}, {channels} channel(s), {bits} bit, "
+                                 f"{got_rate} Hz; the shard format is 16-bit PCM mono at {rate} Hz")
+        elif cid == b"data":
+            if fmt is None:
+                break
+            if csize % 2 or body + csize > size:
+                raise ValueError(f"{where}: .{AUDIO} member's data chunk ({csize} bytes) does not fit its "
+                                 f"{size - body} bytes")
+            if csize // 2 > max_frames:
+                raise ValueError(f"{where}: .{AUDIO} member holds {csize // 2} frames, more than the "
+                                 f"{max_frames} its manifest allows")
+            return csize // 2
+        pos = body + csize + (csize & 1)
+    raise ValueError(f"{where}: .{AUDIO} member has no fmt and data chunks in its first {WAV_HEAD} bytes")
+
+
 def sha256_file(path: str, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -26,9 +26,16 @@ import soundfile as sf
 # torchaudio's "kaiser_best" settings: > 100 dB stop-band rejection.
 _RESAMPLE_KW = dict(lowpass_filter_width=64, rolloff=0.9475937167399596,
                     resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
-_BLOCK_FRAMES = 1 << 18  # read long files in blocks: only the mono signal is ever whole in memory
+_BLOCK_BYTES = 64 << 20  # read long files in blocks of at most this much: only the mono signal is ever whole
 SILENCE_PEAK = 1.0 / 32768  # below one 16-bit step everywhere: digital silence
 MIN_SECONDS = 1.0  # the default --min-seconds of make_shards and of predict.py: the default tools agree
+MAX_SECONDS = 600.0  # the default --max-seconds of both: longer files are clipped (and say so)
+# Bounds on what one decode may hold, whatever a header declares (a FLAC of a constant compresses
+# 10,000:1 and may declare any rate): sources above MAX_SOURCE_RATE are refused before reading, and
+# at most MAX_SOURCE_FRAMES frames are read or made by resampling (600 s at 192 kHz; mono float32
+# ~460 MB, ~1.2 GB with the resampler's working memory), the rest clipped.
+MAX_SOURCE_RATE = 384_000
+MAX_SOURCE_FRAMES = 600 * 192_000
 
 
 class AudioError(Exception):
@@ -49,6 +56,7 @@ class Decoded:
     source_frames: int       # frames in the file (before any truncation to max_seconds)
     warnings: list[str] = field(default_factory=list)  # usable but suspect, e.g. truncated
     sample_rate: int = 0     # of `samples` (the target rate)
+    clipped: bool = False    # only the first max_seconds (or MAX_SOURCE_FRAMES) were read
 
     @property
     def seconds(self) -> float:
@@ -108,7 +116,10 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 
 
 def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Decoded:
-    """Decode, downmix to mono and resample. Raises AudioError with a reason code on bad input."""
+    """Decode, downmix to mono and resample. Raises AudioError with a reason code on bad input.
+
+    Reads at most `max_seconds` and at most MAX_SOURCE_FRAMES frames (`Decoded.clipped` says so);
+    memory is bounded by those, whatever the file declares."""
     try:
         size = os.path.getsize(path)
     except OSError as e:
@@ -127,15 +138,20 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
         fmt = f"{f.format}/{f.subtype}"
         if rate <= 0 or channels <= 0:
             raise AudioError("not_audio", f"invalid header (rate {rate}, channels {channels})")
-        limit = frames if max_seconds is None else min(frames, int(max_seconds * rate))
-        blocks = []
+        if rate > MAX_SOURCE_RATE:
+            raise AudioError("unsupported_rate", f"sample rate {rate} Hz is above the {MAX_SOURCE_RATE} Hz supported")
+        # MAX_SOURCE_FRAMES bounds both what is read and what the resampler makes of it
+        cap = min(MAX_SOURCE_FRAMES, MAX_SOURCE_FRAMES * rate // target_rate)
+        limit = min(frames, cap, cap if max_seconds is None else int(max_seconds * rate))
+        mono = np.empty(limit, np.float32)  # bounded by the caps, not by what the header claims
+        block_frames = max(1, _BLOCK_BYTES // (4 * channels))  # float32 frames of all channels
         got = 0
         try:
             while got < limit:
-                block = f.read(min(_BLOCK_FRAMES, limit - got), dtype="float32", always_2d=True)
+                block = f.read(min(block_frames, limit - got), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
-                blocks.append(block.mean(axis=1, dtype=np.float32))
+                mono[got:got + len(block)] = block.mean(axis=1, dtype=np.float32)
                 got += len(block)
         except (sf.LibsndfileError, RuntimeError) as e:
             raise AudioError("decode_error", f"decoding failed after {got} frames: {e}") from None
@@ -149,7 +165,7 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
         warnings.append(f"truncated: header says {header[0]} frames, file holds {frames}")
     elif got < limit:  # any format: the decoder ran out before the length it announced
         warnings.append(f"truncated: header says {frames} frames, file holds {got}")
-    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    mono = mono[:got]
     if mono.size == 0:
         raise AudioError("zero_samples", "file holds no audio samples")
     if not np.isfinite(mono).all():
@@ -157,7 +173,7 @@ def decode(path: str, target_rate: int, max_seconds: float | None = None) -> Dec
     if np.abs(mono).max() < SILENCE_PEAK:
         raise AudioError("silent", "audio is digital silence")
     out = np.clip(resample(mono, rate, target_rate), -1.0, 1.0)
-    return Decoded(out, rate, channels, fmt, frames, warnings, sample_rate=target_rate)
+    return Decoded(out, rate, channels, fmt, frames, warnings, sample_rate=target_rate, clipped=got == limit < frames)
 
 
 def validate(d: Decoded, min_seconds: float = MIN_SECONDS, allow_short: bool = False) -> list[str]:

@@ -7,10 +7,12 @@ sample and fills the last batch the same way. Those repeats carry weight 0: each
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from storage.cache import CacheStats
@@ -62,7 +64,8 @@ class DaliLoader:
         if shards is not None:
             keep = set(shards)
             names = [n for n in names if n in keep]
-        counts = Counter(s.shard for s in manifest.samples if s.split == split)
+        in_split = [s for s in manifest.samples if s.split == split]
+        counts = Counter(s.shard for s in in_split)
         self.split, self.size = split, sum(counts[n] for n in names)
         if not names or not self.size:
             raise ValueError(f"{shard_dir}: split '{split}' has no shards")
@@ -72,11 +75,19 @@ class DaliLoader:
         self.spare = rank >= n_shares
         self.files = open_files(shard_dir, manifest, cache_dir, cache_limit, log, allow_unverified=allow_unverified)
         share = rank_share(names, [counts[n] for n in names], rank % n_shares, n_shares)
+        # each shard's samples in manifest order are its tar's order (core.shards.write_shard)
+        durations: dict[str, list[float]] = {}
+        for s in in_split:
+            durations.setdefault(s.shard, []).append(s.duration)
+        rate = manifest.spec.sample_rate
+        max_frames = math.ceil((max(max(d) for d in durations.values()) + 1e-3) * rate)
         if state is not None and "epoch0" not in state:
             raise ValueError("a loader state from before the sample stream (loading/stream.py); "
                              "resume from the epoch's end or start the run afresh")
-        self.stream = SampleStream(self.files, share, batch_size, shuffle=train, seed=seed, rank=rank,
-                                   epoch=state["epoch0"] if state else epoch, window=window)
+        lengths = None if train else np.array([durations[share.shards[i]][p] for i, p in zip(share.shard, share.pos)])
+        self.stream = SampleStream(self.files, share, batch_size, shuffle=train, seed=seed, rank=rank, rate=rate,
+                                   max_frames=max_frames, epoch=state["epoch0"] if state else epoch, window=window,
+                                   prefetch=prefetch, lengths=lengths)
         on_gpu = device.type == "cuda"
         self.pipe = audio_pipeline(
             source=self.stream, spec=spec, train=train, on_gpu=on_gpu, batch_size=batch_size,

@@ -14,7 +14,12 @@ local shard folder and a remote one (s3://, gs://, http(s)://, through storage.c
 - Fetching: the shards of the next `lookahead` windows are fetched by background threads while
   the current one is read, so a warm pipeline never waits on the network.
 - Reading: the shard's DALI index gives each member's offset; members are views of a memory map
-  of the (cached) tar, which DALI reads in place (no_copy) in its decoder threads.
+  of the (cached) tar, which DALI reads in place (no_copy) in its decoder threads. Every WAV member
+  of a shard is checked to be the format's audio (16-bit PCM mono at the spec's rate, no longer
+  than the manifest allows: core.shards.wav_member_frames) when the shard is opened, so what DALI
+  decodes is bounded whatever a tar holds.
+- Evaluation order with `lengths`: each shard's samples sorted by length, so a batch (padded by
+  DALI to its longest track) holds tracks of similar length.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.shards import AUDIO, LABEL, LABEL_DTYPE, UID, UID_DTYPE, index_name
+from core.shards import AUDIO, LABEL, LABEL_DTYPE, UID, UID_DTYPE, index_name, wav_member_frames
 
 
 def parse_index(text: str, name: str, tar_size: int | None = None, samples: int | None = None
@@ -92,14 +97,14 @@ class Plan:
 
 
 def epoch_order(share: Share, *, shuffle: bool, seed: int, rank: int, epoch: int, window: int,
-                total: int) -> Plan:
-    """The share's order for one epoch: in order, or its shards permuted and the samples of each
-    run of shards holding >= `window` samples permuted together; padded to `total` by repeating
-    the last sample."""
+                total: int, lengths: np.ndarray | None = None) -> Plan:
+    """The share's order for one epoch: in order (each shard's samples by `lengths` if given), or
+    its shards permuted and the samples of each run of shards holding >= `window` samples permuted
+    together; padded to `total` by repeating the last sample."""
     n = len(share.shard)
     groups = np.split(np.arange(n), np.flatnonzero(np.diff(share.shard)) + 1)  # one per shard
     if not shuffle:
-        windows = groups
+        windows = groups if lengths is None else [g[np.argsort(lengths[g], kind="stable")] for g in groups]
     else:
         rng = np.random.default_rng([seed, rank, epoch])
         windows, cur, size = [], [], 0
@@ -124,12 +129,16 @@ class SampleStream:
 
     `files`: a storage.cache LocalFiles or NodeCache (path(name) -> local path, fetched if needed).
     `epoch`: the training epoch (any integer) that DALI's epoch 0 is; later DALI epochs add to it.
+    `rate`, `max_frames`: what every WAV member must be (core.shards.wav_member_frames).
+    `lengths`: per share sample, its duration: evaluation batches group similar lengths.
+    `prefetch`: the DALI pipeline's prefetch_queue_depth (how many batches it may hold ahead).
     """
 
     def __init__(self, files, share: Share, batch_size: int, *, shuffle: bool, seed: int, rank: int,
-                 epoch: int = 0, window: int = 1024, lookahead: int = 2, fetch_threads: int = 4,
-                 keep_alive: int = 8):
+                 rate: int, max_frames: int, epoch: int = 0, window: int = 1024, lookahead: int = 2,
+                 fetch_threads: int = 4, prefetch: int = 2, lengths: np.ndarray | None = None):
         self.files, self.share, self.batch = files, share, batch_size
+        self.rate, self.max_frames, self.lengths = rate, max_frames, lengths
         self.shuffle, self.seed, self.rank, self.epoch0 = shuffle, seed, rank, epoch
         self.window, self.lookahead = window, lookahead
         self.batches = -(-share.padded // batch_size)
@@ -139,8 +148,9 @@ class SampleStream:
         self._pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="shard-fetch") if files.remote else None
         self.error: BaseException | None = None   # the first failure, for the loader to report in one line
         # DALI takes the batches without copying (no_copy): the arrays are views of the tars' memory
-        # maps, read by DALI's decoder threads, and must outlive the prefetched iterations that use them
-        self._alive: deque = deque(maxlen=keep_alive)
+        # maps, read by DALI's decoder threads, and must outlive the prefetched iterations that use
+        # them: up to `prefetch` queued in each of its two stages, one running, with room to spare
+        self._alive: deque = deque(maxlen=2 * prefetch + 4)
         # per shard, the samples its index must hold for this share (its highest position + 1)
         self._needed = np.zeros(len(share.shards), np.int64)
         np.maximum.at(self._needed, share.shard, share.pos.astype(np.int64) + 1)
@@ -149,7 +159,8 @@ class SampleStream:
     def plan(self, epoch: int) -> Plan:
         if epoch not in self._plans:
             self._plans[epoch] = epoch_order(self.share, shuffle=self.shuffle, seed=self.seed, rank=self.rank,
-                                             epoch=epoch, window=self.window, total=self.batches * self.batch)
+                                             epoch=epoch, window=self.window, total=self.batches * self.batch,
+                                             lengths=self.lengths)
             while len(self._plans) > 3:  # DALI's prefetch asks for the next epoch before this one ends
                 self._plans.popitem(last=False)
         return self._plans[epoch]
@@ -206,7 +217,13 @@ class SampleStream:
                     text = f.read()
                 with open(self.files.path(name), "rb") as f:
                     mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                return mm, parse_index(text, self.files.url(index_name(name)), len(mm), int(self._needed[shard]))
+                index = parse_index(text, self.files.url(index_name(name)), len(mm), int(self._needed[shard]))
+                view = memoryview(mm)
+                for i, members in enumerate(index):
+                    o, n = members[AUDIO]
+                    wav_member_frames(view[o:o + n], self.rate, self.max_frames, f"{self.files.url(name)} sample {i}")
+                view.release()
+                return mm, index
             except FileNotFoundError:
                 if attempt == 5 or not self.files.remote:
                     raise

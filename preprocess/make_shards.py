@@ -94,7 +94,7 @@ from core.shards import (ALL_SPLITS, MANIFEST, OUTPUT_FILE, SPLITS, UNLABELED_SP
                          check_name, manifest_bytes, shard_name, write_shard)
 from core.spec import FeatureSpec
 from core.text import printable
-from features.audio import MIN_SECONDS
+from features.audio import MAX_SECONDS, MIN_SECONDS
 from storage.folder import read_manifest
 from storage.store import StorageError, is_remote
 
@@ -351,7 +351,7 @@ def decode_one(job: tuple[Item, str, str, dict]) -> dict:
         record.update(ok=True, duration=round(duration, 4), frames=len(pcm),
                       pcm_sha256=hashlib.sha256(pcm.tobytes()).hexdigest(),
                       source_rate=d.source_rate, source_channels=d.channels, source_format=d.source_format,
-                      clipped=max_seconds is not None and d.source_frames > int(max_seconds * d.source_rate),
+                      clipped=d.clipped,
                       warnings=warnings)
     except AudioError as e:
         record.update(ok=False, reason=e.reason, message=e.message)
@@ -429,7 +429,7 @@ class Found:
 
 def make_shards(src: str | None, out: str, *, list_file: str | None = None, split: str | None = None,
                 val: float = 0.1, test: float = 0.1, seed: int = 0,
-                workers: int | None = None, min_seconds: float = MIN_SECONDS, max_seconds: float | None = 600.0,
+                workers: int | None = None, min_seconds: float = MIN_SECONDS, max_seconds: float | None = MAX_SECONDS,
                 max_per_shard: int = 256, min_shards: int = 8, spec: FeatureSpec | None = None,
                 progress: bool = True, unlabeled: bool = False, keep_work: bool = False) -> dict:
     """Build the shards and manifest; returns the manifest. Raises UsageError on unusable input.
@@ -687,8 +687,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     p.add_argument("--min-seconds", type=float, default=MIN_SECONDS, help="reject shorter clips")
-    p.add_argument("--max-seconds", type=float, default=600.0,
-                   help="keep only the first N seconds of longer tracks (0: no limit)")
+    p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
+                   help="keep only the first N seconds of longer tracks (0: only the decoder's own cap, "
+                        "600 s at 192 kHz)")
     p.add_argument("--max-per-shard", type=int, default=256, help="samples per tar at most")
     p.add_argument("--min-shards", type=int, default=8, help="tars per split at least (if enough samples)")
     p.add_argument("--sample-rate", type=int, default=FeatureSpec.sample_rate, help="stored sample rate")

@@ -33,13 +33,13 @@ def test_downmix_then_resample(tmp_path):
 
 @pytest.mark.parametrize("rate,max_seconds", [(RATE, None), (44_100, None), (44_100, 2.3)])
 def test_block_decoding_equals_whole_decoding(tmp_path, monkeypatch, rate, max_seconds):
-    """Long files are read _BLOCK_FRAMES at a time; with tiny blocks (many block edges, one partial
+    """Long files are read _BLOCK_BYTES at a time; with tiny blocks (many block edges, one partial
     block at the end, a --max-seconds limit inside a block) the result is the whole-file decoding."""
     rng = np.random.default_rng(0)
     n = int(3.1 * rate) + 17
     x = np.stack([0.3 * rng.standard_normal(n), sine(500, n / rate, rate)[:n]], axis=1)
     path = write(tmp_path / "long.wav", x, rate, subtype="PCM_24")
-    monkeypatch.setattr(audio, "_BLOCK_FRAMES", 1 << 30)
+    monkeypatch.setattr(audio, "_BLOCK_BYTES", 1 << 40)
     whole = decode(path, RATE, max_seconds)
     reads = []
     real_read = audio.sf.SoundFile.read
@@ -48,7 +48,7 @@ def test_block_decoding_equals_whole_decoding(tmp_path, monkeypatch, rate, max_s
         reads.append(frames)
         return real_read(self, frames, *a, **kw)
 
-    monkeypatch.setattr(audio, "_BLOCK_FRAMES", 1000)
+    monkeypatch.setattr(audio, "_BLOCK_BYTES", 1000 * 4 * 2)  # 1000 stereo float32 frames
     monkeypatch.setattr(audio.sf.SoundFile, "read", counting_read)
     blocks = decode(path, RATE, max_seconds)
     limit = n if max_seconds is None else int(max_seconds * rate)

@@ -61,7 +61,8 @@ def test_stream_hands_dali_the_tar_members(train_shards):
                 members[(key, ext)] = tf.extractfile(mem).read()
                 keys += [key] if ext == "wav" else []
     by_uid = {s.uid: s for s in m.samples}
-    stream = SampleStream(LocalFiles(shards), rank_share(names, counts, 1, 2), 4, shuffle=True, seed=0, rank=1)
+    stream = SampleStream(LocalFiles(shards), rank_share(names, counts, 1, 2), 4, shuffle=True, seed=0, rank=1,
+                          rate=m.spec.sample_rate, max_frames=int(max(s.duration for s in m.samples) * m.spec.sample_rate) + 1)
     seen = []
     for i in range(stream.batches):
         wavs, labels, uids = stream(types.SimpleNamespace(epoch_idx=0, iteration=i))

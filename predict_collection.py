@@ -125,7 +125,8 @@ class PartWriter:
     one flushed line per track."""
 
     def __init__(self, path: str, header: dict):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        from core.folders import state_folder
+        state_folder(os.path.dirname(path), "part-file folder")  # checked by prepare() if it existed
         good, has_header, self.cut = 0, False, 0
         if os.path.exists(path):
             h, _, good = read_part(path)
@@ -308,6 +309,7 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
               manifest_sha256=args.manifest_sha256)
     job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": sha256_file(ckpt), "classes": classes,
                     "timeline_hop": hop}
+    check_state_folders(job)
     check_resumable(job)  # before any sharding: a refused rerun costs nothing
     if not args.shards and may_shard:
         if folder_unchanged(job):
@@ -381,6 +383,20 @@ def shard_folder(folder: str, shards: str, spec, min_seconds: float, max_seconds
         shutil.rmtree(shards, ignore_errors=True)
         raise CollectionError(str(e)) from None
     print(f"sharded {folder} into {shards}: {summary_line(m)}", file=sys.stderr)
+
+
+def check_state_folders(job: Job) -> None:
+    """OUT.parts and (for a folder) OUT.shards are trusted when a rerun resumes from them: refuse, in
+    one line, ones another user owns or can write to; make OUT.shards private (core.folders)."""
+    from core.folders import UnsafeFolder, check_folder, state_folder
+    paths = job.paths
+    try:
+        if os.path.lexists(paths.parts):
+            check_folder(paths.parts, "part-file folder")
+        if job.folder is not None:
+            state_folder(paths.shards, "collection's shard folder")
+    except UnsafeFolder as e:
+        raise CollectionError(str(e)) from None
 
 
 def check_resumable(job: Job) -> None:

@@ -499,13 +499,16 @@ def find(src: str | None, out: str, list_file: str | None, split: str | None, un
 
 
 def _work_folder(out: str) -> str:
+    """OUT and its decode records, OUT/.work: a private state folder (core.folders), since a rerun
+    trusts the records it finds there."""
+    from core.folders import UnsafeFolder, state_folder
     try:
         os.makedirs(out, exist_ok=True)
-        work = os.path.join(out, ".work")
-        os.makedirs(work, exist_ok=True)
+        return state_folder(os.path.join(out, ".work"), "decode-record folder")
+    except UnsafeFolder as e:
+        raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"{out}: cannot create output folder ({e.strerror or e})") from None
-    return work
 
 
 def decode_all(items: list[Item], work: str, options: dict, workers: int | None, progress: bool) -> list[dict]:
@@ -740,6 +743,12 @@ def main(argv: list[str] | None = None) -> int:
             check_destination(args.out, log)
             store = Store(args.out, log=log)
         build = (args.staging or default_staging(args.out)) if remote else args.out
+        if remote:  # its files are uploaded as they are: a private state folder (core.folders)
+            from core.folders import UnsafeFolder, state_folder
+            try:
+                state_folder(build, "staging folder")
+            except UnsafeFolder as e:
+                raise UsageError(str(e)) from None
         manifest = make_shards(args.src, build, list_file=args.list_file, split=args.split, val=args.val,
                                test=args.test, seed=args.seed, workers=args.workers, min_seconds=args.min_seconds,
                                max_seconds=args.max_seconds or None, max_per_shard=args.max_per_shard,

@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields
 
+from core.folders import UnsafeFolder, state_folder
 from core.shards import MANIFEST, check_name
 from storage.store import Store, StorageError
 
@@ -107,7 +108,10 @@ class NodeCache:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", store.shown_root.split("://", 1)[-1]).strip("-")[-48:]
         digest = hashlib.sha256(store.shown_root.encode()).hexdigest()[:12]
         self.dir = os.path.join(cache_dir or default_cache_dir(), f"{slug}-{digest}")
-        os.makedirs(self.dir, exist_ok=True)
+        try:  # its name is derivable from the URL: another local user could have made it first
+            state_folder(self.dir, "node cache folder")
+        except UnsafeFolder as e:
+            raise StorageError(str(e)) from None
         self._remove_orphans()
         self.stats = CacheStats()
         self._lock = threading.Lock()

@@ -514,6 +514,8 @@ class _Checker:
             self.typed(r, dict, f"rejects[{i}]")
             for k in ("path", "reason", "message"):
                 self.text(r.get(k), f"rejects[{i}].{k}")
+        for i, path in enumerate(self.typed(doc.get("outside_source", []), list, "outside_source")):
+            self.text(path, f"outside_source[{i}]")  # sources from outside SRC (make_shards' outside_source)
 
     def split(self, name: str, sp: Any, classes: list[str], listed: dict[str, str]) -> None:
         where = f"splits.{name}"

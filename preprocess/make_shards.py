@@ -425,23 +425,34 @@ class Found:
     method: str          # the split method
     origin: str          # the folder or list the files came from (for messages)
     inputs: int          # files seen, accepted or not
+    outside: list[str]   # items (as shown) whose real path lies outside the source folder
+
+
+def outside_source(items: list[Item], base: str) -> list[Item]:
+    """Items whose real path (symlinks resolved) lies outside `base`: a list's absolute or `../`
+    paths, symlinked class folders or files. Fine when intended, but a list or a folder from someone
+    else can pull in any audio the user can read (and its path, as `source`) into shards that may then
+    be uploaded: they are listed in the manifest's "outside_source" and refused with --strict."""
+    root = os.path.join(os.path.realpath(base), "")
+    return [it for it in items if not os.path.realpath(it.path).startswith(root)]
 
 
 def make_shards(src: str | None, out: str, *, list_file: str | None = None, split: str | None = None,
                 val: float = 0.1, test: float = 0.1, seed: int = 0,
                 workers: int | None = None, min_seconds: float = MIN_SECONDS, max_seconds: float | None = MAX_SECONDS,
                 max_per_shard: int = 256, min_shards: int = 8, spec: FeatureSpec | None = None,
-                progress: bool = True, unlabeled: bool = False, keep_work: bool = False) -> dict:
+                progress: bool = True, unlabeled: bool = False, keep_work: bool = False, strict: bool = False) -> dict:
     """Build the shards and manifest; returns the manifest. Raises UsageError on unusable input.
 
     src: folder of class folders, or (with list_file) the base for the list's relative paths.
     split: "random" | "list" | "gtzan-filtered"; None picks "list" if the list has a split column.
     unlabeled: every file below src in one split (UNLABELED_SPLIT), no labels (module docstring).
     keep_work: keep the decoded clips in OUT/.work (a staging folder until its upload is done).
+    strict: files outside the source folder (outside_source) are rejected, not kept and listed.
 
     The stages: find -> decode -> account (rejects, duplicates, ids) -> split -> write."""
     spec = spec or FeatureSpec()
-    found = find(src, out, list_file, split, unlabeled)
+    found = find(src, out, list_file, split, unlabeled, strict)
     work = _work_folder(out)
     options = {"sample_rate": spec.sample_rate, "min_seconds": min_seconds, "max_seconds": max_seconds,
                "decoder": DECODER_VERSION}
@@ -462,13 +473,16 @@ def make_shards(src: str | None, out: str, *, list_file: str | None = None, spli
                               samples=good, options=opts, inputs=found.inputs,
                               empty_class_folders=found.empty_classes, duplicates=duplicates,
                               rejects=found.rejects, unlabeled=unlabeled)
+    if found.outside:  # only then: other manifests keep their bytes
+        manifest["outside_source"] = sorted(found.outside)
     _atomic_write(os.path.join(out, MANIFEST), manifest_bytes(manifest))
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
 
 
-def find(src: str | None, out: str, list_file: str | None, split: str | None, unlabeled: bool) -> Found:
+def find(src: str | None, out: str, list_file: str | None, split: str | None, unlabeled: bool,
+         strict: bool = False) -> Found:
     """The find stage: the input files (class folders, a list, or an unlabeled folder) and the split
     method; UsageError for a request that cannot work."""
     if split is not None and split not in SPLIT_METHODS:
@@ -494,8 +508,16 @@ def find(src: str | None, out: str, list_file: str | None, split: str | None, un
     if method == "list" and not has_split_column:
         raise UsageError(f"{origin}: --split list needs a list file with a split column")
     inputs = len(items) + len(rejects)
+    base = src if src is not None else os.path.dirname(os.path.abspath(list_file))
+    outside = outside_source(items, base)
+    if strict and outside:
+        gone = {id(it) for it in outside}
+        items = [it for it in items if id(it) not in gone]
+        rejects += [_reject(it.rel, "outside_source", f"resolves to {os.path.realpath(it.path)}, outside {base} "
+                                                      f"(--strict)") for it in outside]
+        outside = []
     items, split_rejects = apply_split_method(items, method)
-    return Found(items, rejects + split_rejects, empty_classes, method, origin, inputs)
+    return Found(items, rejects + split_rejects, empty_classes, method, origin, inputs, [it.rel for it in outside])
 
 
 def _work_folder(out: str) -> str:
@@ -647,6 +669,9 @@ def summary_line(m: dict) -> str:
     counts = " / ".join(f"{m['splits'][s]['count']} {s}" for s in names)
     n_warn = sum(bool(smp.get("warnings")) for smp in m["samples"])
     warn = f", {n_warn} with warnings (see manifest)" if n_warn else ""
+    if m.get("outside_source"):
+        warn += (f", {len(m['outside_source'])} from outside the source folder (manifest outside_source; "
+                 f"--strict refuses them)")
     return (f"accepted {n_ok} ({counts}), rejected {len(m['rejects'])} ({rej}), "
             f"{m['total_seconds'] / 3600:.2f} h of audio, "
             f"{'unlabeled' if m.get('unlabeled') else str(len(m['classes'])) + ' classes'}{warn}")
@@ -699,6 +724,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--unlabeled", action="store_true",
                    help="SRC is a collection without class folders: every file in one split ('all'), no labels "
                         "(for predict.py --shards)")
+    p.add_argument("--strict", action="store_true",
+                   help="reject files whose real path lies outside SRC (a list's absolute or ../ paths, symlinked "
+                        "folders or files); without it they are kept and listed in the manifest's outside_source")
     p.add_argument("--staging", metavar="DIR", default=None,
                    help="remote OUT only: where the shards are built before the upload (default: "
                         "~/.cache/parallel_tunes/staging/<hash of OUT>); a rerun resumes there")
@@ -753,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
                                test=args.test, seed=args.seed, workers=args.workers, min_seconds=args.min_seconds,
                                max_seconds=args.max_seconds or None, max_per_shard=args.max_per_shard,
                                min_shards=args.min_shards, spec=FeatureSpec(sample_rate=args.sample_rate),
-                               unlabeled=args.unlabeled, keep_work=remote)
+                               unlabeled=args.unlabeled, keep_work=remote, strict=args.strict)
         if remote:
             n, size, kept = upload(build, store, after_each=lambda i: fault_point("uploads", i))
             clear_staging(build)

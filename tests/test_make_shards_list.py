@@ -150,3 +150,40 @@ def test_out_inside_src_is_not_read_back(tmp_path):
     for _ in range(2):
         m = make_shards(str(src), str(src / "shards"), val=0, test=0, workers=1, min_shards=1, progress=False)
     assert not m["rejects"] and m["inputs"] == 2 and m["classes"] == ["pop"]
+
+
+def test_files_from_outside_the_source_are_flagged_and_refused_with_strict(clips, tmp_path):
+    """A list's `../` and absolute paths outside its folder, and a symlinked class folder pointing
+    elsewhere: kept and listed in the manifest's outside_source (and the summary), rejected with
+    --strict (reason outside_source); files inside are never flagged."""
+    own = tmp_path / "own"
+    os.makedirs(own / "mine")
+    for g in ("blues", "rock"):  # the class folders: one real copy inside, one symlink to outside
+        os.symlink(clips / "audio" / g, own / g)
+    inside = own / "mine" / "blues.00000.wav"
+    inside.write_bytes((clips / "audio" / "blues" / "blues.00000.wav").read_bytes())
+    lst = own / "list.csv"
+    rows = [f"mine/{inside.name},blues", f"../../{os.path.relpath(clips, tmp_path.parent)}/audio/rock/rock.00001.wav,rock",
+            f"{clips}/audio/blues/blues.00002.wav,blues", f"{clips}/audio/rock/rock.00003.wav,rock"]
+    lst.write_text("\n".join(rows) + "\n")
+    p = subprocess.run([sys.executable, SCRIPT, "--list", str(lst), str(tmp_path / "out"), "--val", "0", "--test", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(m["outside_source"]) == sorted(os.path.normpath(r.split(",")[0]) for r in rows[1:])
+    assert "3 from outside the source folder" in p.stdout
+    p = subprocess.run([sys.executable, SCRIPT, "--list", str(lst), str(tmp_path / "strict"), "--strict"],
+                       capture_output=True, text=True, timeout=120)
+    m = json.loads((tmp_path / "strict" / "manifest.json").read_text())
+    assert p.returncode == 0 and "outside_source" not in m
+    assert [s["source"] for s in m["samples"]] == [f"mine/{inside.name}"]
+    assert sorted(r["path"] for r in m["rejects"] if r["reason"] == "outside_source") == sorted(m_ for m_ in (
+        os.path.normpath(r.split(",")[0]) for r in rows[1:]))
+    # class folders that are symlinks to elsewhere, walked from SRC
+    m = make_shards(str(own), str(tmp_path / "walked"), val=0, test=0, workers=1, min_shards=1, progress=False)
+    assert len(m["outside_source"]) == 8 and all(s.startswith(("blues/", "rock/")) for s in m["outside_source"])
+    from preprocess.make_shards import UsageError
+    with pytest.raises(UsageError, match="no usable audio found"):  # every file is outside: all rejected
+        os.remove(inside)
+        make_shards(str(own), str(tmp_path / "walked-strict"), val=0, test=0, workers=1, min_shards=1,
+                    progress=False, strict=True)

@@ -2,8 +2,9 @@
 # Creates .venv and installs ParallelTunes' dependencies. Idempotent: a finished venv is reused.
 #   CPU machine (no nvidia-smi): torch 2.13.0 CPU build + torchaudio 2.11.0 without its compiled
 #   extension (every torchaudio wheel is a CUDA build; its Python transforms need no extension).
-#   GPU machine whose python3 already holds a working CUDA torch + torchaudio (e.g. an NGC or cloud
-#   image): the venv sees them (--system-site-packages) and installs neither torch nor numpy, so the
+#   GPU machine whose python3 already holds a working CUDA torch >= 2.6 + torchaudio (e.g. an NGC or
+#   cloud image; an older torch is not reused: scripts/system_torch.py): the venv sees them
+#   (--system-site-packages) and installs neither torch nor numpy, so the
 #   image's builds and numpy stay in use. PT_SETUP=system|index forces either way.
 #   Other GPU machine: torch 2.11.0 + torchaudio 2.11.0 CUDA builds from PyPI, used as they are.
 set -euo pipefail
@@ -15,9 +16,8 @@ want="$(cat requirements.txt requirements-dev.txt scripts/setup.sh pyproject.tom
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 
 mode=${PT_SETUP:-}
-if [ -z "$mode" ]; then
-  if "$PY" -c 'import sys, torch, torchaudio; sys.exit(0 if torch.version.cuda and torch.cuda.is_available() else 1)' \
-      2>/dev/null; then mode=system; else mode=index; fi
+if [ "$mode" != index ]; then  # a system CUDA torch >= 2.6 only (scripts/system_torch.py says why)
+  mode=$(PT_SETUP="$mode" "$PY" scripts/system_torch.py) || exit 2
 fi
 if [ "$mode" = system ]; then
   [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"

@@ -66,3 +66,11 @@ def test_train_nproc_auto_launches_one_rank_per_gpu(gpus, monkeypatch, train_sha
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert train.main(["--nproc", "auto", "--shards", train_shards[0]]) == 0
     assert launched["n"] == 3
+
+
+def test_the_local_launcher_binds_its_own_rendezvous_port():
+    """No port is picked, released and handed over (another local user could take it in between and
+    serve the rendezvous): the store binds port 0 itself and must be this process's own (is_host)."""
+    cfg = distributed.local_launch_config(2)
+    assert cfg.rdzv_backend == "c10d" and cfg.rdzv_endpoint == "127.0.0.1:0" and cfg.rdzv_configs["is_host"] is True
+    assert not hasattr(distributed, "_free_port")

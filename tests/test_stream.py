@@ -135,3 +135,15 @@ def test_cache_removes_partial_downloads_of_dead_processes(tmp_path):
         open(path, "wb").close()
     NodeCache(Store("s3://bucket/p"), str(tmp_path), {})
     assert not os.path.exists(orphan) and os.path.exists(live)
+
+
+def test_evaluation_order_groups_each_shards_samples_by_length():
+    """With lengths (the collection mode and evaluation), each shard's samples come shortest first, so
+    a DALI batch, padded to its longest track, holds tracks of similar length; every sample once."""
+    share = rank_share(["a.tar", "b.tar"], [5, 4], 0, 1)
+    lengths = np.array([30.0, 600.0, 1.5, 30.0, 2.0, 9.0, 1.0, 400.0, 8.0])
+    plan = epoch_order(share, shuffle=False, seed=0, rank=0, epoch=0, window=1024, total=12, lengths=lengths)
+    assert plan.order[:9].tolist() == [2, 4, 0, 3, 1, 6, 8, 5, 7]
+    assert plan.order[9:].tolist() == [7, 7, 7]  # padding repeats the last
+    plain = epoch_order(share, shuffle=False, seed=0, rank=0, epoch=0, window=1024, total=12)
+    assert plain.order[:9].tolist() == list(range(9))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import sys
 import uuid
 from dataclasses import dataclass
@@ -157,15 +156,21 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
                 "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "GROUP_WORLD_SIZE", "ROLE_NAME")
+
+
+def local_launch_config(nproc: int, max_restarts: int = 0):
+    """The launcher's settings, as `torchrun --standalone` has them: the rendezvous store binds port 0
+    itself (the kernel picks a free port and it stays bound; the ranks then use that same store), and
+    it must be this process's own (is_host: never fall back to connecting to a store someone else
+    serves). A port picked, released and handed over instead could be taken by another local user in
+    between, whose store the ranks would then join."""
+    from torch.distributed.launcher.api import LaunchConfig
+    return LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                        rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", rdzv_configs={"is_host": True},
+                        max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn")
 
 
 def launch_local(nproc: int, script: str, args: list[str], max_restarts: int = 0) -> int:
@@ -174,17 +179,14 @@ def launch_local(nproc: int, script: str, args: list[str], max_restarts: int = 0
     This is what `torchrun --nproc-per-node N` does; it lets `python train.py --nproc 4` and a
     one-process `torchrun train.py --nproc 4` start N ranks too.
     """
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
     for k in _LAUNCH_VARS:  # we may be rank 0 of a one-process torchrun: start a fresh group
         os.environ.pop(k, None)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-                       rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}",
-                       max_restarts=max_restarts, monitor_interval=0.5, start_method="spawn")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     try:
-        elastic_launch(cfg, entrypoint=sys.executable)(script, *args)
+        elastic_launch(local_launch_config(nproc, max_restarts), entrypoint=sys.executable)(script, *args)
     except ChildFailedError as e:  # the ranks have reported their own errors already
         codes = sorted({f.exitcode for f in e.failures.values()})
         print(f"{os.path.basename(script)}: error: {len(e.failures)} rank(s) failed (exit codes {codes})", file=sys.stderr)

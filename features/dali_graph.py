@@ -1,7 +1,10 @@
 """The DALI graph: a rank's sample stream (WebDataset shards) -> decode -> [GPU] -> log-mel of the track -> crops -> normalise.
 
 One graph for CPU and GPU. On a GPU the stages after decoding run on the device (`audio.gpu()`);
-without one (device_id=None) the same operators run on the CPU.
+without one (device_id=None) the same operators run on the CPU. Audio is decoded to int16 (what
+the shards hold) and becomes float only where the features are computed (`pcm_float`): on a GPU
+the host converts nothing and copies half the bytes; the numbers are the same either way (an int16
+times 2^-15 is exact in float32).
 
 Training crops are windows of the track's log-mel, at frame boundaries, cut one of two ways
 that give the same numbers (tests/test_dali_pipeline.py holds them together):
@@ -39,6 +42,11 @@ def spec_augment(feats, masks: list):
         feats = fn.erase(feats, anchor=anchor, shape=shape, axis_names=axis, normalized_anchor=True,
                          normalized_shape=False, fill_value=0.0)
     return feats
+
+
+def pcm_float(x):
+    """16-bit PCM to float in [-1, 1): x / 32768, the scale make_shards stored with (exact)."""
+    return fn.cast(x, dtype=types.FLOAT) * (1.0 / 32768.0)
 
 
 def periodic_hann(n: int) -> list[float]:
@@ -85,11 +93,11 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
         source=source, num_outputs=3, batch=True, batch_info=True, dtype=[types.UINT8, types.INT32, types.INT64],
         ndim=[1, 1, 1], no_copy=True)  # views of the tars' memory maps, kept alive by the stream
     # Shards hold 16-bit PCM already at spec.sample_rate: no resampling here (DALI's aliases).
-    audio, _ = fn.decoders.audio(wav, dtype=types.FLOAT, downmix=True)
+    audio, _ = fn.decoders.audio(wav, dtype=types.INT16, downmix=True)  # 1-D (the members are mono)
     n = audio.shape(dtype=types.INT32)[0]
     if not train:
-        audio = fn.pad(audio, axes=[0], fill_value=0.0)
-        return log_mel(audio.gpu() if on_gpu else audio, spec), label, uid, n
+        audio = fn.pad(audio, axes=[0], fill_value=0)
+        return log_mel(pcm_float(audio.gpu() if on_gpu else audio), spec), label, uid, n
     crop_from = crop_from or ("features" if on_gpu else "audio")
     if crop_from not in ("features", "audio"):
         raise ValueError(f"crop_from must be 'features' or 'audio', not {crop_from!r}")
@@ -122,7 +130,7 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
         # A gain of g dB on the audio adds g to every mel dB value before the floor. With the floor
         # lowered by the largest gain here and applied after the shift, the result equals gaining
         # the audio first, bin for bin (bins below the floor stay at it).
-        track = mel_db(audio.gpu() if on_gpu else audio, spec, spec.db_floor - gain)
+        track = mel_db(pcm_float(audio.gpu() if on_gpu else audio), spec, spec.db_floor - gain)
         if not gain:
             track = spec.normalise(track)  # once per track rather than once per crop
     feats = []
@@ -136,9 +144,10 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
             # the crop's samples and half a window either side: its uncentred frames are the
             # track's centred frames start .. start + clip - 1
             crop = fn.slice(audio, start=start * hop - half, shape=[(clip - 1) * hop + 2 * half], axes=[0],
-                            out_of_bounds_policy="pad", fill_values=0.0)
+                            out_of_bounds_policy="pad", fill_values=0)
+            crop = pcm_float(crop.gpu() if on_gpu else crop)
             if gain:
-                crop = crop * dmath.pow(10.0, g / 20.0)
-            f = spec.normalise(mel_db(crop.gpu() if on_gpu else crop, spec, spec.db_floor, center=False))
+                crop = crop * dmath.pow(10.0, (g.gpu() if on_gpu else g) / 20.0)
+            f = spec.normalise(mel_db(crop, spec, spec.db_floor, center=False))
         feats.append(spec_augment(f, masks))
     return fn.stack(*feats)

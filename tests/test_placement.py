@@ -40,13 +40,60 @@ def test_auto_nproc_is_one_rank_per_gpu(gpus):
 
 
 def test_setup_refuses_before_touching_a_gpu(gpus, monkeypatch):
-    """A torchrun with more local ranks than GPUs: every rank stops in setup, before set_device."""
-    gpus(1)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    """A rank that sees 2 GPUs with 4 local ranks (neither all of them nor one of its own): every
+    rank stops in setup, before set_device."""
+    gpus(2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "set_device", lambda *a: pytest.fail("set_device called"))
-    with pytest.raises(distributed.PlacementError):
+    with pytest.raises(distributed.PlacementError, match="4 ranks on this machine but this rank sees 2 GPUs"):
         distributed.setup()
+
+
+def test_per_rank_visibility_gives_each_rank_its_one_gpu(gpus, monkeypatch):
+    """SLURM --gpus-per-task / Kubernetes: local rank 3 of 4 sees one GPU (CUDA_VISIBLE_DEVICES=3),
+    which is its cuda:0 (before, it asked for the invisible cuda:3 or refused)."""
+    gpus(1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    env = distributed.setup()
+    assert env.device == torch.device("cuda", 0) and chosen == [torch.device("cuda", 0)]
+    gpus(4)  # every rank sees all four: local rank 3 takes cuda:3
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert distributed.setup().device == torch.device("cuda", 3)
+
+
+def test_two_ranks_on_one_gpu_are_found_through_the_store():
+    """Ranks compare GPU UUIDs through a real TCPStore: a shared GPU is one line on every rank."""
+    import threading
+    from datetime import timedelta
+    master = torch.distributed.TCPStore("127.0.0.1", 0, None, True, timeout=timedelta(seconds=20),
+                                        wait_for_workers=False)
+    errors = {}
+
+    def rank(r: int, uuid: str, prefix: str) -> None:
+        store = torch.distributed.PrefixStore(prefix, torch.distributed.TCPStore(
+            "127.0.0.1", master.port, None, False, timeout=timedelta(seconds=20)))
+        try:
+            distributed.check_distinct_gpus(store, r, 3, uuid, f"cuda:0 of CUDA_VISIBLE_DEVICES={r}")
+        except distributed.PlacementError as e:
+            errors[r] = str(e)
+
+    for prefix, uuids in (("ok", ["GPU-a", "GPU-b", "GPU-c"]), ("shared", ["GPU-a", "GPU-b", "GPU-a"])):
+        threads = [threading.Thread(target=rank, args=(r, u, prefix)) for r, u in enumerate(uuids)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if prefix == "ok":
+            assert errors == {}
+    assert sorted(errors) == [0, 1, 2] and len(set(errors.values())) == 1
+    assert errors[0] == ("ranks 0 and 2 both drive GPU GPU-a (cuda:0 of CUDA_VISIBLE_DEVICES=2): NCCL needs one "
+                         "GPU per rank; check CUDA_VISIBLE_DEVICES per rank, use fewer ranks, or --cpu")
 
 
 def test_train_nproc_above_gpus_exits_2_before_launching(gpus, monkeypatch, capsys, train_shards):

@@ -4,10 +4,12 @@ torchrun (or torch's elastic launcher, which `--nproc` calls) sets RANK, WORLD_S
 LOCAL_RANK. Without them the script is a single process with world size 1. NCCL with one GPU per
 rank when CUDA is present, gloo on CPU.
 
-Rank placement policy: with CUDA, local rank i uses cuda:i, and never two ranks share a GPU (NCCL
-refuses that: "Duplicate GPU detected"). More local ranks than GPUs is a one-line error naming
-both numbers and the fix (fewer ranks, or --cpu); `--nproc auto` starts one rank per GPU (two
-on a CPU-only machine, so DDP is still exercised there).
+Rank placement policy: with CUDA, local rank i uses cuda:i when every rank sees all the machine's
+GPUs, or cuda:0 when each sees one (per-rank CUDA_VISIBLE_DEVICES, as SLURM's --gpus-per-task and
+Kubernetes give); never two ranks share a GPU (NCCL refuses that: "Duplicate GPU detected"; the
+ranks compare their GPUs' UUIDs first and say so in one line). More local ranks than GPUs is a
+one-line error naming both numbers and the fix (fewer ranks, or --cpu); `--nproc auto` starts one
+rank per GPU (two on a CPU-only machine, so DDP is still exercised there).
 """
 from __future__ import annotations
 
@@ -61,6 +63,32 @@ def check_placement(local_ranks: int, force_cpu: bool = False) -> None:
             f"rank; use --nproc {gpus} (torchrun --nproc-per-node {gpus}), --nproc auto, or --cpu")
 
 
+def device_index(local_rank: int, local_world_size: int, visible: int) -> int:
+    """The CUDA device (among the `visible` ones) of a local rank: cuda:local_rank when the rank sees
+    at least one GPU per local rank, cuda:0 when it sees exactly one (its own, per-rank visibility:
+    whether it is really its own is checked across ranks by check_distinct_gpus)."""
+    if visible >= local_world_size:
+        return local_rank
+    if visible == 1:
+        return 0
+    raise PlacementError(
+        f"{local_world_size} ranks on this machine but this rank sees {visible} GPUs: give every rank all the "
+        f"machine's GPUs or exactly one (CUDA_VISIBLE_DEVICES), or use fewer ranks or --cpu")
+
+
+def check_distinct_gpus(store, rank: int, world: int, gpu: str, where: str) -> None:
+    """PlacementError (on every rank) if two ranks drive the same GPU (`gpu`: its UUID; `where`: how
+    this rank names it). Exchanged through the rendezvous store, before NCCL would fail less clearly."""
+    store.set(f"gpu/{rank}", f"{gpu}|{where}")
+    seen: dict[str, int] = {}
+    for r in range(world):
+        uuid_, name = store.get(f"gpu/{r}").decode().split("|", 1)
+        if uuid_ in seen:
+            raise PlacementError(f"ranks {seen[uuid_]} and {r} both drive GPU {uuid_} ({name}): NCCL needs one GPU "
+                                 f"per rank; check CUDA_VISIBLE_DEVICES per rank, use fewer ranks, or --cpu")
+        seen[uuid_] = r
+
+
 def auto_nproc(force_cpu: bool = False) -> int:
     """`--nproc auto`: one rank per GPU; two CPU ranks without one."""
     return torch.cuda.device_count() if uses_cuda(force_cpu) else 2
@@ -99,9 +127,8 @@ def setup(force_cpu: bool = False) -> DistEnv:
     rank, world, local = here.rank, here.world_size, here.local_rank
     use_cuda = uses_cuda(force_cpu)
     if use_cuda:
-        check_placement(here.local_world_size, force_cpu)
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", device_index(local, here.local_world_size, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1:
@@ -109,6 +136,10 @@ def setup(force_cpu: bool = False) -> DistEnv:
         # still holds the dead group's addresses, and gloo would try to connect to them.
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=PG_TIMEOUT))
         store = dist.PrefixStore(f"parallel-tunes/{here.restart}", store)
+        if use_cuda:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            check_distinct_gpus(store, rank, world, str(torch.cuda.get_device_properties(device).uuid),
+                                f"cuda:{device.index}" + (f" of CUDA_VISIBLE_DEVICES={visible}" if visible else ""))
         dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
                                 timeout=PG_TIMEOUT, device_id=device if use_cuda else None)
     return DistEnv(rank, world, local, device, here.local_world_size, here.restart)

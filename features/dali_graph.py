@@ -19,7 +19,10 @@ reflects the signal) unless the track is too short to avoid it.
 """
 from __future__ import annotations
 
+import ctypes
+import glob
 import math
+import os
 
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
@@ -28,6 +31,29 @@ from core.spec import Augment, FeatureSpec
 
 # The graph's outputs, in order, as the loader names them: features, label, sample id, track length.
 OUTPUTS = ("x", "y", "uid", "n")
+
+
+def preload_cufft(roots: list[str] | None = None) -> list[str]:
+    """Map libcufft into the process (RTLD_GLOBAL) before a GPU spectrogram is built.
+
+    DALI's wheel opens cuFFT only at its first GPU FFT and does not bring it: it works when torch
+    (whose CUDA builds map libcufft.so.N) was imported first, and fails with "dlopen libcufft.so
+    failed" otherwise. Loaded here from the NVIDIA wheels' lib folders (`roots`; default: every
+    nvidia/*/lib and nvidia/*/*/lib on sys.path), else by importing torch. Returns what was loaded."""
+    if roots is None:
+        import sys
+        roots = [d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "lib")) +
+                 glob.glob(os.path.join(p, "nvidia", "*", "*", "lib"))]
+    loaded = []
+    for lib in sorted({f for r in roots for f in glob.glob(os.path.join(r, "libcufft.so*"))}):
+        try:
+            ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            loaded.append(lib)
+        except OSError:
+            pass  # another CUDA major's build: not the one DALI opens
+    if not loaded:
+        import torch  # noqa: F401 - a CUDA torch maps its libcufft on import
+    return loaded
 
 
 def draw_masks(aug: Augment) -> list:
@@ -89,6 +115,8 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (features.windows) so evaluation covers the whole track.
     """
+    if on_gpu:
+        preload_cufft()
     wav, label, uid = fn.external_source(  # core/shards.py: WAV bytes, int32 label, int64 uid
         source=source, num_outputs=3, batch=True, batch_info=True, dtype=[types.UINT8, types.INT32, types.INT64],
         ndim=[1, 1, 1], no_copy=True)  # views of the tars' memory maps, kept alive by the stream

@@ -173,3 +173,21 @@ def test_crops_from_audio_equal_crops_from_features(train_shards, augment):
             starts.add((s["key"], t))
             checked += 1
     assert checked >= 6 and len(starts) > checked // 2  # crops land at different places
+
+
+def test_preload_cufft_maps_a_library_found_in_the_wheels_lib_folders(tmp_path):
+    """No GPU needed: a stand-in libcufft.so.12 (a copy of libm) in a wheel-like nvidia/cu13/lib is
+    mapped into the process, so DALI's later dlopen finds it whatever was imported first."""
+    import ctypes.util
+    import shutil
+
+    from features.dali_graph import preload_cufft
+    libm = ctypes.util.find_library("m")
+    src = next(p for p in ("/lib/x86_64-linux-gnu/" + libm, "/usr/lib/x86_64-linux-gnu/" + libm, "/lib64/" + libm)
+               if os.path.exists(p))
+    lib = tmp_path / "nvidia" / "cu13" / "lib"
+    lib.mkdir(parents=True)
+    shutil.copy(src, lib / "libcufft.so.12")
+    (lib / "libcufft.so.bad").write_bytes(b"not a library")
+    assert preload_cufft([str(lib)]) == [str(lib / "libcufft.so.12")]
+    assert str(lib / "libcufft.so.12") in open("/proc/self/maps").read()

@@ -5,7 +5,8 @@
 Parts (each recorded as ok / FAILED / skipped with its seconds; the JSON is rewritten after each):
   versions   python, torch (+ CUDA, cuDNN), torchaudio, numpy, DALI if importable, cores, memory
   driver     nvidia-smi: GPU name, driver, memory
-  image      the image's packages that the brought wheels rely on (numba, scipy, ...), by version
+  image      the image's packages that the brought wheels rely on (numba, scipy, ...), by version,
+             and `import numba` (librosa's baseline needs it with the image's numpy)
   torch      a bf16 matrix product on the GPU; LogMel (features.torch_logmel) on cuda vs cpu;
              one AMP training step of the baseline model (training.step.train_step, train.py's)
   dali-gpu   one DALI pipeline with fn.spectrogram + fn.mel_filter_bank on the GPU vs the same
@@ -147,7 +148,10 @@ def image_packages() -> dict:
     if missing:
         raise RuntimeError(f"not on this image: {missing} (have {have}); add their wheels to KEEP in "
                            "tools/gpu_wheels.py")
-    return {"versions": have}
+    # librosa (the baseline the features stage measures against) needs numba to work with the
+    # image's numpy: known in call 1, not when the long stage reaches it
+    import numba  # noqa: F401 - raises if this numba cannot run with this numpy
+    return {"versions": have, "numba_imports": True}
 
 
 def torch_part(allow_cpu: bool) -> dict:
@@ -199,9 +203,10 @@ def dali_gpu(allow_cpu: bool) -> dict:
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
 
-    from features.dali_graph import mel_db
+    from features.dali_graph import mel_db, preload_cufft
     from core.spec import FeatureSpec
     dev = need_device(allow_cpu)
+    cufft_libs = preload_cufft() if dev.type == "cuda" else []
     spec = FeatureSpec()
     rng = np.random.default_rng(0)
     clips = [(0.1 * rng.standard_normal(spec.sample_rate * 3)).astype(np.float32) for _ in range(4)]
@@ -225,6 +230,12 @@ def dali_gpu(allow_cpu: bool) -> dict:
         return res
     gpu = build(True)
     res["libs"] = loaded_libs()
+    res["cufft_preloaded"] = cufft_libs
+    try:
+        from nvidia.dali.backend import GetCufftVersion
+        res["cufft_version"] = GetCufftVersion()
+    except Exception as e:  # noqa: BLE001 - recorded, not fatal
+        res["cufft_version"] = f"unavailable: {e}"
     res["gpu_vs_cpu_max_abs_db"] = round(max(float(np.abs(g - c).max()) for g, c in zip(gpu, cpu)), 5)
     if res["gpu_vs_cpu_max_abs_db"] > 0.05:
         raise RuntimeError(f"GPU spectrogram differs from CPU by {res['gpu_vs_cpu_max_abs_db']} dB")

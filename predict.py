@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from core import version  # light: imports neither torch nor DALI
@@ -176,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.min_seconds < 0 or args.max_seconds < 0:
         p.error("--min-seconds and --max-seconds must not be negative")
+    if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
+        p.error("--manifest-sha256 takes the 64 hex digits of a sha256")
     if args.nproc == "auto":
         from training.distributed import auto_nproc
         args.nproc = auto_nproc(args.cpu)

@@ -226,3 +226,15 @@ def test_default_checkpoint_is_the_newest_runs_best_pt(tmp_path, monkeypatch):
     os.makedirs(tmp_path / "runs" / "newer_but_no_best")
     (tmp_path / "runs" / "newer_but_no_best" / "last.pt").write_bytes(b"x")
     assert predict.default_checkpoint() == os.path.join("runs", "new", "best.pt")
+
+
+def test_argument_errors_are_one_line_before_anything_loads(tmp_path, capsys):
+    """A malformed --manifest-sha256 or a negative --max-seconds is refused by the argument parser
+    (as train.py does), not later as "not the pinned manifest"."""
+    import predict
+    for argv, want in ((["--shards", "s", "--out", "o.jsonl", "--manifest-sha256", "abc"], "64 hex digits"),
+                       (["x.wav", "--max-seconds", "-1"], "must not be negative")):
+        with pytest.raises(SystemExit) as e:
+            predict.parse_args(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and want in err[-1], err

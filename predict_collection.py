@@ -252,6 +252,7 @@ class Job:
     max_seconds: float | None = None     # and --max-seconds (None: no limit but the decoder's own cap)
     up_to_date: bool = False             # a folder whose finished OUT is current: nothing to do
     identity: dict = field(default_factory=dict)   # what the records depend on: parts' header, summary
+    manifest: object = None              # the shard folder's Manifest, read once per process by prepare()
 
     @property
     def paths(self) -> Paths:
@@ -317,7 +318,7 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
             return job
         shard_folder(folder, shards, spec, args.min_seconds, args.max_seconds or None)
     try:
-        manifest = read_job_manifest(job)
+        manifest = job.manifest = read_job_manifest(job)
     except (FileNotFoundError, ValueError, StorageError) as e:
         raise CollectionError(str(e)) from None
     from training.distributed import launch
@@ -511,7 +512,7 @@ def predict_share(job: Job, env, done: dict[str, dict]) -> tuple[int, float, int
     from inference.classifier import load_classifier
     from training.amp import Amp
 
-    manifest = read_job_manifest(job)
+    manifest = job.manifest or read_job_manifest(job)
     model, classes, spec = load_classifier(job.checkpoint, str(env.device))
     amp = Amp.create(env.device, job.amp)
     model = optimise(model, spec, env.device, job.eager or (job.amp and env.device.type == "cpu"))
@@ -631,7 +632,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
     from training import report
 
     paths = job.paths
-    manifest = read_job_manifest(job)
+    manifest = job.manifest or read_job_manifest(job)
     done, dups, torn = done_records(job, classes)
     records, missing = [], []
     for s in sorted(manifest.samples, key=lambda s: s.uid):

@@ -24,7 +24,7 @@ from analysis.logmel_stats import ClassViews, TrackStats, collect
 from analysis.pca import PCA, Standardiser
 from analysis.plots import mel_image, pyplot, save_figure, scatter_by_class
 from core.atomic import atomic_write
-from core.shards import SPLITS, UID, UID_DTYPE, AUDIO, Manifest, index_name
+from core.shards import AUDIO, UID, UID_DTYPE, Manifest, index_name
 from core.text import json_bytes
 
 PCA_COMPONENTS = 10

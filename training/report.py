@@ -1,7 +1,6 @@
 """Run reports written by rank 0: metrics.json and PNGs people would rather look at than read."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np

@@ -34,7 +34,8 @@ PCA_COMPONENTS = 10
 class Report:
     data: dict                 # what report.json holds
     baseline: BaselineResult
-    feature_seconds: float     # the DALI pass over every track
+    feature_seconds: float     # the DALI pass over every track: wall time
+    feature_cpu_seconds: float  # ... and this process's CPU time (DALI's threads included)
 
 
 def example_wav(files, manifest: Manifest, uid: int) -> bytes:
@@ -65,10 +66,10 @@ def build(shard_dir: str, manifest: Manifest, out: str, *, progress: Callable[[i
 
     os.makedirs(out, exist_ok=True)
     classes, spec = manifest.classes, manifest.spec
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stats, views = collect(shard_dir, manifest, num_threads=num_threads, cache_dir=cache_dir,
                            allow_unverified=allow_unverified, progress=progress, log=log)
-    feature_seconds = time.perf_counter() - t0
+    feature_seconds, feature_cpu = time.perf_counter() - t0, time.process_time() - c0
     by_uid = {s.uid: s for s in manifest.samples}
 
     train = stats.rows("train")
@@ -76,7 +77,7 @@ def build(shard_dir: str, manifest: Manifest, out: str, *, progress: Callable[[i
     pca = PCA.fit(z[train], PCA_COMPONENTS)
     scores = pca(z)
     base = linear_baseline(stats, classes)
-    near = leaks.near_copies(stats)
+    near = leaks.near_copies(stats, spec)
     exact = leaks.exact_copies(manifest)
 
     files = open_files(shard_dir, manifest, cache_dir, None, log, allow_unverified=allow_unverified)
@@ -89,7 +90,8 @@ def build(shard_dir: str, manifest: Manifest, out: str, *, progress: Callable[[i
 
     data = summary(manifest, redact(shard_dir))
     data.update({
-        "feature_seconds": round(feature_seconds, 2), "tracks_per_s": round(len(stats.uid) / max(feature_seconds, 1e-9), 1),
+        "feature_seconds": round(feature_seconds, 2), "feature_cpu_seconds": round(feature_cpu, 2),
+        "feature_threads": num_threads, "tracks_per_s": round(len(stats.uid) / max(feature_seconds, 1e-9), 1),
         "class_mean_spectrum_db": {c: np.round(m.mean(1), 2).tolist() for c, m in views.mean_logmel.items()},
         "examples": {c: {"uid": views.example_uid[c], "source": by_uid[views.example_uid[c]].source, "wav": w}
                      for c, w in examples.items()},
@@ -104,7 +106,7 @@ def build(shard_dir: str, manifest: Manifest, out: str, *, progress: Callable[[i
     figures(out, manifest, stats, views, scores, pca, near)
     write_page(out, data, manifest, views, examples, base, near)
     atomic_write(os.path.join(out, "report.json"), json_bytes(data, indent=1))
-    return Report(data, base, feature_seconds)
+    return Report(data, base, feature_seconds, feature_cpu)
 
 
 def summary(manifest: Manifest, shown: str) -> dict:
@@ -137,13 +139,16 @@ def summary(manifest: Manifest, shown: str) -> dict:
 def leak_data(near: leaks.NearPairs, exact: list[dict], manifest: Manifest, by_uid: dict) -> dict:
     q = np.quantile(near.nearest, [0.5, 0.9, 0.99, 1.0]).round(4).tolist() if len(near.nearest) else []
     return {
-        "method": "cosine similarity of level-free band means and band stds, standardised on train",
+        "method": (f"candidates: each track's {leaks.CANDIDATES} nearest tracks of each other split by cosine "
+                   f"similarity of the level-free band profile (floored {leaks.FLOOR_DB:g} dB below the loudest band, "
+                   f"standardised on train); a near copy: loudness envelopes correlating >= the threshold within "
+                   f"+-{leaks.MAX_LAG_SECONDS:g} s"),
         "threshold": near.threshold,
-        "nearest_cross_split_similarity": {"median": q[0], "p90": q[1], "p99": q[2], "max": q[3]} if q else {},
-        "near_copies": [{"similarity": round(s, 4),
+        "nearest_candidate_correlation": {"median": q[0], "p90": q[1], "p99": q[2], "max": q[3]} if q else {},
+        "near_copies": [{"correlation": round(r, 4), "statistics_cosine": round(c, 4),
                          "a": {"uid": a, "split": by_uid[a].split, "source": by_uid[a].source, "label": by_uid[a].label},
                          "b": {"uid": b, "split": by_uid[b].split, "source": by_uid[b].source, "label": by_uid[b].label}}
-                        for a, b, s in near.pairs],
+                        for a, b, r, c in near.pairs],
         "exact_copies": [{**e, "sources": [by_uid[u].source for u in e["uids"]]} for e in exact],
     }
 
@@ -213,7 +218,7 @@ def figures(out: str, manifest: Manifest, stats: TrackStats, views: ClassViews, 
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     ax.hist(near.nearest, bins=50, range=(min(-0.2, float(near.nearest.min(initial=0))), 1.0), color="tab:blue")
     ax.axvline(near.threshold, color="tab:red", linestyle="--", label=f"threshold {near.threshold}")
-    ax.set_xlabel("cosine similarity to the nearest track of another split")
+    ax.set_xlabel("highest envelope correlation with a candidate of another split")
     ax.set_ylabel("tracks")
     ax.set_title("leak check")
     ax.legend()
@@ -228,7 +233,7 @@ def write_page(out: str, data: dict, manifest: Manifest, views: ClassViews, exam
     page = Page(f"Dataset report: {data['folder']}")
     page.p(f"{data['tracks']} tracks, {data['hours']:.2f} hours, {len(classes)} classes; features: "
            f"{manifest.spec.n_mels} mel bands at {manifest.spec.sample_rate} Hz, computed by the training DALI graph "
-           f"({data['feature_seconds']:.1f} s, {data['tracks_per_s']:.1f} tracks/s). The numbers are also in report.json.")
+           f"({data['feature_seconds']:.1f} s, {data['tracks_per_s']:.1f} tracks/s, {data['feature_cpu_seconds']:.1f} s of CPU time). The numbers are also in report.json.")
 
     page.h2("Tracks per split and class")
     page.table(["class", *splits, "all"], [[c, *[data["counts"][s].get(c, 0) for s in splits],
@@ -282,18 +287,20 @@ def write_page(out: str, data: dict, manifest: Manifest, views: ClassViews, exam
 
     page.h2("Leak check")
     lk = data["leaks"]
-    page.p(f"Near copies: tracks in different splits whose level-free spectral statistics (band means minus their "
-           f"mean, band standard deviations; standardised on train) have cosine similarity >= {near.threshold}. "
-           "The threshold was set from measured distributions: unrelated tracks stay far below it, copies re-encoded "
-           "(OGG, FLAC) with a gain change far above (README, Dataset report). Exact copies: the same decoded PCM "
-           "(sha256) in two splits.")
+    page.p(f"Near copies: for each track, its {leaks.CANDIDATES} most similar tracks of each other split by their "
+           f"level-free spectral profile (each band's mean dB relative to the loudest band, floored {leaks.FLOOR_DB:g} dB "
+           "below it, standardised on train) are compared in time: a pair whose loudness envelopes correlate at "
+           f">= {near.threshold} (within +-{leaks.MAX_LAG_SECONDS:g} s) is listed. The threshold was set from measured "
+           "distributions: different tracks stay below it, copies re-encoded to OGG or FLAC with a gain change lie "
+           "above (README, Dataset report). Exact copies: the same decoded PCM (sha256) in two splits.")
     page.image("leaks.png", "nearest cross-split similarity")
     if lk["near_copies"]:
-        page.table(["similarity", "track", "split", "class", "near copy", "split", "class"],
-                   [[p["similarity"], p["a"]["source"], p["a"]["split"], p["a"]["label"], p["b"]["source"],
+        page.table(["envelope correlation", "statistics cosine", "track", "split", "class", "near copy", "split",
+                    "class"],
+                   [[p["correlation"], p["statistics_cosine"], p["a"]["source"], p["a"]["split"], p["a"]["label"], p["b"]["source"],
                      p["b"]["split"], p["b"]["label"]] for p in lk["near_copies"]])
     else:
-        page.p(f"No cross-split pair reaches {near.threshold} (highest: {lk['nearest_cross_split_similarity'].get('max', '-')}).")
+        page.p(f"No cross-split pair reaches {near.threshold} (highest: {lk['nearest_candidate_correlation'].get('max', '-')}).")
     if lk["exact_copies"]:
         page.table(["PCM sha256", "tracks", "splits"],
                    [[e["pcm_sha256"][:16], ", ".join(e["sources"]), ", ".join(e["splits"])] for e in lk["exact_copies"]])

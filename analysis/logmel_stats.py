@@ -18,14 +18,21 @@ from core.shards import SPLITS, Manifest
 from core.spec import FeatureSpec
 
 
+ENVELOPE_POOL = 2          # frames averaged per envelope step (hop 512 at 22,050 Hz: about 21.5 steps/s)
+ENVELOPE_SECONDS = 60.0    # the envelope keeps a track's first minute (about 20 KB a track)
+ENVELOPE_BANDS = 4         # groups of mel bands, each with its own envelope
+
+
 @dataclass
 class TrackStats:
-    """One row per track: `mean` and `std` (N, mels) in dB; `label` indexes the manifest's classes."""
+    """One row per track: `mean` and `std` (N, mels) in dB; `label` indexes the manifest's classes;
+    `envelope` (optional) each track's loudness envelope (loudness_envelope)."""
     uid: np.ndarray
     label: np.ndarray
     split: np.ndarray  # split names (str)
     mean: np.ndarray
     std: np.ndarray
+    envelope: list | None = None
 
     @property
     def features(self) -> np.ndarray:
@@ -36,7 +43,8 @@ class TrackStats:
         return self.split == split
 
     def take(self, sel: np.ndarray) -> "TrackStats":
-        return TrackStats(self.uid[sel], self.label[sel], self.split[sel], self.mean[sel], self.std[sel])
+        env = None if self.envelope is None else [self.envelope[i] for i in np.arange(len(self.uid))[sel]]
+        return TrackStats(self.uid[sel], self.label[sel], self.split[sel], self.mean[sel], self.std[sel], env)
 
 
 @dataclass
@@ -51,6 +59,27 @@ def band_stats(x: torch.Tensor, valid: int, spec: FeatureSpec) -> tuple[np.ndarr
     """(mean, std) of each mel band over the first `valid` frames of a normalised (mels, frames) log-mel, in dB."""
     db = spec.denormalise(x[:, :max(1, valid)].double())
     return db.mean(1).numpy(), db.std(1, unbiased=False).numpy()
+
+
+def loudness_envelope(x: torch.Tensor, valid: int, spec: FeatureSpec) -> np.ndarray:
+    """How a track's loudness changes over time in ENVELOPE_BANDS groups of mel bands, the same for a
+    re-encoded or re-levelled copy: (ENVELOPE_BANDS, steps) float32, at most ENVELOPE_SECONDS long.
+
+    Per group and frame, the dB of the group's summed mel power (its loud bands, which lossy codecs
+    keep, dominate it), averaged over ENVELOPE_POOL frames, differenced (a gain change, a constant
+    offset, drops out) and scaled to zero mean and unit variance. Several groups, because two
+    different pieces with the same tempo and drum pattern share the low group's envelope but not
+    the others'."""
+    keep = min(valid, int(ENVELOPE_SECONDS * spec.sample_rate / spec.hop_length))
+    n = keep // ENVELOPE_POOL
+    if n < 3:
+        return np.zeros((ENVELOPE_BANDS, 0), np.float32)
+    power = torch.pow(10.0, spec.denormalise(x[:, :n * ENVELOPE_POOL].double()) / 10.0)
+    groups = torch.stack([g.sum(0) for g in torch.tensor_split(power, ENVELOPE_BANDS, dim=0)])
+    loud = 10.0 * torch.log10(groups.clamp_min(spec.amin))
+    e = np.diff(loud.view(ENVELOPE_BANDS, n, ENVELOPE_POOL).mean(2).numpy(), axis=1)
+    sd = e.std(1, keepdims=True)
+    return np.where(sd > 1e-9, (e - e.mean(1, keepdims=True)) / np.maximum(sd, 1e-9), 0.0).astype(np.float32)
 
 
 def example_uids(manifest: Manifest) -> dict[str, int]:
@@ -81,7 +110,7 @@ def collect(shard_dir: str, manifest: Manifest, *, batch_size: int = 8, num_thre
     sums = np.zeros((len(classes), spec.n_mels, view))
     counts = np.zeros((len(classes), view))
     views = ClassViews(example_uid=examples)
-    rows: dict[str, list] = {"uid": [], "label": [], "split": [], "mean": [], "std": []}
+    rows: dict[str, list] = {"uid": [], "label": [], "split": [], "mean": [], "std": [], "envelope": []}
     for split in manifest.split_names:
         if not manifest.splits[split].count:
             continue
@@ -99,6 +128,7 @@ def collect(shard_dir: str, manifest: Manifest, *, batch_size: int = 8, num_thre
                 rows["split"].append(split)
                 rows["mean"].append(mean)
                 rows["std"].append(std)
+                rows["envelope"].append(loudness_envelope(x, valid, spec))
                 n = min(valid, view)
                 sums[label, :, :n] += spec.denormalise(x[:, :n].double()).numpy()
                 counts[label, :n] += 1
@@ -112,6 +142,7 @@ def collect(shard_dir: str, manifest: Manifest, *, batch_size: int = 8, num_thre
             views.mean_logmel[c] = sums[i][:, cols] / counts[i][cols]
     stats = TrackStats(np.array(rows["uid"], dtype=np.int64), np.array(rows["label"], dtype=np.int64),
                        np.array(rows["split"], dtype=object),
-                       np.array(rows["mean"]).reshape(-1, spec.n_mels), np.array(rows["std"]).reshape(-1, spec.n_mels))
+                       np.array(rows["mean"]).reshape(-1, spec.n_mels), np.array(rows["std"]).reshape(-1, spec.n_mels),
+                       rows["envelope"])
     order = np.argsort(stats.uid, kind="stable")  # uid order: the same rows however the splits were read
     return stats.take(order), views

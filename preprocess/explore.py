@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     d = report.data
     print(f"{d['tracks']} tracks ({d['hours']:.2f} h) in {len(d['classes'])} classes; features in "
-          f"{report.feature_seconds:.1f} s ({d['tracks_per_s']:.1f} tracks/s)")
+          f"{report.feature_seconds:.1f} s ({d['tracks_per_s']:.1f} tracks/s, {report.feature_cpu_seconds:.1f} s of CPU time)")
     lk = d["leaks"]
-    print(f"leak check: {len(lk['near_copies'])} near copies (similarity >= {lk['threshold']}), "
+    print(f"leak check: {len(lk['near_copies'])} near copies (envelope correlation >= {lk['threshold']}), "
           f"{len(lk['exact_copies'])} exact copies across splits")
     print(f"report: {printable(os.path.join(out, 'index.html'))}")
     print(report.baseline.line())

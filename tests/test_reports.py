@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from browser import Chromium
+from core.spec import FeatureSpec
 from helpers import TRAIN_GENRES, built_once, run_main
 from preprocess import explore
 from preprocess.make_shards import make_shards
@@ -110,3 +111,66 @@ def test_run_report_in_a_browser(trained_run, tmp_path):
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert f"{m['test']['track_acc']:.3f}" in text
     assert "nvidia-dali" in text and "FeatureSpec" in text and "samples/s" in text
+
+
+# ------------------------------------------------------------------------------------------ leak check
+
+@pytest.fixture(scope="session")
+def planted(train_shards, tmp_path_factory):
+    """The training collection again, with two training tracks copied under other names into other
+    splits: one re-encoded to OGG Vorbis at -5 dB, one to FLAC at +4 dB. Returns (manifest, stats,
+    {(original uid, copy uid)}) and the clean folder's stats."""
+    from analysis.logmel_stats import collect
+    from storage.folder import read_manifest
+
+    shards, src, m = train_shards
+    with built_once(tmp_path_factory, "planted") as (base, done):
+        out = base / "shards"
+        train = sorted(s["source"] for s in m["samples"] if s["split"] == "train")
+        copies = [(train[0], "OGG", -5.0, "test"), (train[7], "FLAC", 4.0, "val")]
+        if not done:
+            rows = [f"{os.path.join(src, s['source'])},{s['label']},{s['split']}" for s in m["samples"]]
+            for k, (source, fmt, gain, split) in enumerate(copies):
+                audio, sr = sf.read(os.path.join(src, source), dtype="float32")
+                path = base / f"renamed-{k}.{fmt.lower()}"
+                sf.write(str(path), np.clip(audio * 10 ** (gain / 20), -1, 1), sr, format=fmt)
+                rows.append(f"{path},{source.split('/')[0]},{split}")
+            (base / "list.csv").write_text("\n".join(rows) + "\n")
+            make_shards(None, str(out), list_file=str(base / "list.csv"), split="list", workers=1, min_shards=1,
+                        progress=False)
+            (base / "done.json").write_text("{}")
+    mp = read_manifest(str(out))
+    uid = {s.source: s.uid for s in mp.samples}
+    want = {(uid[os.path.join(src, source)], uid[str(base / f"renamed-{k}.{fmt.lower()}")])
+            for k, (source, fmt, _, _) in enumerate(copies)}
+    stats, _ = collect(str(out), mp, num_threads=1)
+    clean, _ = collect(shards, read_manifest(shards), num_threads=1)
+    return mp, stats, want, clean
+
+
+def test_leak_check_finds_re_encoded_copies_in_other_splits_and_nothing_else(planted):
+    from analysis.leaks import THRESHOLD, near_copies
+
+    _, stats, want, clean = planted
+    near = near_copies(stats, FeatureSpec())
+    assert {(a, b) for a, b, *_ in near.pairs} == want, near.pairs
+    assert all(r >= THRESHOLD for _, _, r, _ in near.pairs)
+    # the clean collection: no pair, and its closest cross-split candidates stay clear of the threshold
+    clean_near = near_copies(clean, FeatureSpec())
+    assert clean_near.pairs == [] and clean_near.nearest.max() < THRESHOLD
+
+
+def test_leak_check_lists_exact_copies_the_manifest_knows(train_shards):
+    """Two samples in different splits with one PCM sha256 (a folder not built by make_shards,
+    which keeps one copy of identical audio) are listed; the real folder has none."""
+    from analysis.leaks import exact_copies
+    from core.shards import Manifest
+
+    _, _, m = train_shards
+    assert exact_copies(Manifest(m)) == []
+    doc = json.loads(json.dumps(m))
+    a = next(s for s in doc["samples"] if s["split"] == "train")
+    b = next(s for s in doc["samples"] if s["split"] == "test")
+    b["pcm_sha256"] = a["pcm_sha256"]
+    assert exact_copies(Manifest(doc)) == [{"pcm_sha256": a["pcm_sha256"], "uids": [a["uid"], b["uid"]],
+                                            "splits": ["train", "test"]}]

@@ -95,11 +95,15 @@ def example_uids(manifest: Manifest) -> dict[str, int]:
 def collect(shard_dir: str, manifest: Manifest, *, batch_size: int = 8, num_threads: int = 2,
             view_seconds: float = 10.0, example_seconds: float = 30.0, cache_dir: str | None = None,
             allow_unverified: bool = False, progress: Callable[[int], None] | None = None,
-            log=print) -> tuple[TrackStats, ClassViews]:
+            device: torch.device | None = None, log=print) -> tuple[TrackStats, ClassViews]:
     """Statistics of every track of every split of a labeled folder, and the class views.
 
-    `progress(n)` is called after each batch with the tracks it held (a bar's update)."""
+    `progress(n)` is called after each batch with the tracks it held (a bar's update). `device`:
+    where the graph computes the log-mels (default: the first GPU when there is one, else the CPU)."""
     from loading.loader import DaliLoader  # DALI loads here, not when the module is imported
+
+    if device is None:
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
     spec = manifest.spec
     classes = manifest.classes
@@ -115,7 +119,7 @@ def collect(shard_dir: str, manifest: Manifest, *, batch_size: int = 8, num_thre
         if not manifest.splits[split].count:
             continue
         loader = DaliLoader(shard_dir, split, spec, batch_size, train=False, manifest=manifest,
-                            num_threads=num_threads, cache_dir=cache_dir, allow_unverified=allow_unverified, log=log)
+                            device=device, num_threads=num_threads, cache_dir=cache_dir, allow_unverified=allow_unverified, log=log)
         for b in loader:
             keep = b.counted.nonzero().view(-1).tolist()
             for i in keep:

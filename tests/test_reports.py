@@ -53,10 +53,13 @@ def test_explore_writes_the_report_and_prints_the_baseline(odd_report):
     assert last.startswith("linear baseline") and f"test {data['baseline']['accuracy']['test']:.3f}" in last
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "file"])
+@pytest.mark.parametrize("case", ["missing", "empty", "garbage", "file", "unlabeled"])
 def test_explore_refuses_what_is_not_a_shard_set_in_one_line(tmp_path, case):
     target = tmp_path / "x"
-    if case == "empty":
+    if case == "unlabeled":  # a collection to predict: no classes to explore
+        generate(str(tmp_path / "src"), per_class=1, seconds=2.0, seed=0, genres=["jazz", "pop"], progress=False)
+        make_shards(str(tmp_path / "src"), str(target), workers=1, unlabeled=True, progress=False)
+    elif case == "empty":
         target.mkdir()
     elif case == "garbage":
         target.mkdir()

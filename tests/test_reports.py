@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 
 from browser import Chromium
+from servers import http_server  # noqa: F401 - fixture
 from core.spec import FeatureSpec
 from helpers import TRAIN_GENRES, built_once, run_main
 from preprocess import explore
@@ -177,3 +178,19 @@ def test_leak_check_lists_exact_copies_the_manifest_knows(train_shards):
     b["pcm_sha256"] = a["pcm_sha256"]
     assert exact_copies(Manifest(doc)) == [{"pcm_sha256": a["pcm_sha256"], "uids": [a["uid"], b["uid"]],
                                             "splits": ["train", "test"]}]
+
+
+def test_explore_reads_a_remote_folder_through_the_node_cache(odd_report, http_server, tmp_path):
+    """The same folder served over HTTP: the same numbers as the local run (the folder's name aside),
+    its shards fetched into the given cache."""
+    out, _ = odd_report
+    local = json.loads((out / "report.json").read_text())
+    shutil.copytree(str(out.parent / "shards"), os.path.join(http_server.folder, "odd"), dirs_exist_ok=True)
+    p = run_main(explore.main, [f"{http_server.url}/odd", "--out", str(tmp_path / "r"), "--threads", "1",
+                                "--cache-dir", str(tmp_path / "cache")])
+    assert p.returncode == 0, p.stderr
+    remote = json.loads((tmp_path / "r" / "report.json").read_text())
+    for key in ("counts", "pca", "baseline", "leaks", "class_mean_spectrum_db", "examples"):
+        assert remote[key] == local[key], key
+    assert any(name.endswith(".tar") for _, _, files in os.walk(tmp_path / "cache") for name in files)
+    assert (tmp_path / "r" / "example-00.wav").read_bytes() == (out / "example-00.wav").read_bytes()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 from core.atomic import atomic_write
@@ -104,7 +104,7 @@ class Page:
         out.append("</div>")
         self.parts.append("".join(out))
 
-    def grid(self, build) -> None:
+    def grid(self, build: Callable[[], object]) -> None:
         """Cards side by side: `build()` adds them (call card() inside it)."""
         start = len(self.parts)
         build()
@@ -112,7 +112,7 @@ class Page:
         del self.parts[start:]
         self.parts.append('<div class="grid">' + "".join(inner) + "</div>")
 
-    def details(self, summary: str, build) -> None:
+    def details(self, summary: str, build: Callable[[], object]) -> None:
         """A folded section (no script: <details>): `build()` adds its content."""
         start = len(self.parts)
         build()

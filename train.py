@@ -5,7 +5,7 @@
     python train.py                                  # one process
 
 Reads shards/ (preprocess/make_shards.py). Writes RUN_DIR/{last,best}.pt, metrics.json,
-curves.png, confusion.png; rank 0 shows the progress bar and logs.
+curves.png, confusion.png, report.html; rank 0 shows the progress bar and logs.
 
 Reading order: main() -> build() (CheckpointSaver.resume) -> train_one_epoch() -> evaluate -> end_epoch() -> finish().
 """
@@ -31,10 +31,10 @@ from loading.loader import DaliLoader  # (DALI itself loads when a loader is mad
 from model import MODELS, build_model, count_parameters
 from storage.folder import read_manifest, trust_warnings
 from storage.store import StorageError, redact
-from training import distributed, report
+from training import distributed, report, run_report
 from training.amp import Amp
 from training.checkpointing import CheckpointSaver, Start
-from training.evaluate import EvalResult, evaluate
+from training.evaluate import EvalResult, TrackLog, evaluate
 from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check
 from training.step import train_step
 
@@ -375,8 +375,10 @@ def finish(trainer: Trainer) -> int:
     best_state = trainer.saver.load_best(trainer.model)
     if best_state is not None:
         metrics["best_epoch"] = best_state["epoch"]
+    tracks = TrackLog()  # per-track logits, embeddings and statistics of the test pass, for report.html
     if trainer.manifest.splits["test"].count:
-        test = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes))
+        test = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes),
+                        tracks=tracks)
         metrics["test"] = {"track_acc": test.track_acc, "segment_acc": test.segment_acc, "loss": test.loss,
                            "tracks": test.tracks, "per_class": test.per_class(trainer.classes),
                            "confusion": test.confusion.tolist()}
@@ -384,6 +386,8 @@ def finish(trainer: Trainer) -> int:
             report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
     if env.is_main:
         report.write_json(trainer.path("metrics.json"), metrics)
+        run_report.write(trainer.run_dir, metrics, tracks.rows, trainer.manifest, trainer.spec,
+                         run_report.environment(env.device))
         last = trainer.history[-1] if trainer.history else {}
         print(f"\n== {trainer.run_dir} ==")
         print(f"best val acc {max((h['val_track_acc'] for h in trainer.history), default=float('nan')):.3f} "
@@ -394,7 +398,7 @@ def finish(trainer: Trainer) -> int:
             print(f"test acc {m['track_acc']:.3f} on {m['tracks']} tracks (windows {m['segment_acc']:.3f})")
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
-        print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: metrics.json, curves.png, confusion.png")
+        print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
 
 

@@ -7,7 +7,7 @@
     core.faults      named fault points for the tests (inert unless PT_TEST_FAULT is set)
 
 Nothing here imports from another of the project's packages. The layers, bottom to top:
-core -> storage -> features -> loading -> model -> training | inference -> applications
+core -> storage -> features -> loading -> model -> analysis -> training | inference -> applications
 (train.py, predict.py, predict_collection.py, preprocess/, bench/, tools/); tests/test_layers.py
 holds them to it.
 """

@@ -223,3 +223,18 @@ def test_object_store(bench_data, tmp_path):
     assert set(stage) == {"4", "1"} and all(v["bytes"] == [split] for v in stage.values())
     assert "| local shards |" in p.stdout and "staging, total" in p.stdout
     assert os.path.getsize(glob.glob(os.path.join(str(tmp_path), "object-store-*.png"))[0]) > 1000
+
+
+def test_leak_threshold(tmp_path):
+    """The threshold measurement: planted OGG/FLAC copies with gains, all found as candidates and
+    above the threshold; the clean collection's candidates below it."""
+    from preprocess.synth import generate
+    generate(str(tmp_path / "src"), per_class=5, seconds=4.0, seed=2, genres=TRAIN_GENRES, progress=False)
+    p = run("bench.leak_threshold", str(tmp_path / "src"), "--copies", "4", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "r.json"), timeout=300)
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["tracks"] == 20 and r["copies"] == len(r["pairs"]) == 4
+    assert {x["format"] for x in r["pairs"]} == {"OGG", "FLAC"} and all(abs(x["gain_db"]) <= 6 for x in r["pairs"])
+    assert r["planted_found_as_candidates"] == 4 and r["planted_correlation"]["min"] >= r["threshold"]
+    assert r["clean_nearest_candidate_correlation"]["max"] < r["threshold"]
+    assert "planted copies" in p.stdout

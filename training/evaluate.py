@@ -4,15 +4,17 @@ A track is judged by the mean of its windows' logits (features.windows), as pred
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analysis.logmel_stats import band_stats
 from core.spec import FeatureSpec
 from features.windows import track_logits
-from training.distributed import DistEnv, all_reduce_sum
+from training.distributed import DistEnv, all_gather_object, all_reduce_sum
 
 
 @dataclass
@@ -35,8 +37,52 @@ class EvalResult:
         return out
 
 
+@dataclass
+class TrackLog:
+    """Per-track results an evaluation pass can keep for the run report, at no extra pass: each
+    track's mean window logits, its penultimate-layer embedding (the classifier head's input,
+    averaged over its windows) and its log-mel statistics (analysis.logmel_stats.band_stats).
+    After evaluate() every rank's rows are gathered in `rows` (uid order)."""
+    rows: list[dict] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def capture(self, model: torch.nn.Module):
+        """Record the inputs of the model's classifier head (PooledCNN.head) while the block runs."""
+        plain = getattr(model, "module", model)        # DDP
+        plain = getattr(plain, "_orig_mod", plain)     # torch.compile
+        head = getattr(plain, "head", None)
+        self._seen: list[torch.Tensor] = []
+        if head is None:
+            yield
+            return
+        handle = head.register_forward_pre_hook(lambda _m, args: self._seen.append(args[0].detach().float().cpu()))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def add(self, uid: torch.Tensor, y: torch.Tensor, mean_logits: torch.Tensor, per_track: list[torch.Tensor],
+            x: torch.Tensor, n_samples: torch.Tensor, spec: FeatureSpec) -> None:
+        """One batch's tracks; the head inputs seen since the last call are its windows, in order."""
+        emb = torch.cat(self._seen) if self._seen else None
+        self._seen.clear()
+        counts = [len(t) for t in per_track]
+        embs = list(torch.split(emb, counts)) if emb is not None and len(emb) == sum(counts) else [None] * len(counts)
+        for i, (u, label) in enumerate(zip(uid.tolist(), y.tolist())):
+            valid = min(spec.valid_frames(int(n_samples[i])), x.shape[-1])
+            mean, std = band_stats(x[i, 0].float().cpu(), valid, spec)
+            self.rows.append({"uid": u, "label": label, "logits": mean_logits[i].float().cpu().numpy(),
+                              "embedding": None if embs[i] is None else embs[i].mean(0).numpy(),
+                              "mean": mean, "std": std})
+
+    def gather(self, env: DistEnv) -> None:
+        self.rows = sorted((r for part in all_gather_object(self.rows, env) for r in part), key=lambda r: r["uid"])
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, spec: FeatureSpec, env: DistEnv, amp, n_classes: int) -> EvalResult:
+def evaluate(model: torch.nn.Module, loader, spec: FeatureSpec, env: DistEnv, amp, n_classes: int,
+             tracks: TrackLog | None = None) -> EvalResult:
+    """`tracks`: also keep every track's logits, embedding and log-mel statistics (TrackLog)."""
     model.eval()
     dev = env.device
     conf = torch.zeros(n_classes, n_classes, dtype=torch.float64, device=dev)
@@ -46,9 +92,12 @@ def evaluate(model: torch.nn.Module, loader, spec: FeatureSpec, env: DistEnv, am
         if not keep.any():
             continue
         idx = keep.nonzero().view(-1).to(b.x.device)
-        with amp.autocast():
-            mean_logits, per_track = track_logits(model, b.x.index_select(0, idx), b.n_samples[keep], spec)
+        x = b.x.index_select(0, idx)
+        with amp.autocast(), (tracks.capture(model) if tracks is not None else contextlib.nullcontext()):
+            mean_logits, per_track = track_logits(model, x, b.n_samples[keep], spec)
         y = b.y.index_select(0, idx)
+        if tracks is not None:
+            tracks.add(b.uid[keep], y.cpu(), mean_logits, per_track, x, b.n_samples[keep], spec)
         sums[0] += F.cross_entropy(mean_logits, y, reduction="sum").double()
         sums[1] += len(y)
         for t, yi in zip(per_track, y):
@@ -58,6 +107,8 @@ def evaluate(model: torch.nn.Module, loader, spec: FeatureSpec, env: DistEnv, am
         conf.index_put_((y, pred), torch.ones_like(y, dtype=torch.float64), accumulate=True)
     all_reduce_sum(sums, env)
     all_reduce_sum(conf, env)
+    if tracks is not None:
+        tracks.gather(env)
     conf_np = conf.cpu().numpy().astype(np.int64)
     n = max(sums[1].item(), 1.0)
     return EvalResult(loss=sums[0].item() / n, track_acc=float(np.trace(conf_np)) / n,

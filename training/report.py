@@ -1,34 +1,18 @@
 """Run reports written by rank 0: metrics.json and PNGs people would rather look at than read."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from core.atomic import atomic_open, atomic_write
+from analysis.plots import pyplot, save_figure  # noqa: F401 (also used from here by predict.py and bench)
+from core.atomic import atomic_write
 from core.text import json_bytes
 
 
 def write_json(path: str, obj: Any) -> None:
     """Atomic: written to a temp file, then renamed over `path`."""
     atomic_write(path, json_bytes(obj, indent=1, default=float))
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
-    import matplotlib
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # file and class names are text, never math ($x$)
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig, path: str, dpi: int = 100) -> None:
-    """Atomic PNG: written to a temp file, then renamed over `path`; the figure is closed."""
-    with atomic_open(path) as f:
-        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=dpi)
-    pyplot().close(fig)
 
 
 def plot_curves(history: list[dict], path: str) -> None:

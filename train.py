@@ -34,6 +34,7 @@ from storage.store import StorageError, redact
 from training import distributed, report, run_report
 from training.amp import Amp
 from training.checkpointing import CheckpointSaver, Start
+from training.ema import ModelEMA
 from training.evaluate import EvalResult, TrackLog, evaluate
 from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check
 from training.step import train_step
@@ -102,6 +103,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=1e-2)
     g.add_argument("--warmup-epochs", type=float, default=1.0)
     g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, select best.pt and predict with an exponential moving average of the weights "
+                        "(e.g. 0.999; updated every step); 0: off")
     g.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sync-every", type=int, default=20,
@@ -146,6 +150,12 @@ class Trainer:
     val_loader: DaliLoader
     history: list[dict] = field(default_factory=list)
     best: float = -1.0              # best validation track accuracy so far
+    ema: ModelEMA | None = None     # --ema: the averaged weights evaluation and best.pt use
+
+    @property
+    def eval_net(self) -> torch.nn.Module:
+        """What validation runs: the EMA's module, or the training network."""
+        return self.ema.module if self.ema is not None else self.net
 
     @property
     def classes(self) -> list[str]:
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(start.epoch, args.epochs + 1):
         stats = train_one_epoch(trainer, epoch, step, saved_sums, watch)
         step, saved_sums = 0, None
-        val = evaluate(trainer.net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
+        val = evaluate(trainer.eval_net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
         end_epoch(trainer, epoch, stats, val)
 
     result = finish(trainer)
@@ -239,7 +249,9 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     amp = Amp.create(env.device, args.amp)
     saver = CheckpointSaver(run_dir, env)
-    start = saver.resume(want=args.resume, model=model, amp=amp, classes=manifest.classes, spec=spec, args=args)
+    ema = ModelEMA(model, args.ema) if args.ema else None
+    start = saver.resume(want=args.resume, model=model, amp=amp, classes=manifest.classes, spec=spec, args=args,
+                         ema=ema)
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
                       time_masks=2 if args.specaugment else 0)
@@ -256,7 +268,7 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
         optimizer, lr_lambda(max(1, int(args.warmup_epochs * steps)), args.epochs * steps))
     start.load_into(optimizer, scheduler)  # after the scheduler's constructor, which resets the learning rate
     trainer = Trainer(args, env, manifest, spec, run_dir, saver, model, net, optimizer, scheduler, amp, train_loader,
-                val_loader, start.history, start.best)
+                val_loader, start.history, start.best, ema)
     return trainer, start
 
 
@@ -283,6 +295,8 @@ def train_one_epoch(trainer: Trainer, epoch: int, first_step: int, saved_sums: l
                 r = train_step(trainer.net, b.x, b.y, b.weight, trainer.optimizer, trainer.amp, n_classes=len(trainer.classes),
                                label_smoothing=args.label_smoothing, mixup_alpha=args.mixup)
                 trainer.scheduler.step()
+                if trainer.ema is not None:
+                    trainer.ema.update(trainer.model)
                 sums.add(r.per_sample, r.logits.argmax(1) == b.y, b.weight)
                 if watch is not None:
                     watch.note(r.loss, step, b.uid)
@@ -364,7 +378,8 @@ def save_checkpoint(trainer: Trainer, epoch: int, done: int, sums: list[float], 
             "model_name": trainer.args.model, "model": trainer.model.state_dict(), "classes": trainer.classes,
             "feature_spec": trainer.spec.to_dict(), "args": saved_args(trainer.args), "epoch": epoch, "step": done, "steps": trainer.steps,
             "history": trainer.history, "best_metric": trainer.best, "optimizer": trainer.optimizer.state_dict(),
-            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.amp.state_dict(), "rank_states": ranks}, best=best)
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.amp.state_dict(), "rank_states": ranks,
+            **({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {})}, best=best)
 
 
 def finish(trainer: Trainer) -> int:

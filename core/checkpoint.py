@@ -9,7 +9,11 @@
      "rank_states": [{"loader": {"dali": str, "seen": [int], "epoch0": int} or None,
                       "torch_rng": tensor, "cuda_rng": tensor (GPU runs),
                       "progress": [loss*n, correct, n, data-wait s, step s] (the epoch's running sums)},
-                     ... one per rank, in rank order]}
+                     ... one per rank, in rank order],
+     "ema": {"module": state_dict, "updates": int, "decay": float} (only with train.py --ema)}
+
+With "ema", the averaged weights are the ones evaluation chose by and predictions use
+(`inference_weights`); "model" stays the weights training continues from.
 
 A checkpoint with step < steps was written inside an epoch: each rank's sample stream, DALI and RNG
 state continue that epoch at the next batch, so no batch is trained twice or skipped. A rank's
@@ -85,6 +89,10 @@ def _check(state: dict[str, Any], path: str) -> None:
     for k in ("epoch", "step", "steps"):
         if k in state and (type(state[k]) is not int or not 0 <= state[k] < 1 << 40):
             raise CheckpointError(f"{path}: {k} {state[k]!r:.20} is not a count")
+    ema = state.get("ema")
+    if ema is not None and (not isinstance(ema, dict) or not isinstance(ema.get("module"), dict)
+                            or type(ema.get("updates")) is not int):
+        raise CheckpointError(f"{path}: its ema entry is not an averaged state dict with an update count")
 
 
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
@@ -108,10 +116,15 @@ def newest_run(filename: str, runs: str = "runs") -> str | None:
     return max(dirs, key=lambda d: os.path.getmtime(os.path.join(d, filename))) if dirs else None
 
 
-def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str) -> None:
-    """Load weights, turning a shape mismatch into one readable line."""
+def inference_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights to evaluate and predict with: the averaged ones if the run kept an EMA."""
+    return state["ema"]["module"] if state.get("ema") else state["model"]
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str, for_inference: bool = False) -> None:
+    """Load weights (`for_inference`: inference_weights), turning a shape mismatch into one line."""
     own = model.state_dict()
-    theirs = state["model"]
+    theirs = inference_weights(state) if for_inference else state["model"]
     missing = sorted(set(own) - set(theirs))
     bad = [k for k in own if k in theirs and own[k].shape != theirs[k].shape]
     if missing or bad:

@@ -14,5 +14,5 @@ def load_classifier(ckpt_path: str, device: str = "cpu"):
         model = build_model(state["model_name"], len(classes))
     except ValueError as e:
         raise CheckpointError(f"{ckpt_path}: {e}") from None
-    load_model_weights(model, state, ckpt_path)
+    load_model_weights(model, state, ckpt_path, for_inference=True)  # the EMA's weights when the run kept one
     return model.eval().to(device), classes, spec

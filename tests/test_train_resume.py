@@ -159,3 +159,30 @@ def test_crops_must_divide_the_batch():
     p = subprocess.run([sys.executable, TRAIN, "--batch-size", "8", "--crops-per-track", "3"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and "must be >= 1 and divide --batch-size 8" in p.stderr
+
+
+def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, tmp_path):
+    """--ema: a run killed mid-epoch and resumed ends with the uninterrupted run's averaged weights;
+    best.pt's averaged weights are what predict.py's classifier loads; resuming without --ema is one line."""
+    from core import checkpoint
+    from inference.classifier import load_classifier
+    straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
+    p = train(train_shards[0], straight, "--ema", "0.9", epochs=3)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = train(train_shards[0], broken, "--ema", "0.9", epochs=3, env=fault_env("step", "2.5"))
+    assert p.returncode == -9, p.stderr[-2000:]
+    p = train(train_shards[0], broken, "--ema", "0.9", "--resume", epochs=3)
+    assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr[-2000:]
+    a, b = (checkpoint.load(os.path.join(d, "last.pt")) for d in (straight, broken))
+    assert a["ema"]["updates"] == b["ema"]["updates"] > 0
+    for k, v in a["ema"]["module"].items():
+        torch.testing.assert_close(b["ema"]["module"][k], v, rtol=0, atol=1e-6)
+    assert rounded(history(straight)) == rounded(history(broken))
+    best = checkpoint.load(os.path.join(straight, "best.pt"))
+    model, _, _ = load_classifier(os.path.join(straight, "best.pt"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best["ema"]["module"][k])
+    assert any(not torch.equal(best["model"][k], best["ema"]["module"][k]) for k in best["model"])
+    p = train(train_shards[0], straight, "--resume", epochs=4)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(
+        "was trained with --ema 0.9; resume with it"), p.stderr[-2000:]

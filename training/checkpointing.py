@@ -63,7 +63,7 @@ class CheckpointSaver:
             atomic_copy(self.path(LAST), self.path(BEST))
 
     def resume(self, *, want: bool, model: torch.nn.Module, amp, classes: list[str], spec: FeatureSpec,
-               args: argparse.Namespace) -> Start:
+               args: argparse.Namespace, ema=None) -> Start:
         """Where to start: a fresh Start, or the newest readable checkpoint (last.pt, else prev.pt)
         checked against this run, its weights, GradScaler and this rank's RNG restored.
 
@@ -79,6 +79,12 @@ class CheckpointSaver:
             raise CheckpointError(f"{self.run_dir}: no valid checkpoint to resume from")
         check_compatible(state, classes, spec, args, path)
         checkpoint.load_model_weights(model, state, path)
+        if ema is not None:
+            if not state.get("ema"):
+                raise CheckpointError(f"{path}: was trained without --ema; resume without it, or start afresh")
+            ema.load_state_dict(state["ema"])
+        elif state.get("ema"):
+            raise CheckpointError(f"{path}: was trained with --ema {state['ema']['decay']}; resume with it")
         amp.load_state_dict(state["scaler"])
         mine = self._rank_state(state, path)
         start = Start(path=path, optimizer=state["optimizer"], scheduler=state["scheduler"],
@@ -134,7 +140,7 @@ class CheckpointSaver:
         if not os.path.exists(self.path(BEST)):
             return None
         state = checkpoint.load(self.path(BEST), map_location=self.env.device)
-        checkpoint.load_model_weights(model, state, self.path(BEST))
+        checkpoint.load_model_weights(model, state, self.path(BEST), for_inference=True)
         return state
 
 

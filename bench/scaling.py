@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     def notes(results: list[dict]) -> list[str]:
         return list(ds.notes) + load_note(results, "label") + [
             f"Each point in a fresh process: {warmup} untimed warm-up steps, then {repeats} windows of {steps} timed "
-            f"steps on every rank; batch counts crops ({a.crops} crops per decoded track, train.py's default). "
+            f"steps on every rank; batch counts crops ({a.crops} crops per decoded track; train.py's default: 4). "
             "samples/s = ranks x batch x steps / the slowest rank's window time; speed-up against 1 rank at the "
             "same batch per rank (weak scaling), efficiency = speed-up / ranks.",
             "1 rank: one process without DDP, as train.py --nproc 1; N ranks: torch's elastic launcher (train.py "

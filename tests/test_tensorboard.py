@@ -7,10 +7,12 @@ test_remote_training.py. The Board cases below write real event files without tr
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import torch
 
-from helpers import assert_board_matches, read_board
+from helpers import ROOT, assert_board_matches, read_board
 from training.distributed import DistEnv
 from training.tensorboard import EVENTS, Board
 
@@ -74,4 +76,24 @@ def test_a_folder_without_event_files_gets_its_history_first(tmp_path):
 
 def test_other_ranks_write_nothing(tmp_path):
     write(tmp_path, 1, 1, [], [entry(1, 2.0)])
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_the_tensorboard_package_training_goes_on_with_one_warning(tmp_path):
+    """Where `tensorboard` is not installed (the offline GPU image may lack it): one warning line, no files."""
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'tensorboard': raise ImportError('blocked: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.path.insert(0, {ROOT!r})\n"
+            "import torch\n"
+            "from training.distributed import DistEnv\n"
+            "from training.tensorboard import Board\n"
+            "b = Board(sys.argv[1], DistEnv(0, 1, 0, torch.device('cpu')), first_epoch=1, history=[])\n"
+            "b.epoch({'epoch': 1, 'train_loss': 1.0}); b.close(); print('trained on')\n")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout == "trained on\n", p.stderr[-2000:]
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: no TensorBoard event files: ") and "--no-tensorboard" in lines[0]
     assert os.listdir(tmp_path) == []

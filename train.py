@@ -5,7 +5,7 @@
     python train.py                                  # one process
 
 Reads shards/ (preprocess/make_shards.py). Writes RUN_DIR/{last,best}.pt, metrics.json,
-curves.png, confusion.png, report.html; rank 0 shows the progress bar and logs.
+curves.png, confusion.png, report.html and TensorBoard event files; rank 0 shows the progress bar and logs.
 
 Reading order: main() -> build() (CheckpointSaver.resume) -> train_one_epoch() -> evaluate -> end_epoch() -> finish().
 """
@@ -38,6 +38,7 @@ from training.ema import ModelEMA
 from training.evaluate import EvalResult, TrackLog, evaluate
 from training.stats import EpochStats, NonFiniteWatch, RunningSums, no_sync_check
 from training.step import train_step
+from training.tensorboard import Board
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,6 +126,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="continue from RUN_DIR/last.pt, else prev.pt (default RUN_DIR: newest run); automatic after "
                         "an elastic restart")
     g.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="TensorBoard event files in the run folder, one point per epoch (tensorboard --logdir runs)")
 
 
 def saved_args(args: argparse.Namespace) -> dict:
@@ -151,6 +154,7 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
     best: float = -1.0              # best validation track accuracy so far
     ema: ModelEMA | None = None     # --ema: the averaged weights evaluation and best.pt use
+    board: Board | None = None      # TensorBoard events (rank 0)
 
     @property
     def eval_net(self) -> torch.nn.Module:
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         step, saved_sums = 0, None
         val = evaluate(trainer.eval_net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
         end_epoch(trainer, epoch, stats, val)
+    trainer.board.close()
 
     result = finish(trainer)
     distributed.teardown(env)
@@ -269,6 +274,7 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
     start.load_into(optimizer, scheduler)  # after the scheduler's constructor, which resets the learning rate
     trainer = Trainer(args, env, manifest, spec, run_dir, saver, model, net, optimizer, scheduler, amp, train_loader,
                 val_loader, start.history, start.best, ema)
+    trainer.board = Board(run_dir, env, first_epoch=start.epoch, history=start.history, enabled=args.tensorboard)
     return trainer, start
 
 
@@ -339,6 +345,7 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult) 
     trainer.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
                 f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
                 f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
+    trainer.board.epoch(h)  # before the checkpoint: a resumed run purges what it logs again (training/tensorboard.py)
     improved = val.track_acc > trainer.best
     trainer.best = max(trainer.best, val.track_acc)
     save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved)

@@ -106,7 +106,8 @@ def make_source(job: dict, spec: Any, dev: Any):
         from loading.loader import DaliLoader
         crops = job.get("crops", 1)  # batch counts rows, as train.py's --batch-size: batch // crops tracks
         loader = DaliLoader(job["shard_dir"], SPLIT, spec, batch // crops, train=True, device=dev, seed=0,
-                            num_threads=job["num_threads"], prefetch=job["prefetch"], crops=crops)
+                            num_threads=job["num_threads"], prefetch=job["prefetch"], crops=crops,
+                            rank=job.get("rank", 0), world_size=job.get("world_size", 1))  # bench.scaling's ranks
 
         def gen():
             while True:  # epochs back to back, as train.py's loop does
@@ -151,9 +152,12 @@ class Training:
     info: dict                       # torch_threads, precision: the start of the method's result
 
 
-def setup_training(job: dict, check: Callable[[], None] | None = None) -> Training:
+def setup_training(job: dict, check: Callable[[], None] | None = None, env: Any = None) -> Training:
     """The device (SkipMethod without CUDA where cuda is asked), then `check()` (the method's own
-    requirements), torch's threads and seed, the model (job["model"], job["n_classes"]), AdamW and AMP."""
+    requirements), torch's threads and seed, the model (job["model"], job["n_classes"]), AdamW and AMP.
+
+    env: a training.distributed.DistEnv of several ranks (bench.scaling): its device, and the model
+    stepped through DistributedDataParallel as train.py does."""
     import torch
 
     from model import build_model
@@ -162,7 +166,10 @@ def setup_training(job: dict, check: Callable[[], None] | None = None) -> Traini
     from training.step import train_step
 
     spec = FeatureSpec.from_dict(job["spec"])
-    dev = torch.device(job["device"], 0) if job["device"] == "cuda" else torch.device("cpu")
+    if env is not None:
+        dev = env.device
+    else:
+        dev = torch.device(job["device"], 0) if job["device"] == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SkipMethod("torch.cuda.is_available() is False")
@@ -177,6 +184,10 @@ def setup_training(job: dict, check: Callable[[], None] | None = None) -> Traini
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # as train.py
     model.train()
+    net = model
+    if env is not None and env.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     amp = Amp.create(dev, job["amp"])
     info["precision"] = amp.name
@@ -186,7 +197,7 @@ def setup_training(job: dict, check: Callable[[], None] | None = None) -> Traini
             torch.cuda.synchronize(dev)
 
     def step(x, y, w) -> torch.Tensor:
-        return train_step(model, x, y, w, opt, amp, n_classes=job["n_classes"],
+        return train_step(net, x, y, w, opt, amp, n_classes=job["n_classes"],
                           label_smoothing=LABEL_SMOOTHING).loss.detach()
 
     return Training(spec, dev, step, sync, info)

@@ -45,3 +45,53 @@ def run_main(main, argv: list[str]):
         except SystemExit as e:  # argparse: --help, usage errors
             code = e.code
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+# train.py's TensorBoard scalars (training/tensorboard.py), written out here so the tests check them
+# against metrics.json independently: tag -> history key; storage tags per rank (bytes as MB).
+BOARD = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
+         "accuracy/val_tracks": "val_track_acc", "accuracy/val_windows": "val_segment_acc", "lr": "lr",
+         "throughput/samples_per_s": "samples_per_s", "throughput/data_wait": "data_wait",
+         "throughput/epoch_seconds": "epoch_seconds"}
+
+
+def read_board(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of a run folder's event files, read back by TensorBoard's own reader (which
+    applies purges and drops steps that a restarted writer logged again): {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def board_expected(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """What read_board must give for a run whose metrics.json holds `history`."""
+    want: dict[str, list[tuple[int, float]]] = {}
+
+    def put(tag: str, epoch: int, v) -> None:
+        if v is not None:
+            want.setdefault(tag, []).append((epoch, float(v)))
+    for h in history:
+        for tag, key in BOARD.items():
+            put(tag, h["epoch"], h[key])
+        s = h.get("storage")
+        if s:
+            put("storage/mb_fetched", h["epoch"], s["bytes_fetched"] / 1e6)
+            put("storage/retries", h["epoch"], s["retries"])
+            put("storage/evictions", h["epoch"], s["evictions"])
+            for i, r in enumerate(s["ranks"]):
+                put(f"storage/rank{i}/mb_fetched", h["epoch"], r["bytes_fetched"] / 1e6)
+                for k in ("fetch_mb_s", "hit_rate", "retries", "evictions"):
+                    put(f"storage/rank{i}/{k}", h["epoch"], r[k])
+    return want
+
+
+def assert_board_matches(run_dir, history: list[dict]) -> None:
+    """The run folder's TensorBoard scalars are metrics.json's history: the same tags, one point per
+    epoch (no step twice), values equal to float32 precision (the event files store float32)."""
+    import pytest
+    got, want = read_board(run_dir), board_expected(history)
+    assert sorted(got) == sorted(want)
+    for tag, points in want.items():
+        assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=2e-7, abs=1e-30), tag

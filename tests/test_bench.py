@@ -238,3 +238,32 @@ def test_leak_threshold(tmp_path):
     assert r["planted_found_as_candidates"] == 4 and r["planted_correlation"]["min"] >= r["threshold"]
     assert r["clean_nearest_candidate_correlation"]["max"] < r["threshold"]
     assert "planted copies" in p.stdout
+
+def test_scaling(bench_data, tmp_path):
+    """1 and 2 ranks (DDP through torch's launcher) at two batch sizes: every rank's timings, and the
+    table's figures recomputed from them."""
+    src, cache = bench_data
+    p = run("bench.scaling", "--src", src, "--clips", str(CLIPS), "--model", "tiny", "--batches", "2,4", "--crops", "2",
+            "--ranks", "1,2", "--device", "cpu", "--warmup", "1", "--steps", "2", "--repeats", "2", "--wait-idle", "0",
+            "--retries", "0", "--method-timeout", "120", "--cache", cache, "--out", str(tmp_path), timeout=300)
+    rep = only_json(str(tmp_path), "scaling-*.json")
+    assert rep["complete"] and rep["data"]["tracks"] == CLIPS and rep["settings"]["ranks"] == [1, 2]
+    points = {(r["batch"], r["ranks"]): r for r in rep["points"]}
+    assert list(points) == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    for (batch, n), r in points.items():
+        assert "error" not in r and "skipped" not in r, r
+        ranks = r["per_rank"]
+        assert [k["rank"] for k in ranks] == list(range(n)) and all(k["shape"] == [batch, 1, 128, 130] for k in ranks)
+        assert all(math.isfinite(v) and v > 0 for k in ranks for v in k["last_losses"])
+        assert all(len(k["windows"]) == 2 and len(k["windows"][0]["step_s"]) == 2 for k in ranks)
+        per_window = [n * batch * 2 / max(sum(k["windows"][w]["step_s"]) for k in ranks) for w in range(2)]
+        assert r["samples_per_s"]["median"] == pytest.approx(sum(per_window) / 2)
+        assert r["samples_per_s"]["min"] == pytest.approx(min(per_window))
+        assert r["samples_per_s_per_rank"] == pytest.approx(r["samples_per_s"]["median"] / n)
+        assert r["speedup"] == pytest.approx(r["samples_per_s"]["median"] / points[batch, 1]["samples_per_s"]["median"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / n)
+        assert 0 <= r["data_wait"]["median"] < 1
+        assert r["memory"] == "RSS" and len(r["peak_mem_mb"]) == n and all(m > 100 for m in r["peak_mem_mb"])
+    assert points[2, 1]["speedup"] == 1.0 and points[4, 1]["efficiency"] == 1.0
+    assert p.stdout.count("| 2 | 2 | ") == 1 and "peak memory per rank, MB" in p.stdout
+    assert os.path.getsize(glob.glob(os.path.join(str(tmp_path), "scaling-*.png"))[0]) > 1000

@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, TWO_RANK_ARGS, built_once
+from helpers import ROOT, TWO_RANK_ARGS, assert_board_matches, built_once
 from servers import ObjectStore, clear_fsspec_s3_cache, http_server, object_store  # noqa: F401 - fixtures
 
 from loading.loader import DaliLoader
@@ -140,6 +140,7 @@ def test_two_nodes_stream_from_s3_like_one_node_reads_local_shards(object_store,
     for h in hist[1:]:
         assert h["storage"]["bytes_fetched"] == 0
         assert all(r["hit_rate"] in (None, 1.0) for r in h["storage"]["ranks"])
+    assert_board_matches(run_dir, hist)  # storage traffic per rank included
 
 
 def assert_no_secret(secret: bytes, root, *procs: subprocess.CompletedProcess) -> None:
@@ -178,6 +179,7 @@ def test_killed_rank_resumes_mid_epoch_from_s3_through_a_small_cache(object_stor
     assert hist[0]["storage"]["bytes_fetched"] >= files_of(small_shards, "train") + files_of(small_shards, "val")
     assert all(h["storage"]["evictions"] > 0 for h in hist)
     assert all(h["storage"]["bytes_fetched"] > 0 for h in hist[1:])
+    assert_board_matches(run_dir, hist)  # the restarted job continued the curves
     cached = next(os.scandir(tmp_path / "cache")).path
     assert sum(e.stat().st_size for e in os.scandir(cached) if e.is_file()) <= limit_gb * 1e9
     assert_no_secret(object_store.SECRET_KEY.encode(), tmp_path, p)

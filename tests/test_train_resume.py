@@ -13,7 +13,7 @@ import torch
 
 import train as train_py
 
-from helpers import ROOT, built_once
+from helpers import ROOT, assert_board_matches, built_once, read_board
 from preprocess.make_shards import make_shards
 from preprocess.synth import generate
 from core.faults import fault_env
@@ -75,6 +75,8 @@ def test_resume_continues_the_loss_curve_exactly(train_shards, reference, killed
     assert [e["epoch"] for e in b] == [1, 2, 3, 4]
     assert rounded(a) == rounded(b)
     assert a[0]["train_loss"] != a[3]["train_loss"]  # it did learn: equal curves are not flat ones
+    assert read_board(killed)["loss/train"][-1][0] == 2  # the killed attempt logged epochs 1-2
+    assert_board_matches(run_dir, b)  # TensorBoard continues the same curves
 
 
 def test_best_checkpoint_holds_the_best_validation_epoch(reference):
@@ -130,6 +132,9 @@ def test_damaged_last_checkpoint_falls_back_to_previous(reference, train_shards,
     assert f"warning: skipping {last}: unreadable or truncated checkpoint" in p.stderr
     assert f"resumed from {os.path.join(run_dir, 'prev.pt')} at epoch 4 step 9" in p.stdout
     assert [h["epoch"] for h in history(run_dir)] == [1, 2, 3, 4, 5]
+    # epoch 4, logged by the first run, is logged again: TensorBoard keeps the second one only
+    assert read_board(reference)["loss/train"][-1][0] == 4
+    assert_board_matches(run_dir, history(run_dir))
 
 
 def test_seed_decides_the_run(train_shards, reference, tmp_path):

@@ -7,7 +7,7 @@
 #   there: bash tools/gpu_check.sh smoke    call 1, carry .whl/p01: versions, driver, torch on the GPU (~20 s)
 #          bash tools/gpu_check.sh pieces   call 2, carry .whl/p02: checks the pieces so far (~1 s)
 #          bash tools/gpu_check.sh          call 3, carry .whl/p03: unpack, DALI smoke, features, training
-#                                           throughput, pytest -m gpu, train.py --amp --epochs 1 (< 7.5 min)
+#                                           throughput, scaling, pytest -m gpu, train.py --amp --epochs 1 (< 7.5 min)
 #
 # bench/NOTES.md ("GPU checks without network") gives the three device-tool calls exactly (command,
 # carry, timeout_s), what each does and how long each took in the rehearsal. Results (summary.md,
@@ -161,12 +161,16 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
   "$PY" -c 'import pytest_timeout' 2>/dev/null && pt+=(--timeout 100)
 
   # Limits and reserves (s). A stage runs at most LIMIT, and never into the RESERVE kept for the stages
-  # after it: the sum of their floors (smoke 20, features 60, each training 30, pytest 45, train.py 40).
-  stage smoke 45 205 "$PY" -m tools.gpu_smoke --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
-  stage features 150 145 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
+  # after it: the sum of their floors (smoke 20, features 60, each training 30, scaling 30, pytest 45,
+  # train.py 40).
+  stage smoke 45 235 "$PY" -m tools.gpu_smoke --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
+  stage features 150 175 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
     --parity-clips 50 --method-timeout 45 "${common[@]}"
-  stage train-baseline 80 115 "$PY" -m bench.train_throughput --model baseline --tag baseline "${tp[@]}"
-  stage train-resnet 80 85 "$PY" -m bench.train_throughput --model resnet --tag resnet "${tp[@]}"
+  stage train-baseline 80 145 "$PY" -m bench.train_throughput --model baseline --tag baseline "${tp[@]}"
+  stage train-resnet 80 115 "$PY" -m bench.train_throughput --model resnet --tag resnet "${tp[@]}"
+  # ranks 1..GPUs (one GPU: the batch-size half of the study), two points of 5 + 2 x 20 steps each
+  stage scaling 70 85 "$PY" -m bench.scaling --clips "$clips" --warmup 5 --steps 20 --repeats 2 --method-timeout 30 \
+    "${common[@]}"
   stage pytest-gpu 120 40 "$PY" -m pytest "${pt[@]}"
   stage train-py 90 0 bash "$SELF" train-py
 

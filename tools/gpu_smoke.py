@@ -344,6 +344,20 @@ def summary(res: str) -> str:
                 out.append(f"- {m.get('label', m['method'])}: {'skipped' if 'skipped' in m else 'FAILED'}: "
                            f"{m.get('skipped') or m.get('error')}")
         out.append("")
+    for path in sorted(glob.glob(os.path.join(res, "scaling-*.json"))):
+        r = json.load(open(path, encoding="utf-8"))
+        st = r["settings"]
+        out += [f"**scaling** {st['model']}, {st['device']}, ranks {st['ranks']}"
+                f"{'' if r.get('complete', True) else ', INCOMPLETE'}:", ""]
+        for m in r["points"]:
+            if "samples_per_s" in m:
+                out.append(f"- {m['label']}: {m['samples_per_s']['median']:.0f} samples/s, speed-up "
+                           f"{m.get('speedup', float('nan')):.2f}, data wait {100 * m['data_wait']['median']:.1f} %, "
+                           f"peak {m['memory']} {max(m['peak_mem_mb']):.0f} MB per rank")
+            else:
+                out.append(f"- {m.get('label', m['method'])}: {'skipped' if 'skipped' in m else 'FAILED'}: "
+                           f"{m.get('skipped') or m.get('error')}")
+        out.append("")
     log = os.path.join(res, "pytest-gpu.log")
     if os.path.exists(log):
         lines = [ln for ln in open(log, encoding="utf-8", errors="replace").read().splitlines() if ln.strip()]

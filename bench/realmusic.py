@@ -32,8 +32,8 @@ import sys
 import time
 
 from bench.realmusic_debian import ALIASES, PACKAGES, PackageError, fetch
-from bench.realmusic_set import (Excerpt, Recording, counts, file_sha256, find_recordings, list_csv,
-                                 plan_excerpts, provenance_csv, split_groups, wav_bytes)
+from bench.realmusic_set import (Excerpt, Recording, audible_span, counts, file_sha256, find_recordings,
+                                 list_csv, plan_excerpts, provenance_csv, split_groups, wav_bytes)
 
 RATE = 22_050
 
@@ -115,18 +115,17 @@ def build_excerpts(out: str, recs: dict[str, list[Recording]], splits: dict[tupl
 
     from core.atomic import atomic_write
     from features.audio import AudioError, decode
-    options = {"rate": RATE, "excerpt_seconds": a.excerpt_seconds, "max_excerpts": a.max_excerpts, "v": 1}
+    options = {"rate": RATE, "excerpt_seconds": a.excerpt_seconds, "max_excerpts": a.max_excerpts, "v": 2}
     excerpts: list[Excerpt] = []
     todo = [r for label in sorted(recs) for r in recs[label]]
     for rec in tqdm(todo, desc="excerpts", unit="rec"):
         split = {rec.group: splits[(rec.label, rec.group)]}
         state = _state_path(out, rec, options)
-        frames = None
         if not a.force and os.path.exists(state):
             with open(state, encoding="utf-8") as f:
                 saved = json.load(f)
-            frames = saved["frames"]
-            planned = plan_excerpts([rec], split, {rec.sha256: frames}, RATE, a.excerpt_seconds, a.max_excerpts)
+            planned = plan_excerpts([rec], split, {rec.sha256: tuple(saved["span"])}, RATE, a.excerpt_seconds,
+                                    a.max_excerpts)
             if [e.name for e in planned] == [x["name"] for x in saved["excerpts"]] and all(
                     os.path.exists(os.path.join(out, x["name"]))
                     and file_sha256(os.path.join(out, x["name"])) == x["sha256"] for x in saved["excerpts"]):
@@ -139,7 +138,10 @@ def build_excerpts(out: str, recs: dict[str, list[Recording]], splits: dict[tupl
         except AudioError as e:
             log(f"  {rec.label}: {rec.relpath}: not decoded ({e.reason}: {e.message})")
             continue
-        planned = plan_excerpts([rec], split, {rec.sha256: len(d.samples)}, RATE, a.excerpt_seconds, a.max_excerpts)
+        span = audible_span(d.samples)
+        planned = plan_excerpts([rec], split, {rec.sha256: span}, RATE, a.excerpt_seconds, a.max_excerpts)
+        if not planned:
+            log(f"  {rec.label}: {rec.relpath}: no excerpt (audible for {(span[1] - span[0]) / RATE:.1f} s)")
         for e in planned:
             data = wav_bytes(d.samples[e.offset:e.offset + e.frames], RATE)
             path = os.path.join(out, e.name)
@@ -148,7 +150,7 @@ def build_excerpts(out: str, recs: dict[str, list[Recording]], splits: dict[tupl
             e.wav_sha256 = hashlib.sha256(data).hexdigest()
         excerpts.extend(planned)
         os.makedirs(os.path.dirname(state), exist_ok=True)
-        atomic_write(state, json.dumps({"frames": len(d.samples), "excerpts": [
+        atomic_write(state, json.dumps({"frames": len(d.samples), "span": span, "excerpts": [
             {"name": e.name, "sha256": e.wav_sha256} for e in planned]}).encode(), fsync=False)
     return excerpts
 

@@ -17,9 +17,9 @@ Rules (the README of the set is bench/NOTES.md, "Real-music development set"):
   round(fraction * groups)). No group, so no recording and no variant of one, is in two splits, and
   the order does not depend on how the files were listed.
 - **Excerpts**: up to `max_excerpts` non-overlapping windows of `excerpt_seconds` per recording, as
-  many as fit, spaced evenly with equal gaps before, between and after them (intros and fades are
-  avoided where the recording is long enough), at whole-sample offsets of the decoded 22,050 Hz
-  signal computed in integers.
+  many as fit in its audible span (leading and trailing digital silence cut off), spaced evenly with
+  equal gaps before, between and after them (intros and fades are avoided where the recording is
+  long enough), at whole-sample offsets of the decoded 22,050 Hz signal computed in integers.
 """
 from __future__ import annotations
 
@@ -182,15 +182,25 @@ def excerpt_name(rec: Recording, index: int, offset: int, rate: int) -> str:
     return f"audio/{rec.label}/{stem}_{digest}_{index:02d}_{offset * 1000 // rate:08d}ms.wav"
 
 
-def plan_excerpts(recs: list[Recording], splits: dict[str, str], frames: dict[str, int], rate: int,
+def audible_span(x: np.ndarray) -> tuple[int, int]:
+    """[start, end) of a decoded signal without its leading and trailing digital silence (below one
+    16-bit step, make_shards' `silent`): colobot's music010 ends in 44 s of it."""
+    from features.audio import SILENCE_PEAK
+    loud = np.flatnonzero(np.abs(x) >= SILENCE_PEAK)
+    return (int(loud[0]), int(loud[-1]) + 1) if loud.size else (0, 0)
+
+
+def plan_excerpts(recs: list[Recording], splits: dict[str, str], spans: dict[str, tuple[int, int]], rate: int,
                   excerpt_seconds: float, max_excerpts: int) -> list[Excerpt]:
-    """Every excerpt of the given recordings; `frames` is each recording's decoded length (by
-    sha256), `splits` maps group -> split."""
+    """Every excerpt of the given recordings, placed within each one's audible span of the decoded
+    signal (`spans`, by sha256: audible_span); `splits` maps group -> split."""
     length = int(round(excerpt_seconds * rate))
     out = []
     for rec in recs:
-        for i, off in enumerate(excerpt_offsets(frames[rec.sha256], length, max_excerpts)):
-            out.append(Excerpt(rec, splits[rec.group], i, off, length, rate, excerpt_name(rec, i, off, rate)))
+        start, end = spans[rec.sha256]
+        for i, off in enumerate(excerpt_offsets(end - start, length, max_excerpts)):
+            out.append(Excerpt(rec, splits[rec.group], i, start + off, length, rate,
+                               excerpt_name(rec, i, start + off, rate)))
     return out
 
 

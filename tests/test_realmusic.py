@@ -11,12 +11,11 @@ import pytest
 
 from audio_files import sine, write
 from bench.realmusic import build, parse_args
-from bench.realmusic_set import (Recording, excerpt_offsets, find_recordings, group_key, plan_excerpts,
-                                 split_groups)
+from bench.realmusic_set import audible_span, excerpt_offsets, group_key, split_groups
 from preprocess.make_shards import make_shards
 
 # small settings so generated files stay short: recordings >= 4 s, excerpts of 1.5 s, 3 at most
-OPTS = ["--min-seconds", "4", "--excerpt-seconds", "1.5", "--max-excerpts", "3", "--min-recordings", "5",
+OPTS = ["--min-seconds", "4", "--excerpt-seconds", "1.5", "--max-excerpts", "3", "--min-recordings", "8",
         "--val", "0.2", "--test", "0.2", "--min-per-split", "1"]
 
 
@@ -79,6 +78,10 @@ def _tree(root, label: str, n: int, rate: int, seed: int):
     for stem in ("song", "guitar"):
         write(base / "songs" / "Big song" / f"{stem}.flac", 0.2 * rng.standard_normal(5 * rate), rate, fmt="FLAC")
     write(base / "click.wav", sine(1000, 0.5, rate), rate)  # a sound effect: too short
+    z = np.zeros
+    # digital silence around the music: excerpts only where it plays, none where too little does
+    write(base / "music" / "padded.wav", np.concatenate([z(rate), 0.3 * sine(330, 3.2, rate), z(3 * rate)]), rate)
+    write(base / "music" / "mostly_silent.wav", np.concatenate([0.3 * sine(330, 1.0, rate), z(5 * rate)]), rate)
     shutil.copy(base / "music" / "piece01.ogg", base / "music" / "copy_of_piece01.ogg")
     os.symlink("piece02.ogg", base / "music" / "link.ogg")
     (base / "tune.xm").write_bytes(b"Extended Module: not decodable here")
@@ -105,7 +108,7 @@ def _hashes(folder) -> dict[str, str]:
 def built(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("realmusic")
     sources = _sources(tmp)
-    sources["gamma"] = ("0.1", str(_tree(tmp / "pkgs", "gamma", 2, 22_050, 2)))  # 3 groups: dropped
+    sources["gamma"] = ("0.1", str(_tree(tmp / "pkgs", "gamma", 3, 22_050, 2)))  # 6 groups: dropped
     out = tmp / "set"
     summary = build(str(out), sources, parse_args([str(out), *OPTS]))
     return tmp, sources, out, summary
@@ -119,7 +122,7 @@ def _rows(path):
 def test_build_groups_recordings_and_splits_by_group(built):
     _, _, out, summary = built
     assert summary["classes"] == ["alpha", "beta"]
-    assert [(d["package"], d["groups"]) for d in summary["dropped"]] == [("gamma", 3)]
+    assert [(d["package"], d["groups"]) for d in summary["dropped"]] == [("gamma", 6)]
     prov = _rows(out / "provenance.csv")
     lst = _rows(out / "list.csv")
     assert [(r["path"], r["label"], r["split"]) for r in lst] == [(r["path"], r["label"], r["split"]) for r in prov]
@@ -130,7 +133,8 @@ def test_build_groups_recordings_and_splits_by_group(built):
     for label in ("alpha", "beta"):
         assert f"usr/share/{label}/music/copy_of_piece01.ogg" in files
         assert f"usr/share/{label}/music/piece02.ogg" in files
-    assert not any(f.endswith(("/piece01.ogg", "link.ogg", "click.wav", "tune.xm")) for f in files)
+    assert not any(f.endswith(("/piece01.ogg", "link.ogg", "click.wav", "tune.xm", "mostly_silent.wav")) for f in files)
+    assert "usr/share/alpha/music/padded.wav" in files
     split_of_group, split_of_file = {}, {}
     for r in prov:
         assert split_of_group.setdefault((r["label"], r["group"]), r["split"]) == r["split"]  # a group: one split
@@ -154,10 +158,14 @@ def test_excerpts_are_cut_where_the_provenance_says(built):
     per_file: dict[tuple[str, str], list[dict]] = {}
     for r in prov:
         per_file.setdefault((r["label"], r["file"]), []).append(r)
+    L = int(1.5 * 22_050)
     for (label, rel), rows in per_file.items():
         d = decode(os.path.join(sources[label][1], rel), 22_050)
-        L = int(1.5 * 22_050)
-        assert [int(r["offset_samples"]) for r in rows] == excerpt_offsets(len(d.samples), L, 3)
+        start, end = audible_span(d.samples)
+        assert [int(r["offset_samples"]) - start for r in rows] == excerpt_offsets(end - start, L, 3)
+        if rel.endswith("padded.wav"):  # 1 s of silence, 3.2 s of tone, 3 s of silence: 2 excerpts in the tone
+            assert start == pytest.approx(22_050, abs=100) and end == pytest.approx(4.2 * 22_050, abs=100)
+            assert len(rows) == 2 and all(22_000 < int(r["offset_samples"]) < 4.2 * 22_050 - L for r in rows)
         for r in rows[:1]:
             info = sf.info(str(out / r["path"]))
             assert (info.samplerate, info.channels, info.subtype, info.frames) == (22_050, 1, "PCM_16", L)
@@ -197,10 +205,10 @@ def test_list_shards_with_its_own_splits(built, tmp_path):
 
 
 def test_a_class_with_too_few_recordings_is_dropped(tmp_path):
-    """beta keeps 3 pieces and its song folder: 4 groups, under --min-recordings 5."""
+    """beta keeps 3 pieces and its song folder: 4 groups, under --min-recordings 8."""
     sources = _sources(tmp_path)
     for p in (tmp_path / "pkgs" / "beta" / "usr" / "share" / "beta" / "music").iterdir():
-        if p.name >= "piece03":
+        if not p.name.startswith(("piece00", "piece01", "piece02")):
             p.unlink()
     with pytest.raises(ValueError, match="1 class"):
         build(str(tmp_path / "x"), sources, parse_args([str(tmp_path / "x"), *OPTS]))

@@ -95,7 +95,7 @@ def survey(sources: dict[str, tuple[str, str]], a: argparse.Namespace) -> tuple[
                 log(f"  {pkg}: {s['file']}: not decoded ({s['detail']})")
         if groups < a.min_recordings:
             dropped.append({"package": pkg, "version": version, "groups": groups, "recordings": len(found),
-                            "reason": f"{groups} groups of recordings >= {a.min_seconds:g} s, needs {a.min_recordings}"})
+                            "reason": f"{groups} groups of files >= {a.min_seconds:g} s, needs {a.min_recordings}"})
             log(f"drop {pkg}: {dropped[-1]['reason']}")
             continue
         recs[pkg] = found
@@ -108,40 +108,47 @@ def _state_path(out: str, rec: Recording, options: dict) -> str:
     return os.path.join(out, ".state", key + ".json")
 
 
-def build_excerpts(out: str, recs: dict[str, list[Recording]], splits: dict[tuple[str, str], str],
-                   a: argparse.Namespace) -> list[Excerpt]:
-    """Decode each recording (unless its excerpts are there already) and write its excerpts."""
+def cut_excerpts(out: str, recs: dict[str, list[Recording]],
+                 a: argparse.Namespace) -> tuple[list[Excerpt], list[dict]]:
+    """Decode each recording (unless its excerpts are there already, OUT/.state/) and write its
+    excerpts. Returns (excerpts, recordings left out: audible for less than --min-seconds or not
+    decodable)."""
     from tqdm import tqdm
 
     from core.atomic import atomic_write
     from features.audio import AudioError, decode
-    options = {"rate": RATE, "excerpt_seconds": a.excerpt_seconds, "max_excerpts": a.max_excerpts, "v": 2}
+    options = {"rate": RATE, "excerpt_seconds": a.excerpt_seconds, "max_excerpts": a.max_excerpts,
+               "min_seconds": a.min_seconds, "v": 3}
     excerpts: list[Excerpt] = []
+    left_out: list[dict] = []
     todo = [r for label in sorted(recs) for r in recs[label]]
     for rec in tqdm(todo, desc="excerpts", unit="rec"):
-        split = {rec.group: splits[(rec.label, rec.group)]}
         state = _state_path(out, rec, options)
         if not a.force and os.path.exists(state):
             with open(state, encoding="utf-8") as f:
                 saved = json.load(f)
-            planned = plan_excerpts([rec], split, {rec.sha256: tuple(saved["span"])}, RATE, a.excerpt_seconds,
-                                    a.max_excerpts)
+            span = tuple(saved["span"])
+            planned = _plan(rec, span, a)
             if [e.name for e in planned] == [x["name"] for x in saved["excerpts"]] and all(
                     os.path.exists(os.path.join(out, x["name"]))
                     and file_sha256(os.path.join(out, x["name"])) == x["sha256"] for x in saved["excerpts"]):
                 for e, x in zip(planned, saved["excerpts"]):
                     e.wav_sha256 = x["sha256"]
+                if not planned:
+                    left_out.append(_short(rec, span))
                 excerpts.extend(planned)
                 continue
         try:
             d = decode(rec.path, RATE)
         except AudioError as e:
             log(f"  {rec.label}: {rec.relpath}: not decoded ({e.reason}: {e.message})")
+            left_out.append({"package": rec.label, "file": rec.relpath, "reason": e.reason})
             continue
         span = audible_span(d.samples)
-        planned = plan_excerpts([rec], split, {rec.sha256: span}, RATE, a.excerpt_seconds, a.max_excerpts)
+        planned = _plan(rec, span, a)
         if not planned:
-            log(f"  {rec.label}: {rec.relpath}: no excerpt (audible for {(span[1] - span[0]) / RATE:.1f} s)")
+            left_out.append(_short(rec, span))
+            log(f"  {rec.label}: {rec.relpath}: left out ({left_out[-1]['reason']})")
         for e in planned:
             data = wav_bytes(d.samples[e.offset:e.offset + e.frames], RATE)
             path = os.path.join(out, e.name)
@@ -152,7 +159,19 @@ def build_excerpts(out: str, recs: dict[str, list[Recording]], splits: dict[tupl
         os.makedirs(os.path.dirname(state), exist_ok=True)
         atomic_write(state, json.dumps({"frames": len(d.samples), "span": span, "excerpts": [
             {"name": e.name, "sha256": e.wav_sha256} for e in planned]}).encode(), fsync=False)
-    return excerpts
+    return excerpts, left_out
+
+
+def _plan(rec: Recording, span: tuple[int, int], a: argparse.Namespace) -> list[Excerpt]:
+    """The excerpts of a recording audible for at least --min-seconds; none otherwise."""
+    if span[1] - span[0] < int(round(a.min_seconds * RATE)):
+        return []
+    return plan_excerpts(rec, span, RATE, a.excerpt_seconds, a.max_excerpts)
+
+
+def _short(rec: Recording, span: tuple[int, int]) -> dict:
+    return {"package": rec.label, "file": rec.relpath,
+            "reason": f"audible for {(span[1] - span[0]) / RATE:.1f} s of {rec.seconds:.1f} s"}
 
 
 def remove_stale(out: str, excerpts: list[Excerpt]) -> int:
@@ -173,15 +192,27 @@ def build(out: str, sources: dict[str, tuple[str, str]], a: argparse.Namespace) 
     ValueError when fewer than 2 classes remain or a class has too few groups to split."""
     from core.atomic import atomic_write
     from core.text import json_bytes
-    recs, dropped = survey(sources, a)
+    recs, dropped = survey(sources, a)  # by the headers: a package short of groups is not even decoded
+    if len(recs) < 2:
+        raise ValueError(f"{len(recs)} class(es) left after dropping packages; a set needs 2")
+    excerpts, left_out = cut_excerpts(out, recs, a)
+    groups = {label: sorted({e.recording.group for e in excerpts if e.recording.label == label}) for label in recs}
+    for label in sorted(recs):  # again by what is audible
+        if len(groups[label]) < a.min_recordings:
+            dropped.append({"package": label, "version": sources[label][0], "groups": len(groups[label]),
+                            "reason": f"{len(groups[label])} groups audible for >= {a.min_seconds:g} s, "
+                                      f"needs {a.min_recordings}"})
+            log(f"drop {label}: {dropped[-1]['reason']}")
+            del recs[label]
     if len(recs) < 2:
         raise ValueError(f"{len(recs)} class(es) left after dropping packages; a set needs 2")
     splits: dict[tuple[str, str], str] = {}
-    for label, found in recs.items():
-        for g, s in split_groups([r.group for r in found], label, a.val, a.test, a.seed, a.min_per_split).items():
+    for label in recs:
+        for g, s in split_groups(groups[label], label, a.val, a.test, a.seed, a.min_per_split).items():
             splits[(label, g)] = s
-    excerpts = build_excerpts(out, recs, splits, a)
-    excerpts.sort(key=lambda e: e.name)
+    excerpts = sorted((e for e in excerpts if e.recording.label in recs), key=lambda e: e.name)
+    for e in excerpts:
+        e.split = splits[(e.recording.label, e.recording.group)]
     stale = remove_stale(out, excerpts)
     versions = {label: v for label, (v, _) in sources.items()}
     atomic_write(os.path.join(out, "list.csv"), list_csv(excerpts).encode("utf-8", "surrogateescape"))
@@ -191,6 +222,7 @@ def build(out: str, sources: dict[str, tuple[str, str]], a: argparse.Namespace) 
         "options": {k: getattr(a, k) for k in ("min_seconds", "min_recordings", "excerpt_seconds", "max_excerpts",
                                                "val", "test", "min_per_split", "seed")} | {"rate": RATE},
         "packages": list(sources), "versions": versions, "classes": sorted(recs), "dropped": dropped,
+        "left_out": left_out,
         "counts": counts(excerpts), "excerpts": len(excerpts),
         "hours": round(sum(e.frames for e in excerpts) / RATE / 3600, 3),
     }

@@ -4,9 +4,11 @@ set. Everything here works on plain files and is what tests/test_realmusic.py ex
 Debian packages lives in bench/realmusic_debian.py.
 
 Rules (the README of the set is bench/NOTES.md, "Real-music development set"):
-- A **recording** is one audio file of at least `min_seconds` (40 s). Symlinks are skipped and files
-  with the same bytes count once (the first path in sorted order), so a package that ships one track
-  under several names (drascula's language folders) gives one recording.
+- A **recording** is one audio file of at least `min_seconds` (40 s), by its header and again by its
+  audible span once decoded (leading and trailing digital silence cut off: colobot pads 20 s jingles
+  to 84 s). Symlinks are skipped and files with the same bytes count once (the first path in sorted
+  order), so a package that ships one track under several names (drascula's language folders) gives
+  one recording.
 - A **group** is what the split keeps together: a recording with its alternate versions and stems.
   `group_key` names it: a multitrack stem (song/guitar/rhythm/... .ogg in one song folder) belongs to
   its folder; any other file to its lower-cased base name with trailing version markers removed
@@ -190,18 +192,14 @@ def audible_span(x: np.ndarray) -> tuple[int, int]:
     return (int(loud[0]), int(loud[-1]) + 1) if loud.size else (0, 0)
 
 
-def plan_excerpts(recs: list[Recording], splits: dict[str, str], spans: dict[str, tuple[int, int]], rate: int,
-                  excerpt_seconds: float, max_excerpts: int) -> list[Excerpt]:
-    """Every excerpt of the given recordings, placed within each one's audible span of the decoded
-    signal (`spans`, by sha256: audible_span); `splits` maps group -> split."""
+def plan_excerpts(rec: Recording, span: tuple[int, int], rate: int, excerpt_seconds: float,
+                  max_excerpts: int) -> list[Excerpt]:
+    """A recording's excerpts, placed within its audible span of the decoded signal (audible_span).
+    Their split is set later (it does not change where they are cut)."""
     length = int(round(excerpt_seconds * rate))
-    out = []
-    for rec in recs:
-        start, end = spans[rec.sha256]
-        for i, off in enumerate(excerpt_offsets(end - start, length, max_excerpts)):
-            out.append(Excerpt(rec, splits[rec.group], i, start + off, length, rate,
-                               excerpt_name(rec, i, start + off, rate)))
-    return out
+    start, end = span
+    return [Excerpt(rec, "", i, start + off, length, rate, excerpt_name(rec, i, start + off, rate))
+            for i, off in enumerate(excerpt_offsets(end - start, length, max_excerpts))]
 
 
 def wav_bytes(x: np.ndarray, rate: int) -> bytes:

@@ -70,7 +70,8 @@ def _tree(root, label: str, n: int, rate: int, seed: int):
     base = root / label / "usr" / "share" / label
     (base / "music").mkdir(parents=True)
     for i in range(n):
-        x = 0.3 * sine(110 * (i + 1), 4 + i % 4 + 0.37, rate) + 0.05 * rng.standard_normal(int((4 + i % 4 + 0.37) * rate))
+        seconds = 4 + i % 4 + 0.37
+        x = 0.3 * sine(110 * (i + 1), seconds, rate) + 0.05 * rng.standard_normal(int(seconds * rate))
         write(base / "music" / f"piece{i:02d}.ogg", x, rate, subtype="VORBIS", fmt="OGG")
         if i % 3 == 0:
             write(base / "music" / f"piece{i:02d}_remix.wav", x[::-1].copy(), rate)
@@ -80,7 +81,7 @@ def _tree(root, label: str, n: int, rate: int, seed: int):
     write(base / "click.wav", sine(1000, 0.5, rate), rate)  # a sound effect: too short
     z = np.zeros
     # digital silence around the music: excerpts only where it plays, none where too little does
-    write(base / "music" / "padded.wav", np.concatenate([z(rate), 0.3 * sine(330, 3.2, rate), z(3 * rate)]), rate)
+    write(base / "music" / "padded.wav", np.concatenate([z(rate), 0.3 * sine(330, 5, rate), z(3 * rate)]), rate)
     write(base / "music" / "mostly_silent.wav", np.concatenate([0.3 * sine(330, 1.0, rate), z(5 * rate)]), rate)
     shutil.copy(base / "music" / "piece01.ogg", base / "music" / "copy_of_piece01.ogg")
     os.symlink("piece02.ogg", base / "music" / "link.ogg")
@@ -133,8 +134,12 @@ def test_build_groups_recordings_and_splits_by_group(built):
     for label in ("alpha", "beta"):
         assert f"usr/share/{label}/music/copy_of_piece01.ogg" in files
         assert f"usr/share/{label}/music/piece02.ogg" in files
-    assert not any(f.endswith(("/piece01.ogg", "link.ogg", "click.wav", "tune.xm", "mostly_silent.wav")) for f in files)
+    assert not any(f.endswith(("/piece01.ogg", "link.ogg", "click.wav", "tune.xm", "mostly_silent.wav"))
+                   for f in files)
     assert "usr/share/alpha/music/padded.wav" in files
+    # 6 s long, 1 s audible: left out after decoding, not counted as a group
+    assert [(x["package"], x["reason"]) for x in summary["left_out"]] == [
+        ("alpha", "audible for 1.0 s of 6.0 s"), ("beta", "audible for 1.0 s of 6.0 s")]
     split_of_group, split_of_file = {}, {}
     for r in prov:
         assert split_of_group.setdefault((r["label"], r["group"]), r["split"]) == r["split"]  # a group: one split
@@ -163,9 +168,9 @@ def test_excerpts_are_cut_where_the_provenance_says(built):
         d = decode(os.path.join(sources[label][1], rel), 22_050)
         start, end = audible_span(d.samples)
         assert [int(r["offset_samples"]) - start for r in rows] == excerpt_offsets(end - start, L, 3)
-        if rel.endswith("padded.wav"):  # 1 s of silence, 3.2 s of tone, 3 s of silence: 2 excerpts in the tone
-            assert start == pytest.approx(22_050, abs=100) and end == pytest.approx(4.2 * 22_050, abs=100)
-            assert len(rows) == 2 and all(22_000 < int(r["offset_samples"]) < 4.2 * 22_050 - L for r in rows)
+        if rel.endswith("padded.wav"):  # 1 s of silence, 5 s of tone, 3 s of silence: 3 excerpts in the tone
+            assert start == pytest.approx(22_050, abs=100) and end == pytest.approx(6 * 22_050, abs=100)
+            assert len(rows) == 3 and all(22_000 < int(r["offset_samples"]) < 6 * 22_050 - L for r in rows)
         for r in rows[:1]:
             info = sf.info(str(out / r["path"]))
             assert (info.samplerate, info.channels, info.subtype, info.frames) == (22_050, 1, "PCM_16", L)
@@ -212,3 +217,14 @@ def test_a_class_with_too_few_recordings_is_dropped(tmp_path):
             p.unlink()
     with pytest.raises(ValueError, match="1 class"):
         build(str(tmp_path / "x"), sources, parse_args([str(tmp_path / "x"), *OPTS]))
+
+
+def test_a_class_short_of_audible_recordings_is_dropped_after_decoding(tmp_path, capsys):
+    """beta has 10 groups by the file headers but 9 once its mostly silent file is decoded."""
+    sources = _sources(tmp_path)
+    opts = [*OPTS, "--min-recordings", "10"]
+    with pytest.raises(ValueError, match="1 class"):
+        build(str(tmp_path / "x"), sources, parse_args([str(tmp_path / "x"), *opts]))
+    err = capsys.readouterr().err
+    assert "beta 2:3.4: 14 recordings >= 4 s in 10 groups" in err
+    assert "drop beta: 9 groups audible for >= 4 s, needs 10" in err and "drop alpha" not in err

@@ -228,3 +228,18 @@ def test_a_class_short_of_audible_recordings_is_dropped_after_decoding(tmp_path,
     err = capsys.readouterr().err
     assert "beta 2:3.4: 14 recordings >= 4 s in 10 groups" in err
     assert "drop beta: 9 groups audible for >= 4 s, needs 10" in err and "drop alpha" not in err
+
+
+def test_cli_a_missing_package_is_one_error_line(tmp_path):
+    """Asks apt about a package no archive has (local lists only, nothing is downloaded); on a
+    machine without apt the same line names the missing tool."""
+    from bench.realmusic import main
+    from helpers import run_main
+    p = run_main(main, [str(tmp_path / "set"), "--packages", "no-such-package-parallel-tunes"])
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("realmusic: error: no-such-package-parallel-tunes: ")
+    assert ("not known to apt" in lines[-1]) or ("not found" in lines[-1])
+    assert not (tmp_path / "set" / "list.csv").exists()
+    p = run_main(main, [str(tmp_path / "set"), "--min-seconds", "20"])  # shorter than an excerpt
+    assert p.returncode == 2 and "--min-seconds must be at least --excerpt-seconds" in p.stderr

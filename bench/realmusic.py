@@ -16,7 +16,8 @@ excerpts of --excerpt-seconds and written as 16-bit PCM WAV:
     OUT/provenance.csv    each excerpt's package, version, file in the package, its sha256, group, offset
     OUT/summary.json      options, classes, counts per class and split, dropped packages, skipped files
 
-A package with fewer than --min-recordings groups is dropped (a line says why). Deterministic: the
+A package with fewer than --min-recordings groups is dropped (a line says why): before decoding
+by the file headers, after it by what is audible for --min-seconds. Deterministic: the
 same packages and options give the same bytes (no timestamps, fixed offsets, a deterministic
 resampler). Idempotent: a recording whose excerpts are already there with the recorded hashes is
 not decoded again (OUT/.state/); excerpts no longer planned are removed; --force decodes all.
@@ -39,8 +40,11 @@ RATE = 22_050
 
 
 def log(line: str) -> None:
+    """A progress line; file names from packages are shown escaped (core/text.py: printable)."""
     from tqdm import tqdm
-    tqdm.write(f"realmusic: {line}", file=sys.stderr)
+
+    from core.text import printable
+    tqdm.write(f"realmusic: {printable(line)}", file=sys.stderr)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -121,6 +125,7 @@ def cut_excerpts(out: str, recs: dict[str, list[Recording]],
                "min_seconds": a.min_seconds, "v": 3}
     excerpts: list[Excerpt] = []
     left_out: list[dict] = []
+    used: set[str] = set()
     todo = [r for label in sorted(recs) for r in recs[label]]
     for rec in tqdm(todo, desc="excerpts", unit="rec"):
         state = _state_path(out, rec, options)
@@ -137,18 +142,17 @@ def cut_excerpts(out: str, recs: dict[str, list[Recording]],
                 if not planned:
                     left_out.append(_short(rec, span))
                 excerpts.extend(planned)
+                used.add(state)
                 continue
         try:
             d = decode(rec.path, RATE)
         except AudioError as e:
-            log(f"  {rec.label}: {rec.relpath}: not decoded ({e.reason}: {e.message})")
-            left_out.append({"package": rec.label, "file": rec.relpath, "reason": e.reason})
+            left_out.append({"package": rec.label, "file": rec.relpath, "reason": f"{e.reason}: {e.message}"})
             continue
         span = audible_span(d.samples)
         planned = _plan(rec, span, a)
         if not planned:
             left_out.append(_short(rec, span))
-            log(f"  {rec.label}: {rec.relpath}: left out ({left_out[-1]['reason']})")
         for e in planned:
             data = wav_bytes(d.samples[e.offset:e.offset + e.frames], RATE)
             path = os.path.join(out, e.name)
@@ -159,6 +163,12 @@ def cut_excerpts(out: str, recs: dict[str, list[Recording]],
         os.makedirs(os.path.dirname(state), exist_ok=True)
         atomic_write(state, json.dumps({"frames": len(d.samples), "span": span, "excerpts": [
             {"name": e.name, "sha256": e.wav_sha256} for e in planned]}).encode(), fsync=False)
+        used.add(state)
+    for x in left_out:
+        log(f"  {x['package']}: {x['file']}: left out ({x['reason']})")
+    for name in os.listdir(os.path.join(out, ".state")) if os.path.isdir(os.path.join(out, ".state")) else []:
+        if os.path.join(out, ".state", name) not in used:  # an earlier build's (other options, files)
+            os.remove(os.path.join(out, ".state", name))
     return excerpts, left_out
 
 
@@ -200,6 +210,7 @@ def build(out: str, sources: dict[str, tuple[str, str]], a: argparse.Namespace) 
     for label in sorted(recs):  # again by what is audible
         if len(groups[label]) < a.min_recordings:
             dropped.append({"package": label, "version": sources[label][0], "groups": len(groups[label]),
+                            "recordings": len({e.recording.sha256 for e in excerpts if e.recording.label == label}),
                             "reason": f"{len(groups[label])} groups audible for >= {a.min_seconds:g} s, "
                                       f"needs {a.min_recordings}"})
             log(f"drop {label}: {dropped[-1]['reason']}")

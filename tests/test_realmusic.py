@@ -189,8 +189,11 @@ def test_rebuild_is_byte_identical_and_idempotent(built):
     before = {p: p.stat().st_mtime_ns for p in (again / "audio").rglob("*.wav")}
     stale = again / "audio" / "alpha" / "old_excerpt.wav"
     shutil.copy(wav, stale)
+    old_state = again / ".state" / "0123.json"  # an earlier build's record
+    old_state.write_text("{}")
     build(str(again), sources, parse_args([str(again), *OPTS]))  # a rerun: nothing decoded or rewritten
-    assert not stale.exists()
+    assert not stale.exists() and not old_state.exists()
+    assert len(list((again / ".state").iterdir())) == 16 + 14  # one per decoded file of alpha and beta
     assert {p: p.stat().st_mtime_ns for p in (again / "audio").rglob("*.wav")} == before
     assert _hashes(again) == _hashes(out)
     wav.write_bytes(b"damaged")  # a damaged excerpt is noticed and written again

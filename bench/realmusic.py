@@ -14,7 +14,9 @@ excerpts of --excerpt-seconds and written as 16-bit PCM WAV:
     OUT/audio/<package>/<file>_<hash>_<nn>_<offset ms>.wav   the excerpts
     OUT/list.csv          path,label,split (for make_shards --list --split list)
     OUT/provenance.csv    each excerpt's package, version, file in the package, its sha256, group, offset
-    OUT/summary.json      options, classes, counts per class and split, dropped packages, skipped files
+    OUT/summary.json      options, versions, classes, counts per class and split, dropped packages,
+                          files skipped (per package and reason: short, same_bytes, unreadable, module)
+                          and recordings left out after decoding
 
 A package with fewer than --min-recordings groups is dropped (a line says why): before decoding
 by the file headers, after it by what is audible for --min-seconds. Deterministic: the
@@ -81,15 +83,19 @@ def fetch_all(packages: list[str], cache: str) -> tuple[dict[str, tuple[str, str
     return sources, errors
 
 
-def survey(sources: dict[str, tuple[str, str]], a: argparse.Namespace) -> tuple[dict[str, list[Recording]], list]:
-    """Each class's recordings (one progress line per package); a package with too few groups is dropped."""
+def survey(sources: dict[str, tuple[str, str]],
+           a: argparse.Namespace) -> tuple[dict[str, list[Recording]], list[dict], dict[str, dict[str, int]]]:
+    """Each class's recordings (one progress line per package), the packages dropped for too few
+    groups, and per package how many files were skipped for which reason."""
     recs: dict[str, list[Recording]] = {}
     dropped: list[dict] = []
+    skipped_counts: dict[str, dict[str, int]] = {}
     for pkg, (version, root) in sources.items():
         found, skipped = find_recordings(pkg, root, a.min_seconds, ALIASES.get(pkg))
         why: dict[str, int] = {}
         for s in skipped:
             why[s["reason"]] = why.get(s["reason"], 0) + 1
+        skipped_counts[pkg] = dict(sorted(why.items()))
         groups = len({r.group for r in found})
         minutes = sum(r.seconds for r in found) / 60
         log(f"{pkg} {version}: {len(found)} recordings >= {a.min_seconds:g} s in {groups} groups, "
@@ -103,7 +109,7 @@ def survey(sources: dict[str, tuple[str, str]], a: argparse.Namespace) -> tuple[
             log(f"drop {pkg}: {dropped[-1]['reason']}")
             continue
         recs[pkg] = found
-    return recs, dropped
+    return recs, dropped, skipped_counts
 
 
 def _state_path(out: str, rec: Recording, options: dict) -> str:
@@ -202,7 +208,7 @@ def build(out: str, sources: dict[str, tuple[str, str]], a: argparse.Namespace) 
     ValueError when fewer than 2 classes remain or a class has too few groups to split."""
     from core.atomic import atomic_write
     from core.text import json_bytes
-    recs, dropped = survey(sources, a)  # by the headers: a package short of groups is not even decoded
+    recs, dropped, skipped = survey(sources, a)  # by the headers: a package short of groups is not even decoded
     if len(recs) < 2:
         raise ValueError(f"{len(recs)} class(es) left after dropping packages; a set needs 2")
     excerpts, left_out = cut_excerpts(out, recs, a)
@@ -233,7 +239,7 @@ def build(out: str, sources: dict[str, tuple[str, str]], a: argparse.Namespace) 
         "options": {k: getattr(a, k) for k in ("min_seconds", "min_recordings", "excerpt_seconds", "max_excerpts",
                                                "val", "test", "min_per_split", "seed")} | {"rate": RATE},
         "packages": list(sources), "versions": versions, "classes": sorted(recs), "dropped": dropped,
-        "left_out": left_out,
+        "skipped_files": skipped, "left_out": left_out,
         "counts": counts(excerpts), "excerpts": len(excerpts),
         "hours": round(sum(e.frames for e in excerpts) / RATE / 3600, 3),
     }

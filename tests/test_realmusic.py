@@ -124,6 +124,7 @@ def test_build_groups_recordings_and_splits_by_group(built):
     _, _, out, summary = built
     assert summary["classes"] == ["alpha", "beta"]
     assert [(d["package"], d["groups"]) for d in summary["dropped"]] == [("gamma", 6)]
+    assert summary["skipped_files"]["alpha"] == {"module": 1, "same_bytes": 1, "short": 1}
     prov = _rows(out / "provenance.csv")
     lst = _rows(out / "list.csv")
     assert [(r["path"], r["label"], r["split"]) for r in lst] == [(r["path"], r["label"], r["split"]) for r in prov]

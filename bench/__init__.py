@@ -15,7 +15,9 @@ The package (standard library at import time; heavy imports happen inside the fu
   servers    real loopback servers (SeaweedFS S3 via `weed mini`, a static HTTP server); tests/servers.py
              wraps them in pytest fixtures
 The scripts (features, train_throughput, object_store, dali_tuning, dali_parity, hard_set, gpu_smoke,
-gpu_wheels) keep their methods and `main`; bench/NOTES.md tells what each measured.
+gpu_wheels, realmusic) keep their methods and `main`; bench/NOTES.md tells what each measured.
+realmusic builds the real-music development set (with realmusic_set, its rules, and
+realmusic_debian, the packages).
 """
 import os
 

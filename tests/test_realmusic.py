@@ -1,0 +1,249 @@
+"""The real-music set's rules (bench/realmusic_set.py) and build (bench/realmusic.py) on generated
+files: no package is downloaded here (that part is bench/realmusic_debian.py, run by hand)."""
+import csv
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from audio_files import sine, write
+from bench.realmusic import build, parse_args
+from bench.realmusic_set import audible_span, excerpt_offsets, group_key, split_groups
+from preprocess.make_shards import make_shards
+
+# small settings so generated files stay short: recordings >= 4 s, excerpts of 1.5 s, 3 at most
+OPTS = ["--min-seconds", "4", "--excerpt-seconds", "1.5", "--max-excerpts", "3", "--min-recordings", "8",
+        "--val", "0.2", "--test", "0.2", "--min-per-split", "1"]
+
+
+def test_group_key_keeps_variants_and_stems_together():
+    same = [("sound/cdtracks/sixtyfour_.ogg", "sound/cdtracks/sixtyfour_revisited.ogg"),
+            ("music/Theme.ogg", "other/theme (Remix).mp3"),
+            ("a/boss-v2.ogg", "a/boss_extended.ogg"),
+            ("songs/War of freedom/guitar.ogg", "songs/War of freedom/song.ogg")]
+    for x, y in same:
+        assert group_key(x) == group_key(y), (x, y)
+    apart = [("music002.ogg", "music003.ogg"), ("track1.ogg", "track10.ogg"), ("Intro1.ogg", "Intro2.ogg"),
+             ("songs/Feelings/song.ogg", "songs/Metal madness/song.ogg"), ("hr3-caves.ogg", "hr3-hell.ogg")]
+    for x, y in apart:
+        assert group_key(x) != group_key(y), (x, y)
+    assert group_key("Hv2.ogg", {"hv2": "humanitarian"}) == group_key("Humanitarian.ogg")
+
+
+def test_excerpt_offsets_fit_without_overlap_and_evenly():
+    L = 30 * 22_050
+    for frames in (40 * 22_050, 3 * L, 3 * L + 7, 5 * L - 1, 200 * 22_050 + 13, 1_674 * 22_050):
+        offs = excerpt_offsets(frames, L, 6)
+        assert len(offs) == min(6, frames // L)
+        ends = [o + L for o in offs]
+        assert offs[0] >= 0 and ends[-1] <= frames
+        assert all(e <= o for e, o in zip(ends, offs[1:]))  # no overlap
+        gaps = [offs[0]] + [o - e for e, o in zip(ends, offs[1:])] + [frames - ends[-1]]
+        assert max(gaps) - min(gaps) <= 1, gaps  # equal gaps before, between, after
+    assert excerpt_offsets(40 * 22_050, L, 6) == [5 * 22_050]  # one window, centred
+    assert excerpt_offsets(3 * L, L, 6) == [0, L, 2 * L]
+    assert excerpt_offsets(L - 1, L, 6) == []
+
+
+def test_splits_never_straddle_and_do_not_depend_on_order():
+    groups = [f"g{i:02d}" for i in range(17)] * 2  # each group twice: two variants
+    for seed in range(5):
+        a = split_groups(groups, "cls", 0.2, 0.2, seed, min_per_split=2)
+        b = split_groups(list(reversed(groups)), "cls", 0.2, 0.2, seed, min_per_split=2)
+        assert a == b
+        assert sorted(a) == sorted(set(groups))  # every group exactly once: one split each
+        n = {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")}
+        assert n == {"train": 11, "val": 3, "test": 3}
+    assert split_groups(groups, "cls", 0.2, 0.2, 0) != split_groups(groups, "cls", 0.2, 0.2, 1)
+    assert sum(v == "test" for v in split_groups(groups[:10], "c", 0.2, 0.2, 0, 2).values()) == 2  # the minimum
+    with pytest.raises(ValueError, match="4 groups"):
+        split_groups(groups[:4], "c", 0.2, 0.2, 0, min_per_split=2)
+
+
+def _tree(root, label: str, n: int, rate: int, seed: int):
+    """A class folder like an extracted package: n recordings (some with a variant or a stem
+    sibling), a short sound, a symlink and a byte-identical copy of one recording, a module."""
+    rng = np.random.default_rng(seed)
+    base = root / label / "usr" / "share" / label
+    (base / "music").mkdir(parents=True)
+    for i in range(n):
+        seconds = 4 + i % 4 + 0.37
+        x = 0.3 * sine(110 * (i + 1), seconds, rate) + 0.05 * rng.standard_normal(int(seconds * rate))
+        write(base / "music" / f"piece{i:02d}.ogg", x, rate, subtype="VORBIS", fmt="OGG")
+        if i % 3 == 0:
+            write(base / "music" / f"piece{i:02d}_remix.wav", x[::-1].copy(), rate)
+    (base / "songs" / "Big song").mkdir(parents=True)
+    for stem in ("song", "guitar"):
+        write(base / "songs" / "Big song" / f"{stem}.flac", 0.2 * rng.standard_normal(5 * rate), rate, fmt="FLAC")
+    write(base / "click.wav", sine(1000, 0.5, rate), rate)  # a sound effect: too short
+    z = np.zeros
+    # digital silence around the music: excerpts only where it plays, none where too little does
+    write(base / "music" / "padded.wav", np.concatenate([z(rate), 0.3 * sine(330, 5, rate), z(3 * rate)]), rate)
+    write(base / "music" / "mostly_silent.wav", np.concatenate([0.3 * sine(330, 1.0, rate), z(5 * rate)]), rate)
+    shutil.copy(base / "music" / "piece01.ogg", base / "music" / "copy_of_piece01.ogg")
+    os.symlink("piece02.ogg", base / "music" / "link.ogg")
+    (base / "tune.xm").write_bytes(b"Extended Module: not decodable here")
+    return root / label
+
+
+def _sources(tmp_path):
+    src = tmp_path / "pkgs"
+    return {"alpha": ("1.0-1", str(_tree(src, "alpha", 9, 44_100, 0))),
+            "beta": ("2:3.4", str(_tree(src, "beta", 7, 16_000, 1)))}
+
+
+def _hashes(folder) -> dict[str, str]:
+    out = {}
+    for dirpath, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != ".state"]
+        for name in files:
+            p = os.path.join(dirpath, name)
+            out[os.path.relpath(p, folder)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("realmusic")
+    sources = _sources(tmp)
+    sources["gamma"] = ("0.1", str(_tree(tmp / "pkgs", "gamma", 3, 22_050, 2)))  # 6 groups: dropped
+    out = tmp / "set"
+    summary = build(str(out), sources, parse_args([str(out), *OPTS]))
+    return tmp, sources, out, summary
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_build_groups_recordings_and_splits_by_group(built):
+    _, _, out, summary = built
+    assert summary["classes"] == ["alpha", "beta"]
+    assert [(d["package"], d["groups"]) for d in summary["dropped"]] == [("gamma", 6)]
+    assert summary["skipped_files"]["alpha"] == {"module": 1, "same_bytes": 1, "short": 1}
+    prov = _rows(out / "provenance.csv")
+    lst = _rows(out / "list.csv")
+    assert [(r["path"], r["label"], r["split"]) for r in lst] == [(r["path"], r["label"], r["split"]) for r in prov]
+    assert len(prov) == summary["excerpts"] > 0
+    files = {r["file"] for r in prov}
+    # a copy with the same bytes and a symlink count once (the first name in sorted order is kept);
+    # short sounds and the module not at all
+    for label in ("alpha", "beta"):
+        assert f"usr/share/{label}/music/copy_of_piece01.ogg" in files
+        assert f"usr/share/{label}/music/piece02.ogg" in files
+    assert not any(f.endswith(("/piece01.ogg", "link.ogg", "click.wav", "tune.xm", "mostly_silent.wav"))
+                   for f in files)
+    assert "usr/share/alpha/music/padded.wav" in files
+    # 6 s long, 1 s audible: left out after decoding, not counted as a group
+    assert [(x["package"], x["reason"]) for x in summary["left_out"]] == [
+        ("alpha", "audible for 1.0 s of 6.0 s"), ("beta", "audible for 1.0 s of 6.0 s")]
+    split_of_group, split_of_file = {}, {}
+    for r in prov:
+        assert split_of_group.setdefault((r["label"], r["group"]), r["split"]) == r["split"]  # a group: one split
+        assert split_of_file.setdefault(r["file"], r["split"]) == r["split"]
+    g = {(r["label"], r["file"].rsplit("/", 1)[-1]): r["group"] for r in prov}
+    assert g[("alpha", "piece00.ogg")] == g[("alpha", "piece00_remix.wav")] == "piece00"
+    assert g[("beta", "song.flac")] == g[("beta", "guitar.flac")]
+    for label in ("alpha", "beta"):
+        assert set(summary["counts"][label]) == {"train", "val", "test"}
+    assert summary["versions"] == {"alpha": "1.0-1", "beta": "2:3.4", "gamma": "0.1"}
+
+
+def test_excerpts_are_cut_where_the_provenance_says(built):
+    """Each WAV is 22,050 Hz mono PCM16 of exactly the excerpt length, at the recorded offset of the
+    decoded recording, as many per recording as fit (3 at most)."""
+    import soundfile as sf
+
+    from features.audio import decode, to_pcm16
+    _, sources, out, _ = built
+    prov = _rows(out / "provenance.csv")
+    per_file: dict[tuple[str, str], list[dict]] = {}
+    for r in prov:
+        per_file.setdefault((r["label"], r["file"]), []).append(r)
+    L = int(1.5 * 22_050)
+    for (label, rel), rows in per_file.items():
+        d = decode(os.path.join(sources[label][1], rel), 22_050)
+        start, end = audible_span(d.samples)
+        assert [int(r["offset_samples"]) - start for r in rows] == excerpt_offsets(end - start, L, 3)
+        if rel.endswith("padded.wav"):  # 1 s of silence, 5 s of tone, 3 s of silence: 3 excerpts in the tone
+            assert start == pytest.approx(22_050, abs=100) and end == pytest.approx(6 * 22_050, abs=100)
+            assert len(rows) == 3 and all(22_000 < int(r["offset_samples"]) < 6 * 22_050 - L for r in rows)
+        for r in rows[:1]:
+            info = sf.info(str(out / r["path"]))
+            assert (info.samplerate, info.channels, info.subtype, info.frames) == (22_050, 1, "PCM_16", L)
+            got, _ = sf.read(str(out / r["path"]), dtype="int16")
+            o = int(r["offset_samples"])
+            assert np.array_equal(got, to_pcm16(d.samples[o:o + L]))
+            assert r["wav_sha256"] == hashlib.sha256((out / r["path"]).read_bytes()).hexdigest()
+
+
+def test_rebuild_is_byte_identical_and_idempotent(built):
+    tmp, sources, out, _ = built
+    again = tmp / "again"
+    build(str(again), sources, parse_args([str(again), *OPTS]))
+    assert _hashes(again) == _hashes(out)  # a fresh build: the same bytes
+    wav = next((again / "audio" / "alpha").iterdir())
+    before = {p: p.stat().st_mtime_ns for p in (again / "audio").rglob("*.wav")}
+    stale = again / "audio" / "alpha" / "old_excerpt.wav"
+    shutil.copy(wav, stale)
+    old_state = again / ".state" / "0123.json"  # an earlier build's record
+    old_state.write_text("{}")
+    build(str(again), sources, parse_args([str(again), *OPTS]))  # a rerun: nothing decoded or rewritten
+    assert not stale.exists() and not old_state.exists()
+    assert len(list((again / ".state").iterdir())) == 16 + 14  # one per decoded file of alpha and beta
+    assert {p: p.stat().st_mtime_ns for p in (again / "audio").rglob("*.wav")} == before
+    assert _hashes(again) == _hashes(out)
+    wav.write_bytes(b"damaged")  # a damaged excerpt is noticed and written again
+    build(str(again), sources, parse_args([str(again), *OPTS]))
+    assert _hashes(again) == _hashes(out)
+
+
+def test_list_shards_with_its_own_splits(built, tmp_path):
+    _, _, out, summary = built
+    m = make_shards(None, str(tmp_path / "shards"), list_file=str(out / "list.csv"), split="list", workers=1,
+                    min_shards=1, progress=False)
+    assert m["classes"] == ["alpha", "beta"] and not m["rejects"]
+    want = {s: sum(c[s]["excerpts"] for c in summary["counts"].values()) for s in ("train", "val", "test")}
+    assert {s: m["splits"][s]["count"] for s in want} == want
+    split_of = {r["path"]: r["split"] for r in _rows(out / "list.csv")}
+    assert all(split_of[smp["source"]] == smp["split"] for smp in m["samples"])
+
+
+def test_a_class_with_too_few_recordings_is_dropped(tmp_path):
+    """beta keeps 3 pieces and its song folder: 4 groups, under --min-recordings 8."""
+    sources = _sources(tmp_path)
+    for p in (tmp_path / "pkgs" / "beta" / "usr" / "share" / "beta" / "music").iterdir():
+        if not p.name.startswith(("piece00", "piece01", "piece02")):
+            p.unlink()
+    with pytest.raises(ValueError, match="1 class"):
+        build(str(tmp_path / "x"), sources, parse_args([str(tmp_path / "x"), *OPTS]))
+
+
+def test_a_class_short_of_audible_recordings_is_dropped_after_decoding(tmp_path, capsys):
+    """beta has 10 groups by the file headers but 9 once its mostly silent file is decoded."""
+    sources = _sources(tmp_path)
+    opts = [*OPTS, "--min-recordings", "10"]
+    with pytest.raises(ValueError, match="1 class"):
+        build(str(tmp_path / "x"), sources, parse_args([str(tmp_path / "x"), *opts]))
+    err = capsys.readouterr().err
+    assert "beta 2:3.4: 14 recordings >= 4 s in 10 groups" in err
+    assert "drop beta: 9 groups audible for >= 4 s, needs 10" in err and "drop alpha" not in err
+
+
+def test_cli_a_missing_package_is_one_error_line(tmp_path):
+    """Asks apt about a package no archive has (local lists only, nothing is downloaded); on a
+    machine without apt the same line names the missing tool."""
+    from bench.realmusic import main
+    from helpers import run_main
+    p = run_main(main, [str(tmp_path / "set"), "--packages", "no-such-package-parallel-tunes"])
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert lines[-1].startswith("realmusic: error: no-such-package-parallel-tunes: ")
+    assert ("not known to apt" in lines[-1]) or ("not found" in lines[-1])
+    assert not (tmp_path / "set" / "list.csv").exists()
+    p = run_main(main, [str(tmp_path / "set"), "--min-seconds", "20"])  # shorter than an excerpt
+    assert p.returncode == 2 and "--min-seconds must be at least --excerpt-seconds" in p.stderr

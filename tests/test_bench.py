@@ -56,7 +56,7 @@ def assert_librosa_row(r: dict) -> None:
 def test_features(bench_data, tmp_path):
     src, cache = bench_data
     methods = ["librosa-1proc", "torchaudio-cpu", "dali-cpu", "torchaudio-cuda"]
-    p = run("bench.features", "--src", src, "--clips", str(CLIPS), "--repeats", "1", "--budget", "5",
+    p = run("bench.features", "--src", src, "--clips", str(CLIPS), "--repeats", "1", "--budget", "5", "--window-steps", "3",
             "--wait-idle", "0", "--retries", "0", "--method-timeout", "90", "--methods", ",".join(methods),
             "--cache", cache, "--out", str(tmp_path))
     rep = only_json(str(tmp_path), "features-*.json")
@@ -68,6 +68,12 @@ def test_features(bench_data, tmp_path):
         r = rows[name]
         assert "error" not in r and "skipped" not in r, r
         assert len(r["times_s"]) == 1 and r["clips_per_s"]["median"] > 0 and r["peak_rss_mb"] > 100
+        # a window: whole passes holding 3 batches (one batch of 8 clips a pass), unless the budget
+        # (5 s over the warm-up pass's time) allows fewer; waited for once, at its end
+        passes = max(1, min(3, int(5 // r["warmup_s"])))
+        assert r["steps_per_pass"] == 1 and r["passes_per_window"] == passes and r["clips_per_window"] == passes * CLIPS
+        assert r["syncs_per_window"] == [1] and r["clock"] == "perf_counter" and r["times_s"][0] <= r["host_s"][0]
+        assert r["clips_per_s"]["median"] == pytest.approx(passes * CLIPS / r["times_s"][0])
         assert 0 <= r["other_load_cores"] < os.cpu_count() and r["attempts"] == 1
         assert f"| {name} | " in p.stdout
     assert_librosa_row(rows["librosa-1proc"])
@@ -96,9 +102,43 @@ def test_train_throughput(bench_data, tmp_path):
     for r in rows:
         assert "error" not in r and "skipped" not in r, r
         assert r["shape"] == [4, 1, 128, 130] and r["samples_per_s"]["median"] > 0
-        assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2
+        assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1
+        (w,) = r["windows"]  # one window timed as a whole, waited for once, at its end
+        assert w["steps"] == 2 and len(w["wait_s"]) == 2 and w["syncs"] == 1 and w["clock"] == "perf_counter"
+        assert 0 < sum(w["wait_s"]) < w["host_s"] and w["window_s"] <= w["host_s"]
+        assert r["samples_per_s"]["median"] == pytest.approx(4 * 2 / w["window_s"])
+        assert r["step_ms"]["median"] == pytest.approx(1000 * w["window_s"] / 2)
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])  # train_step's weighted loss
     assert rows[0]["loader"]["crops"] == 2 and rows[0]["loader"]["tracks_per_batch"] == 2
+
+
+def test_window_waits_for_the_device_once(monkeypatch):
+    """bench.train_throughput's timed window queues its steps and waits once, after the last one;
+    its warm-up waits after every step (the same clock, counted through WindowClock.sync)."""
+    import itertools
+
+    import torch
+
+    from bench.clock import WindowClock
+    from bench.train_throughput import setup_training, timed_window, warm_up
+    from core.spec import FeatureSpec
+    events = []
+    real_sync = WindowClock.sync
+    monkeypatch.setattr(WindowClock, "sync", lambda self: (events.append("sync"), real_sync(self))[1])
+    spec = FeatureSpec()
+    job = {"spec": spec.to_dict(), "device": "cpu", "torch_threads": 1, "model": "tiny", "n_classes": 4, "amp": True}
+    tr = setup_training(job)
+    real_step = tr.step
+    tr.step = lambda *b: (events.append("step"), real_step(*b))[1]
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 1, spec.n_mels, spec.clip_frames, generator=g), torch.tensor([0, 1, 2, 3]), torch.ones(4))
+    it = itertools.repeat(batch)
+    warm_up(it, 2, tr)
+    assert events == ["step", "sync"] * 2
+    events.clear()
+    w, loss = timed_window(it, 5, tr)
+    assert events == ["step"] * 5 + ["sync"] and w["syncs"] == 1 and w["steps"] == 5 and len(w["wait_s"]) == 5
+    assert 0 < w["window_s"] <= w["host_s"] and math.isfinite(loss)
 
 
 def test_dali_tuning(bench_data, tmp_path):
@@ -208,7 +248,7 @@ def test_object_store(bench_data, tmp_path):
         r = rows[name]
         assert "error" not in r and "skipped" not in r, r
         assert r["samples_per_s"]["median"] > 0 and 0 <= r["data_wait"]["median"] < 1 and r["first_batch_s"] > 0
-        assert len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2, r["windows"]
+        assert len(r["windows"]) == 1 and r["windows"][0]["steps"] == 2 and r["windows"][0]["syncs"] == 1, r["windows"]
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])
         assert 0 <= r["server_cpu_cores"] < os.cpu_count() and r["vs_local"] > 0
     split = rep["data"]["split_bytes"]
@@ -255,8 +295,9 @@ def test_scaling(bench_data, tmp_path):
         ranks = r["per_rank"]
         assert [k["rank"] for k in ranks] == list(range(n)) and all(k["shape"] == [batch, 1, 128, 130] for k in ranks)
         assert all(math.isfinite(v) and v > 0 for k in ranks for v in k["last_losses"])
-        assert all(len(k["windows"]) == 2 and len(k["windows"][0]["step_s"]) == 2 for k in ranks)
-        per_window = [n * batch * 2 / max(sum(k["windows"][w]["step_s"]) for k in ranks) for w in range(2)]
+        assert all(len(k["windows"]) == 2 and k["windows"][0]["steps"] == 2 and k["windows"][1]["syncs"] == 1
+                   for k in ranks)
+        per_window = [n * batch * 2 / max(k["windows"][w]["window_s"] for k in ranks) for w in range(2)]
         assert r["samples_per_s"]["median"] == pytest.approx(sum(per_window) / 2)
         assert r["samples_per_s"]["min"] == pytest.approx(min(per_window))
         assert r["samples_per_s_per_rank"] == pytest.approx(r["samples_per_s"]["median"] / n)

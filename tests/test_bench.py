@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -229,6 +230,17 @@ def test_gpu_wheels_round_trip(tmp_path, monkeypatch):
     with open(pieces[1], "r+b") as f:
         f.write(b"\0")
     assert gw.main(["check", "--whl", whl, "--need", "1"]) == 0 and gw.main(["check", "--whl", whl]) == 3
+    if shutil.which("xz"):  # the xz command's pack: one block, x86 BCJ before LZMA2, as `xz -l` reads it
+        whl2 = str(tmp_path / "whl2")
+        assert gw.main(["pack", str(wheels), "--whl", whl2, "--xz-level", "1"]) == 0
+        joined = tmp_path / "joined.xz"
+        joined.write_bytes(b"".join(open(p, "rb").read() for p in sorted(glob.glob(os.path.join(whl2, "p*", "site.*")))))
+        blocks = [ln.split("\t") for ln in subprocess.run(["xz", "--robot", "-lvv", str(joined)], capture_output=True,
+                                                          text=True, check=True).stdout.splitlines()
+                  if ln.startswith("block")]
+        assert len(blocks) == 1 and blocks[0][-1].startswith("--x86 --lzma2="), blocks
+        assert gw.main(["unpack", "--whl", whl2, "--site", str(tmp_path / "site2")]) == 0
+        assert (tmp_path / "site2" / "fakepkg" / "blob.bin").read_bytes() == payload
 
 
 def test_object_store(bench_data, tmp_path):

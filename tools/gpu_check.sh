@@ -20,7 +20,8 @@
 # Environment: PYTHON (python3), GPU_CHECK_ALLOW_CPU=1 (rehearse without a GPU), GPU_CHECK_TOTAL_S
 # (deadline of the last call, default 285), GPU_CHECK_CLIPS (200), GPU_CHECK_WORK (.whl/run),
 # GPU_CHECK_STEPS / GPU_CHECK_WARMUP / GPU_CHECK_REPEATS (train_throughput; 60 / 10 / 2: a timed
-# window holds at least 50 steps); for fetch: XZ_LEVEL (9), GPU_CHECK_IMAGE_CODECS=1 (also bring
+# window holds at least 50 steps), GPU_CHECK_SCALE (1; multiplies every limit, reserve, timeout and the
+# deadline: a CPU rehearsal with 3 runs every stage to its end); for fetch: XZ_LEVEL (9), GPU_CHECK_IMAGE_CODECS=1 (also bring
 # DALI's image-codec wheels: more pieces, so more calls).
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -32,6 +33,7 @@ WHL=.whl
 WORK=${GPU_CHECK_WORK:-$WHL/run}
 RES=$WORK/results
 SITE=$WHL/site
+SCALE=${GPU_CHECK_SCALE:-1}
 
 say() { printf '[gpu_check] %s\n' "$*" >&2; }
 die() { printf '[gpu_check] ERROR: %s\n' "$*" >&2; exit 2; }
@@ -101,7 +103,7 @@ publish() {  # results so far -> summary.md, and to $OUT (at most 8 flat files t
 # stage NAME LIMIT RESERVE CMD...: run CMD under min(LIMIT, time left before the deadline less RESERVE
 # seconds kept for the later stages), log it, record it, publish. Never stops the script.
 stage() {
-  local name=$1 limit=$2 reserve=$3 t0 rc state left
+  local name=$1 limit=$(( $2 * SCALE )) reserve=$(( $3 * SCALE )) t0 rc state left
   shift 3
   left=$(( DEADLINE - $(date +%s) - reserve ))
   [ "$left" -lt "$limit" ] && limit=$left
@@ -126,7 +128,7 @@ stage() {
 smoke() {  # call 1: the machine itself, before any DALI (it arrives with the last piece)
   preflight
   : > "$RES/stages.tsv"
-  DEADLINE=$(( $(date +%s) + 100 ))
+  DEADLINE=$(( $(date +%s) + 100 * SCALE ))
   "$PY" -m tools.gpu_wheels check --need 1 --whl "$WHL" || say "piece 1 is not here or damaged (above)"
   stage smoke-call1 60 0 "$PY" -m tools.gpu_smoke --out "$RES/smoke-call1.json" "${SMOKE_ARGS[@]}"
 }
@@ -151,7 +153,7 @@ train_py() {  # shards with val/test splits from features.py's clips, then one e
 run() {  # the last call
   local t_start
   t_start=$(date +%s)
-  DEADLINE=$(( t_start + ${GPU_CHECK_TOTAL_S:-285} ))
+  DEADLINE=$(( t_start + ${GPU_CHECK_TOTAL_S:-285} * SCALE ))
   preflight
   : > "$RES/stages.tsv"
   "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "|",
@@ -168,20 +170,20 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
   local reps=${GPU_CHECK_REPEATS:-2} common=(--wait-idle 0 --retries 0 --cache "$WORK/cache" --out "$RES")
   local methods=dali-cuda,torchaudio-cuda,librosa-1proc
   local tp=(--crops 4,1 --methods dali,synthetic --clips "$clips" --warmup "$warm" --steps "$steps"
-            --repeats "$reps" --method-timeout 30 "${common[@]}")
+            --repeats "$reps" --method-timeout $(( 30 * SCALE )) "${common[@]}")
   local pt=(-q -m gpu tests/test_gpu.py -rs -p no:cacheprovider)
-  "$PY" -c 'import pytest_timeout' 2>/dev/null && pt+=(--timeout 40)
+  "$PY" -c 'import pytest_timeout' 2>/dev/null && pt+=(--timeout $(( 40 * SCALE )))
 
   stage smoke 25 170 "$PY" -m tools.gpu_smoke --parts versions,dali-gpu,loader --out "$RES/smoke.json" \
     "${SMOKE_ARGS[@]}"
   stage features 75 130 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 8 \
-    --window-steps 50 --parity-clips 32 --method-timeout 40 "${common[@]}"
+    --window-steps 50 --parity-clips 32 --method-timeout $(( 40 * SCALE )) "${common[@]}"
   stage train-b32 50 105 "$PY" -m bench.train_throughput --model baseline --batch 32 --tag baseline-b32 "${tp[@]}"
   stage train-b128 50 80 "$PY" -m bench.train_throughput --model baseline --batch 128 --tag baseline-b128 "${tp[@]}"
   stage pytest-gpu 50 50 "$PY" -m pytest "${pt[@]}"
   stage train-py 45 20 bash "$SELF" train-py
-  # ranks 1..GPUs (one GPU: the batch-size half of the study), two points of 5 + 2 x 60 steps each
-  stage scaling 40 0 "$PY" -m bench.scaling --clips "$clips" --warmup 5 --steps "$steps" --repeats 2 --method-timeout 25 \
+  # ranks 1..GPUs (one GPU: the batch-size half of the study), two points of 10 + 2 x 60 steps each
+  stage scaling 40 0 "$PY" -m bench.scaling --clips "$clips" --warmup "$warm" --steps "$steps" --repeats 2 --method-timeout $(( 25 * SCALE )) \
     "${common[@]}"
   stage train-resnet 60 0 "$PY" -m bench.train_throughput --model resnet --batch 32 --tag resnet-b32 "${tp[@]}"
 

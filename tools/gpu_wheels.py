@@ -222,7 +222,7 @@ def pack(a: argparse.Namespace) -> int:
     kept = sorted(keep, key=lambda n: (n != "nvidia-dali-cuda130", n))
     kept_files = [wheels[n][0] for n in kept]
     signature = {n: {"file": os.path.basename(wheels[n][0]), "sha256": sha256_file(wheels[n][0])} for n in kept}
-    signature = {"wheels": signature, "xz": ["x86", a.xz_level, a.extreme], "piece_max": PIECE_MAX,
+    signature = {"wheels": signature, "xz": ["x86", a.xz_level, a.extreme, a.xz_dict], "piece_max": PIECE_MAX,
                  "rules": [OTHER_ABI.pattern, list(SKIP_PREFIX), hashlib.sha1(NVIDIA_INIT).hexdigest()]}
 
     old = sorted(d for d in os.listdir(a.whl) if re.fullmatch(r"p\d\d", d)) if os.path.isdir(a.whl) else []
@@ -255,9 +255,10 @@ def pack(a: argparse.Namespace) -> int:
         # BCJ filter turns relative call addresses into absolute ones so that repeated calls match
         # (most of the bytes are DALI's x86-64 libraries). Python's lzma decodes either.
         preset = f"{a.xz_level}e" if a.extreme else str(a.xz_level)
+        lzma2 = f"preset={preset}" + (f",dict={a.xz_dict}MiB" if a.xz_dict else "")
         if xz and not a.python_xz:
             with open(whole, "wb") as out:
-                cmd = [xz, "--x86", f"--lzma2=preset={preset}", "-T1", "-c"]
+                cmd = [xz, "--x86", f"--lzma2={lzma2}", "-T1", "-c"]
                 proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out)
                 files, raw = write_tar(kept_files, proc.stdin)
                 proc.stdin.close()
@@ -267,9 +268,11 @@ def pack(a: argparse.Namespace) -> int:
         else:
             filters = [{"id": lzma.FILTER_X86},
                        {"id": lzma.FILTER_LZMA2, "preset": a.xz_level | (lzma.PRESET_EXTREME if a.extreme else 0)}]
+            if a.xz_dict:
+                filters[1]["dict_size"] = a.xz_dict * 2**20
             with lzma.open(whole, "wb", format=lzma.FORMAT_XZ, filters=filters) as out:
                 files, raw = write_tar(kept_files, out)
-            how = f"python lzma x86 + lzma2 preset {preset}"
+            how = f"python lzma x86 + lzma2 {lzma2}"
     except BaseException:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -427,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     pk.add_argument("wheel_dir")
     pk.add_argument("--xz-level", type=int, default=9)
     pk.add_argument("--no-extreme", dest="extreme", action="store_false", help="xz preset N, not Ne")
+    pk.add_argument("--xz-dict", type=int, help="LZMA2 dictionary in MiB (default: the preset's, 64 at 9); "
+                                                "unpacking needs that much memory")
     pk.add_argument("--python-xz", action="store_true", help="python's lzma even where the xz command exists")
     pk.add_argument("--force", action="store_true", help="repack even if the pieces hold these wheels")
     pk.add_argument("--with-image-codecs", action="store_true",

@@ -63,7 +63,8 @@ fetch() {
     for (( i = 2; i < n; i++ )); do
       printf '  %d. carry [".whl/p%02d"]  command: bash tools/gpu_check.sh pieces   timeout_s 60\n' "$i" "$i"
     done
-    [ "$n" -lt 2 ] || printf '  %d. carry [".whl/p%02d"]  command: bash tools/gpu_check.sh   timeout_s 300\n' "$n" "$n"
+    if [ "$n" -lt 2 ]; then echo '  2. carry []  command: bash tools/gpu_check.sh   timeout_s 300'
+    else printf '  %d. carry [".whl/p%02d"]  command: bash tools/gpu_check.sh   timeout_s 300\n' "$n" "$n"; fi
     echo '(bench/NOTES.md, "GPU checks without network".)'
   } >&2
 }

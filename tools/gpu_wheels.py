@@ -9,10 +9,11 @@
 `pack` takes the wheels that `tools/gpu_check.sh fetch` downloaded, keeps those the audio path
 needs and the GPU image lacks (KEEP), checks that every dependency of a kept wheel is kept, on the
 image (ON_IMAGE) or not needed (LEFT_OUT, with the reason), and writes the kept wheels' contents as
-ONE tar (the files as they would lie in site-packages, .dist-info included) compressed with xz,
-cut into the fewest equal pieces of at most 60 MiB: .whl/pNN/site.tar.xz.NN, each folder with the
-same PARTS (JSON: sizes and sha256 of the whole and of every piece, the wheels inside). A wheel's
-deflate is about 2.4:1 on DALI's libraries, xz -9 about 3.4:1: 199 MB of DALI wheel would need
+ONE tar (the files as they would lie in site-packages, .dist-info included) compressed with
+single-threaded xz, x86 BCJ filter then LZMA2 -9e, cut into the fewest equal pieces of at most
+60 MiB: .whl/pNN/site.tar.xz.NN, each folder with the same PARTS (JSON: sizes and sha256 of the
+whole and of every piece, the wheels inside). A wheel's deflate is about 2.4:1 on DALI's libraries,
+this xz about 3.4:1 (126.0 MiB for 424 MiB of tar; bench/NOTES.md): 199 MB of DALI wheel would need
 four 64 MiB calls, the xz tar of everything needs three.
 
 `unpack` needs only the standard library (lzma, tarfile): it joins the pieces as one stream,

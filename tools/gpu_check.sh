@@ -169,7 +169,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
 
   local clips=${GPU_CHECK_CLIPS:-200} steps=${GPU_CHECK_STEPS:-60} warm=${GPU_CHECK_WARMUP:-10}
   local reps=${GPU_CHECK_REPEATS:-2} common=(--wait-idle 0 --retries 0 --cache "$WORK/cache" --out "$RES")
-  local methods=dali-cuda,torchaudio-cuda,librosa-1proc
+  local methods=dali-cuda,librosa-1proc,torchaudio-cuda  # the headline ratio first: DALI GPU vs librosa
   local tp=(--crops 4,1 --methods dali,synthetic --clips "$clips" --warmup "$warm" --steps "$steps"
             --repeats "$reps" --method-timeout $(( 30 * SCALE )) "${common[@]}")
   local pt=(-q -m gpu tests/test_gpu.py -rs -p no:cacheprovider)
@@ -177,7 +177,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
 
   stage smoke 25 170 "$PY" -m tools.gpu_smoke --parts versions,dali-gpu,loader --out "$RES/smoke.json" \
     "${SMOKE_ARGS[@]}"
-  stage features 75 130 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 8 \
+  stage features 90 130 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
     --window-steps 50 --parity-clips 32 --method-timeout $(( 40 * SCALE )) "${common[@]}"
   stage train-b32 50 105 "$PY" -m bench.train_throughput --model baseline --batch 32 --tag baseline-b32 "${tp[@]}"
   stage train-b128 50 80 "$PY" -m bench.train_throughput --model baseline --batch 128 --tag baseline-b128 "${tp[@]}"

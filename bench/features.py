@@ -19,12 +19,17 @@ The chosen clips are packed into shards with preprocess.make_shards (cached), so
 reads the same clips (bench.data). Each method runs in a fresh subprocess (bench.harness), so its
 peak memory is its own; it does one untimed warm-up pass (imports, JIT, DALI build, FFT plans; it
 also saves its output for the parity check against librosa (bench.reference), all clips by
-default), then --repeats timed passes over all clips. The page cache is warmed first. Output: a
-markdown table on stdout, JSON and PNG in bench/results/.
+default), then --repeats timed windows. A window is enough whole passes over the clips to hold
+--window-steps batches (or clips, for the one-clip-at-a-time methods; fewer if --budget says so),
+timed as a whole (bench.clock: CUDA events on a GPU, perf_counter on the CPU) and synchronised with
+the device once, at its end: no batch is read back in a timed pass, so the host decodes and queues
+the next batch while the GPU works. The page cache is warmed first. Output: a markdown table on
+stdout, JSON and PNG in bench/results/.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -34,13 +39,14 @@ from typing import Any
 
 from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
+from bench.clock import WindowClock
 from bench.harness import (SkipMethod, load_note, logger, opening, require_cuda, require_dali, run_fresh,
                            run_quietest)
 from bench.host import describe, today
 from bench.memory import GpuMemory
 from bench.reference import librosa_db
 from bench.reference import require as require_librosa
-from bench.tables import Bars, Col, num, publish, rng, text
+from bench.tables import DASH, Bars, Col, num, publish, rng, text
 
 CPU_METHODS = ["librosa-1proc", "librosa-dataloader", "torchaudio-cpu", "torchaudio-cpu-b1", "dali-cpu"]
 GPU_METHODS = ["torchaudio-cuda", "dali-cuda"]
@@ -80,10 +86,15 @@ class Method:
     def open(self) -> None:
         pass
 
-    def epoch(self, save: bool) -> int:
-        """Process every clip once; returns the number of clips. save=True (warm-up pass only)
-        writes the parity clips' dB (mels, valid frames) to disk, so that they neither stay in
-        memory (peak RSS) nor cost time in the timed passes."""
+    def steps_per_pass(self) -> int:
+        """Batches in one pass (clips, for the methods that take one clip at a time)."""
+        return len(self.paths)
+
+    def epoch(self, save: bool) -> Any:
+        """Process every clip once; returns the number of clips (a tensor on the device where
+        reading it would wait for the device). save=True (warm-up pass only) writes the parity
+        clips' dB (mels, valid frames) to disk, so that they neither stay in memory (peak RSS) nor
+        cost time in the timed passes; save=False reads nothing back."""
         raise NotImplementedError
 
     def keep(self, i: int, db: Any) -> None:
@@ -91,9 +102,6 @@ class Method:
         np.save(os.path.join(self.parity_dir, f"{i}.npy"), np.asarray(db, dtype=np.float32))
 
     def close(self) -> None:
-        pass
-
-    def sync(self) -> None:
         pass
 
 
@@ -145,7 +153,10 @@ class TorchaudioMethod(Method):
         self.logmel = LogMel(self.spec).to(self.dev)
         self.batch = self.job["batch"]
 
-    def epoch(self, save: bool) -> int:
+    def steps_per_pass(self) -> int:
+        return math.ceil(len(self.paths) / self.batch)
+
+    def epoch(self, save: bool) -> Any:
         from features.audio import decode
         torch, spec = self.torch, self.spec
         for b0 in range(0, len(self.paths), self.batch):
@@ -158,18 +169,15 @@ class TorchaudioMethod(Method):
                 x = x.pin_memory().to(self.dev, non_blocking=True)
             with torch.inference_mode():
                 feats = self.logmel(x)  # (B, mels, frames) normalised: the product
+            if not save:
+                continue
             if self.gpu_peak:
                 self.gpu_peak.sample()
             for j, w in enumerate(waves):
-                if save and b0 + j in self.parity_idx:
+                if b0 + j in self.parity_idx:
                     valid = spec.valid_frames(len(w))
                     self.keep(b0 + j, spec.denormalise(feats[j, :, :valid].float().cpu()).numpy())
-        self.sync()
         return len(self.paths)
-
-    def sync(self) -> None:
-        if self.dev.type == "cuda":
-            self.torch.cuda.synchronize(self.dev)
 
 
 class TorchaudioCpuPerClip(TorchaudioMethod):
@@ -207,23 +215,23 @@ class DaliMethod(Method):
                                  num_threads=os.cpu_count() or 1, device=self.dev)
         self.build_s = time.perf_counter() - t
 
-    def epoch(self, save: bool) -> int:
-        spec, n = self.spec, 0.0
+    def steps_per_pass(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, save: bool) -> Any:
+        spec, n = self.spec, 0
         for b in self.loader:
+            n = n + b.weight.sum()  # on the device; repeats that fill the last batch carry weight 0
+            if not save:
+                continue
             if self.gpu_peak:
                 self.gpu_peak.sample()
-            n += float(b.weight.sum())  # repeats that fill the last batch carry weight 0
             for j, (u, w) in enumerate(zip(b.uid.tolist(), b.weight.tolist())):
                 i = self.uid_to_idx.get(u)
-                if save and w and i in self.parity_idx:
+                if w and i in self.parity_idx:
                     valid = spec.valid_frames(int(b.n_samples[j]))
                     self.keep(i, spec.denormalise(b.x[j, 0, :, :valid].float().cpu()).numpy())
-        self.sync()
-        return int(n)
-
-    def sync(self) -> None:
-        if self.dev.type == "cuda":
-            self.torch.cuda.synchronize(self.dev)
+        return n
 
 
 class DaliCuda(DaliMethod):
@@ -244,8 +252,11 @@ METHODS: dict[str, type[Method]] = {
 # ============================================================== one method, in its own process
 
 def run_method(job: dict, sampler: Any) -> dict:
-    """Open, warm up (one untimed pass that also saves the parity clips), then timed passes."""
+    """Open, warm up (one untimed pass that also saves the parity clips), then timed windows of whole
+    passes, each waited for once, at its end."""
     import resource
+
+    import torch
 
     from core.spec import FeatureSpec
     spec = FeatureSpec.from_dict(job["spec"])
@@ -259,25 +270,41 @@ def run_method(job: dict, sampler: Any) -> dict:
     res["open_s"] = time.perf_counter() - t
     if hasattr(method, "build_s"):
         res["dali_build_s"] = method.build_s
+    clock = WindowClock(torch.device("cuda", 0) if method.gpu else torch.device("cpu"))
+    n_clips = len(job["items"])
     t = time.perf_counter()
-    n = method.epoch(save=True)
+    n = int(method.epoch(save=True))
+    clock.sync()
     res["warmup_s"] = time.perf_counter() - t
-    if n != len(job["items"]):
-        raise RuntimeError(f"warm-up pass processed {n} clips, expected {len(job['items'])}")
-    # Fit the repeats into the time budget (slow methods on big --clips); reported when it bites.
-    repeats = max(1, min(job["repeats"], int(job["budget_s"] // max(res["warmup_s"], 1e-9))))
-    res["repeats"] = repeats
-    times = []
+    if n != n_clips:
+        raise RuntimeError(f"warm-up pass processed {n} clips, expected {n_clips}")
+    # Whole passes per window to hold --window-steps batches, and windows, within the time budget
+    # (slow methods on big --clips); reported when it bites.
+    per_pass = method.steps_per_pass()
+    budget_passes = int(job["budget_s"] // max(res["warmup_s"], 1e-9))
+    passes = max(1, min(math.ceil(job["window_steps"] / per_pass), budget_passes))
+    repeats = max(1, min(job["repeats"], budget_passes // passes))
+    res.update(repeats=repeats, passes_per_window=passes, steps_per_pass=per_pass,
+               clips_per_window=passes * n_clips, clock=clock.kind)
+    times, hosts, syncs = [], [], []
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
-        t = time.perf_counter()
-        method.epoch(save=False)
-        method.sync()
-        times.append(time.perf_counter() - t)
-    res["times_s"] = times
+        syncs0 = clock.syncs
+        clock.start()
+        counts = [method.epoch(save=False) for _ in range(passes)]
+        window_s, host_s = clock.stop()
+        syncs.append(clock.syncs - syncs0)
+        times.append(window_s)
+        hosts.append(host_s)
+        done = int(sum(counts))  # read after the window's wait
+        if done != passes * n_clips:
+            raise RuntimeError(f"a window processed {done} clips, expected {passes * n_clips}")
+        if method.gpu_peak:
+            method.gpu_peak.sample()
+    res.update(times_s=times, host_s=hosts, syncs_per_window=syncs)
     # Page faults of this process (not of DataLoader workers) per clip: fresh big buffers cost.
     res["minor_faults_per_clip"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / (
-        repeats * len(job["items"]))
+        repeats * passes * n_clips)
     sampler.sample()  # catch the workers' high-water marks before they exit
     method.close()
     if method.gpu_peak:
@@ -312,7 +339,7 @@ def summarise(results: list[dict], total_seconds: float, n_clips: int) -> None:
     """Adds clips/s and audio-seconds/s (median, min, max) and the ratio to one-process librosa."""
     for r in results:
         if "times_s" in r:
-            rates = [n_clips / t for t in r["times_s"]]
+            rates = [r.get("clips_per_window", n_clips) / t for t in r["times_s"]]
             r["clips_per_s"] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
             r["audio_s_per_s"] = {k: v * total_seconds / n_clips for k, v in r["clips_per_s"].items()}
     base = next((r for r in results if r["method"] == BASELINE and "clips_per_s" in r), None)
@@ -335,10 +362,17 @@ def report_notes(results: list[dict], a: argparse.Namespace, parity_idx: list[in
             notes.append(f"{r['method']}: parity not computed: {r['parity_error']}")
     for r in results:
         if "repeats" in r and r["repeats"] < a.repeats:
-            notes.append(f"{r['method']}: {r['repeats']} timed pass(es) instead of {a.repeats} "
+            notes.append(f"{r['method']}: {r['repeats']} timed window(s) instead of {a.repeats} "
+                         f"(--budget {a.budget:g} s)")
+        if "steps_per_pass" in r and r["passes_per_window"] * r["steps_per_pass"] < a.window_steps:
+            notes.append(f"{r['method']}: windows of {r['passes_per_window']} pass(es), "
+                         f"{r['passes_per_window'] * r['steps_per_pass']} steps instead of {a.window_steps} "
                          f"(--budget {a.budget:g} s)")
     notes += [
-        "Every method processes the same clips; clips/s counts each clip once per pass.",
+        "Every method processes the same clips; clips/s counts each clip once per pass. A timed window is whole "
+        "passes (enough to hold --window-steps batches, or clips for the one-clip methods, within --budget), "
+        "timed as a whole (CUDA events on a GPU, perf_counter on the CPU) and synchronised with the device "
+        "once, at its end; nothing is read back during it.",
         "dali-*: read shards that make_shards wrote beforehand (validation, downmix, resampling and packing "
         "are offline and not timed; DALI still decodes the WAV bytes in every pass); the file methods decode "
         "the source files in every pass. DALI's last batch is filled with repeated clips "
@@ -365,7 +399,7 @@ COLUMNS = [
     Col("peak GPU MB", num("peak_gpu_mb", ".0f")),
     Col("max abs ΔdB vs librosa (median clip)",
         lambda r: f"{num('max_abs_db', '.4f')(r)} ({num('median_clip_max_abs_db', '.4f')(r)})"),
-    Col("timed passes", text("repeats")),
+    Col("windows × passes", lambda r: f"{r['repeats']} × {r['passes_per_window']}" if "repeats" in r else DASH),
     Col("other load, cores", num("other_load_cores", ".2f")),
 ]
 CHART = [
@@ -387,7 +421,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parity-clips", type=int, default=0,
                    help="clips compared with librosa, spread over the set (default 0: all; ~50 clips/s)")
     p.add_argument("--budget", type=float, default=90.0,
-                   help="seconds of timed passes per method at most; fewer repeats if the warm-up says so")
+                   help="seconds of timed passes per method at most; fewer passes and windows if the warm-up "
+                        "says so")
+    p.add_argument("--window-steps", type=int, default=50,
+                   help="batches (clips for one-clip methods) a timed window holds at least: whole passes "
+                        "(default 50)")
     p.add_argument("--wait-idle", type=float, default=60.0,
                    help="before each method, wait up to this many seconds for other processes to go quiet")
     p.add_argument("--retries", type=int, default=1,
@@ -399,8 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=RESULTS, help="where the JSON and PNG go")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.clips < 1 or a.repeats < 1 or a.batch < 1:
-        p.error("--clips, --repeats and --batch must be >= 1")
+    if a.clips < 1 or a.repeats < 1 or a.batch < 1 or a.window_steps < 1:
+        p.error("--clips, --repeats, --batch and --window-steps must be >= 1")
     wanted = [m.strip() for m in a.methods.split(",") if m.strip()] if a.methods else CPU_METHODS + GPU_METHODS
     unknown = [m for m in wanted if m not in METHODS]
     if unknown:
@@ -449,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "features", "date": date, "host": host, "complete": complete, "methods_wanted": a.methods,
             "data": {"src": ds.src, "synthetic": ds.synthetic, "clips": len(items), "total_seconds": ds.total_seconds,
                      "shard_dir": ds.shard_dir, "parity_clips": len(parity_idx)},
-            "settings": {"repeats": a.repeats, "batch": a.batch, "budget_s": a.budget,
+            "settings": {"repeats": a.repeats, "batch": a.batch, "budget_s": a.budget, "window_steps": a.window_steps,
                          "method_timeout_s": a.method_timeout or None, "spec": spec.to_dict()},
             "methods": results, "notes": notes + report_notes(results, a, parity_idx),
             "total_wall_s": time.perf_counter() - t_start,
@@ -465,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             report(results, complete=False)
             continue
         job = {"method": name, "items": items, "shard_dir": ds.shard_dir, "shard_error": ds.shard_error,
-               "batch": a.batch, "repeats": a.repeats, "budget_s": a.budget, "spec": spec.to_dict(),
+               "batch": a.batch, "repeats": a.repeats, "budget_s": a.budget, "window_steps": a.window_steps,
+               "spec": spec.to_dict(),
                "parity_idx": parity_idx, "parity_dir": os.path.join(parity_root, name)}
 
         def run_once(name: str = name, job: dict = job) -> dict:

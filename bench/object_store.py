@@ -310,7 +310,7 @@ COLUMNS = [
     Col("MB fetched per epoch (× split)", _fetched),
     Col("cache hit rate (warm-up + windows)", lambda r: DASH if r.get("hit_rate") is None else f"{r['hit_rate']:.2f}"),
     Col("windows × epochs (steps)", lambda r: f"{len(r['windows'])} × {r['epochs_per_window']} "
-                                              f"({len(r['windows'][0]['step_s'])})"),
+                                              f"({r['windows'][0]['steps']})"),
     Col("peak RSS / PSS MB", lambda r: f"{r['peak_rss_mb']:.0f} / {r['peak_pss_mb']:.0f}" if r.get("peak_pss_mb")
         else f"{r['peak_rss_mb']:.0f}"),
     Col("server CPU, cores", num("server_cpu_cores", ".2f")),

@@ -10,8 +10,9 @@ as `train.py` does in one process (no DDP); N ranks are started as `train.py --n
 rank with CUDA) and step DistributedDataParallel(model) on their rank share of the shards
 (DaliLoader rank / world_size, train.py's --crops-per-track 4 by default). The model, AdamW, AMP step
 and data source are bench.train_throughput's (setup_training, make_source); every rank runs W
-untimed warm-up steps, then R windows of S timed steps (its warm_up and timed_window: data wait =
-time in next(loader), step = data + forward, backward and optimizer step, CUDA synchronised).
+untimed warm-up steps, then R windows of S timed steps (its warm_up and timed_window: each window
+timed as a whole with one device synchronisation at its end, CUDA events on a GPU; data wait = the
+host's time in next(loader) as a share of the window's host time).
 
 Per point: samples/s = ranks x batch x S / the slowest rank's window time (median over windows,
 min-max), speed-up = samples/s / the one-rank samples/s at the same batch, efficiency = speed-up /
@@ -139,10 +140,10 @@ def summarise(r: dict) -> None:
     per = []
     for w in range(len(ranks[0]["windows"])):
         wins = [rk["windows"][w] for rk in ranks]
-        slowest = max(sum(x["step_s"]) for x in wins)
-        steps = len(wins[0]["step_s"])
+        slowest = max(x["window_s"] for x in wins)
+        steps = wins[0]["steps"]
         per.append({"samples_per_s": n * batch * steps / slowest,
-                    "data_wait": statistics.mean(sum(x["wait_s"]) / sum(x["step_s"]) for x in wins),
+                    "data_wait": statistics.mean(sum(x["wait_s"]) / x["host_s"] for x in wins),
                     "step_ms": 1000 * slowest / steps})
     r["per_window"] = per
     for k in ("samples_per_s", "data_wait", "step_ms"):

@@ -19,10 +19,13 @@ AMP setting (training.amp.Amp.create(device, --amp)), one process, no DDP:
             time; what the loaders' CPU work costs the training steps shows against it)
 
 Each loader runs in a fresh process: build the model and loader, --warmup untimed steps, then
---repeats windows of --steps timed steps. Per step: t0, next(iterator) (+ copy to the device for
-librosa; CUDA synchronised), t1, forward/backward/optimizer step (CUDA synchronised), t2. Data wait
-is sum(t1 - t0) / sum(t2 - t0); samples/s is batch * steps / sum(t2 - t0). The table gives the
-median over the windows and the min-max in brackets.
+--repeats windows of --steps timed steps. A window is timed as a whole (bench.clock: CUDA events on a
+GPU, perf_counter on the CPU) and synchronised with the device once, at its end, so the host queues
+steps while the GPU runs earlier ones, as in train.py. Data wait is the host's time in
+next(iterator) (+ queuing the copy to the device for librosa) as a fraction of the window's host
+time; samples/s is batch * steps / the window's time; step ms is the window's time / steps. The
+loader iterates across epochs inside a window (no reset of the timing at an epoch's end). The table
+gives the median over the windows and the min-max in brackets.
 
 Data: without --src, the 200 synthetic 30 s clips of bench.features (bench/.cache/, generated
 once) and their shards (make_shards, cached; bench.data). Output: a markdown table on stdout, JSON
@@ -41,6 +44,7 @@ from typing import Any, Callable, Iterator
 from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
 from bench.harness import SkipMethod, load_note, logger, opening, require_dali, run_fresh, run_quietest
+from bench.clock import WindowClock
 from bench.host import describe, today
 from bench.reference import librosa_db
 from bench.reference import require as require_librosa
@@ -144,11 +148,12 @@ def make_source(job: dict, spec: Any, dev: Any):
 @dataclass
 class Training:
     """train.py's model and optimizer step on a device, for the benchmarks that time training steps
-    (this script and bench/object_store.py): step(x, y, w) -> loss, sync() waits for the device."""
+    (this script, bench/scaling.py and bench/object_store.py): step(x, y, w) -> loss (not waited for),
+    clock: the window clock whose sync() waits for the device."""
     spec: Any
     dev: Any
     step: Callable[[Any, Any, Any], Any]
-    sync: Callable[[], None]
+    clock: WindowClock
     info: dict                       # torch_threads, precision: the start of the method's result
 
 
@@ -192,15 +197,11 @@ def setup_training(job: dict, check: Callable[[], None] | None = None, env: Any 
     amp = Amp.create(dev, job["amp"])
     info["precision"] = amp.name
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     def step(x, y, w) -> torch.Tensor:
         return train_step(net, x, y, w, opt, amp, n_classes=job["n_classes"],
                           label_smoothing=LABEL_SMOOTHING).loss.detach()
 
-    return Training(spec, dev, step, sync, info)
+    return Training(spec, dev, step, WindowClock(dev), info)
 
 
 def warm_up(it: Iterator, n: int, tr: Training) -> dict:
@@ -214,7 +215,7 @@ def warm_up(it: Iterator, n: int, tr: Training) -> dict:
         if first_batch_s is None:
             first_batch_s = time.perf_counter() - t
         tr.step(x, y, w)
-        tr.sync()
+        tr.clock.sync()  # untimed: each warm-up step waited for, so first_batch_s and warmup_s are whole
     res["first_batch_s"] = first_batch_s
     res["warmup_s"] = time.perf_counter() - t
     if n:
@@ -224,20 +225,20 @@ def warm_up(it: Iterator, n: int, tr: Training) -> dict:
 
 
 def timed_window(it: Iterator, steps: int, tr: Training) -> tuple[dict, float]:
-    """`steps` timed steps: ({"wait_s": [...], "step_s": [...]}, the last loss). Per step: t0, next(it)
-    (the data, device synchronised), t1, the training step (synchronised), t2."""
-    waits, times = [], []
+    """`steps` training steps timed as one window, with one wait for the device, at its end:
+    ({"steps", "window_s" (the clock's: CUDA events or perf_counter), "host_s", "wait_s" (per step,
+    the host's time in next(it)), "syncs", "clock"}, the last loss, read after the window).
+    The device must be idle at the start (warm_up and the previous window leave it so)."""
+    clock, syncs0, waits = tr.clock, tr.clock.syncs, []
+    clock.start()
     for _ in range(steps):
         t0 = time.perf_counter()
         x, y, w = next(it)
-        tr.sync()  # the copy to the device (librosa) or DALI's output belongs to the data time
-        t1 = time.perf_counter()
+        waits.append(time.perf_counter() - t0)
         loss = tr.step(x, y, w)
-        tr.sync()
-        t2 = time.perf_counter()
-        waits.append(t1 - t0)
-        times.append(t2 - t0)
-    return {"wait_s": waits, "step_s": times}, float(loss)
+    window_s, host_s = clock.stop()
+    return {"steps": steps, "window_s": window_s, "host_s": host_s, "wait_s": waits,
+            "syncs": clock.syncs - syncs0, "clock": clock.kind}, float(loss)
 
 
 def check_losses(losses: list[float]) -> None:
@@ -281,32 +282,30 @@ def run_method(job: dict, sampler: Any) -> dict:
 # ============================================================== report
 
 def summarise(r: dict, batch: int) -> None:
-    """Per window: samples/s, data-wait fraction, median step; then median/min/max over windows."""
+    """Per window: samples/s, data-wait fraction (of the host's time), mean step (window / steps);
+    then median/min/max over windows."""
     if "windows" not in r:
         return
     per = []
     for w in r["windows"]:
-        total = sum(w["step_s"])
-        per.append({"samples_per_s": batch * len(w["step_s"]) / total, "data_wait": sum(w["wait_s"]) / total,
-                    "step_ms": 1000 * statistics.median(w["step_s"]),
+        per.append({"samples_per_s": batch * w["steps"] / w["window_s"],
+                    "data_wait": sum(w["wait_s"]) / w["host_s"],
+                    "step_ms": 1000 * w["window_s"] / w["steps"],
                     "max_wait_ms": 1000 * max(w["wait_s"])})
     r["per_window"] = per
     for k in ("samples_per_s", "data_wait", "step_ms", "max_wait_ms"):
         vals = [p[k] for p in per]
         r[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
-    steps = sorted(s for w in r["windows"] for s in w["step_s"])
-    r["step_ms_p90"] = 1000 * steps[min(len(steps) - 1, int(0.9 * len(steps)))]
 
 
 COLUMNS = [
     Col("loader", text("label")),
     Col("samples/s median (min–max)", rng("samples_per_s", ".1f")),
     Col("data wait % of step time", rng("data_wait", ".1f", 100)),
-    Col("step ms median (min–max)", rng("step_ms", ".0f")),
-    Col("step ms p90", num("step_ms_p90", ".0f")),
+    Col("step ms (window / steps) median (min–max)", rng("step_ms", ".1f")),
     Col("longest wait ms", lambda r: f"{r['max_wait_ms']['max']:.0f}"),
     Col("precision", text("precision")),
-    Col("windows × steps", lambda r: f"{len(r['windows'])} × {len(r['windows'][0]['step_s'])}"),
+    Col("windows × steps", lambda r: f"{len(r['windows'])} × {r['windows'][0]['steps']}"),
     Col("peak RSS / PSS MB", lambda r: f"{r['peak_rss_mb']:.0f} / {r['peak_pss_mb']:.0f}" if r.get("peak_pss_mb")
         else f"{r['peak_rss_mb']:.0f}"),
     Col("other load, cores", num("other_load_cores", ".2f")),
@@ -314,7 +313,7 @@ COLUMNS = [
 CHART = [
     Bars(("samples_per_s",), "training samples/s (median, bars: min–max over windows)"),
     Bars(("data_wait",), "data wait, % of step time", scale=100.0, colors=("tab:red",)),
-    Bars(("step_ms",), "step time, ms (median per window)", fmt=".0f", colors=("tab:green",)),
+    Bars(("step_ms",), "step time, ms (window time / steps)", fmt=".1f", colors=("tab:green",)),
 ]
 
 
@@ -410,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Each loader in a fresh process: {warmup} untimed warm-up steps, then {repeats} windows of {steps} timed "
             "steps; samples/s counts batch × steps (DALI's last batch of an epoch is filled with repeated tracks, "
             "weight 0 in the loss; they are counted too, as their compute is the same).",
-            "Data wait: time in next(iterator) (+ the copy to the device for librosa), CUDA synchronised before and "
-            "after each step, as a fraction of the whole step time.",
+            "Each window is timed as a whole (CUDA events on a GPU, perf_counter on the CPU) with one device "
+            "synchronisation, at its end; data wait: the host's time in next(iterator) (+ queuing the copy to the "
+            "device for librosa) as a fraction of the window's host time; step ms: window time / steps.",
             f"dali: DaliLoader(train=True, num_threads={a.num_threads}, prefetch={a.prefetch}) decodes the whole "
             "track from the shard and crops it; with crops k, one step takes batch / k tracks and k crops of each "
             "(samples/s counts crops); librosa: librosa.load reads only the 3 s crop from the source "

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -56,7 +57,7 @@ def assert_librosa_row(r: dict) -> None:
 def test_features(bench_data, tmp_path):
     src, cache = bench_data
     methods = ["librosa-1proc", "torchaudio-cpu", "dali-cpu", "torchaudio-cuda"]
-    p = run("bench.features", "--src", src, "--clips", str(CLIPS), "--repeats", "1", "--budget", "5",
+    p = run("bench.features", "--src", src, "--clips", str(CLIPS), "--repeats", "1", "--budget", "5", "--window-steps", "3",
             "--wait-idle", "0", "--retries", "0", "--method-timeout", "90", "--methods", ",".join(methods),
             "--cache", cache, "--out", str(tmp_path))
     rep = only_json(str(tmp_path), "features-*.json")
@@ -68,6 +69,12 @@ def test_features(bench_data, tmp_path):
         r = rows[name]
         assert "error" not in r and "skipped" not in r, r
         assert len(r["times_s"]) == 1 and r["clips_per_s"]["median"] > 0 and r["peak_rss_mb"] > 100
+        # a window: whole passes holding 3 batches (one batch of 8 clips a pass), unless the budget
+        # (5 s over the warm-up pass's time) allows fewer; waited for once, at its end
+        passes = max(1, min(3, int(5 // r["warmup_s"])))
+        assert r["steps_per_pass"] == 1 and r["passes_per_window"] == passes and r["clips_per_window"] == passes * CLIPS
+        assert r["syncs_per_window"] == [1] and r["clock"] == "perf_counter" and r["times_s"][0] <= r["host_s"][0]
+        assert r["clips_per_s"]["median"] == pytest.approx(passes * CLIPS / r["times_s"][0])
         assert 0 <= r["other_load_cores"] < os.cpu_count() and r["attempts"] == 1
         assert f"| {name} | " in p.stdout
     assert_librosa_row(rows["librosa-1proc"])
@@ -96,9 +103,43 @@ def test_train_throughput(bench_data, tmp_path):
     for r in rows:
         assert "error" not in r and "skipped" not in r, r
         assert r["shape"] == [4, 1, 128, 130] and r["samples_per_s"]["median"] > 0
-        assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2
+        assert 0 <= r["data_wait"]["median"] < 1 and len(r["windows"]) == 1
+        (w,) = r["windows"]  # one window timed as a whole, waited for once, at its end
+        assert w["steps"] == 2 and len(w["wait_s"]) == 2 and w["syncs"] == 1 and w["clock"] == "perf_counter"
+        assert 0 < sum(w["wait_s"]) < w["host_s"] and w["window_s"] <= w["host_s"]
+        assert r["samples_per_s"]["median"] == pytest.approx(4 * 2 / w["window_s"])
+        assert r["step_ms"]["median"] == pytest.approx(1000 * w["window_s"] / 2)
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])  # train_step's weighted loss
     assert rows[0]["loader"]["crops"] == 2 and rows[0]["loader"]["tracks_per_batch"] == 2
+
+
+def test_window_waits_for_the_device_once(monkeypatch):
+    """bench.train_throughput's timed window queues its steps and waits once, after the last one;
+    its warm-up waits after every step (the same clock, counted through WindowClock.sync)."""
+    import itertools
+
+    import torch
+
+    from bench.clock import WindowClock
+    from bench.train_throughput import setup_training, timed_window, warm_up
+    from core.spec import FeatureSpec
+    events = []
+    real_sync = WindowClock.sync
+    monkeypatch.setattr(WindowClock, "sync", lambda self: (events.append("sync"), real_sync(self))[1])
+    spec = FeatureSpec()
+    job = {"spec": spec.to_dict(), "device": "cpu", "torch_threads": 1, "model": "tiny", "n_classes": 4, "amp": True}
+    tr = setup_training(job)
+    real_step = tr.step
+    tr.step = lambda *b: (events.append("step"), real_step(*b))[1]
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 1, spec.n_mels, spec.clip_frames, generator=g), torch.tensor([0, 1, 2, 3]), torch.ones(4))
+    it = itertools.repeat(batch)
+    warm_up(it, 2, tr)
+    assert events == ["step", "sync"] * 2
+    events.clear()
+    w, loss = timed_window(it, 5, tr)
+    assert events == ["step"] * 5 + ["sync"] and w["syncs"] == 1 and w["steps"] == 5 and len(w["wait_s"]) == 5
+    assert 0 < w["window_s"] <= w["host_s"] and math.isfinite(loss)
 
 
 def test_dali_tuning(bench_data, tmp_path):
@@ -189,6 +230,17 @@ def test_gpu_wheels_round_trip(tmp_path, monkeypatch):
     with open(pieces[1], "r+b") as f:
         f.write(b"\0")
     assert gw.main(["check", "--whl", whl, "--need", "1"]) == 0 and gw.main(["check", "--whl", whl]) == 3
+    if shutil.which("xz"):  # the xz command's pack: one block, x86 BCJ before LZMA2, as `xz -l` reads it
+        whl2 = str(tmp_path / "whl2")
+        assert gw.main(["pack", str(wheels), "--whl", whl2, "--xz-level", "1"]) == 0
+        joined = tmp_path / "joined.xz"
+        joined.write_bytes(b"".join(open(p, "rb").read() for p in sorted(glob.glob(os.path.join(whl2, "p*", "site.*")))))
+        blocks = [ln.split("\t") for ln in subprocess.run(["xz", "--robot", "-lvv", str(joined)], capture_output=True,
+                                                          text=True, check=True).stdout.splitlines()
+                  if ln.startswith("block")]
+        assert len(blocks) == 1 and blocks[0][-1].startswith("--x86 --lzma2="), blocks
+        assert gw.main(["unpack", "--whl", whl2, "--site", str(tmp_path / "site2")]) == 0
+        assert (tmp_path / "site2" / "fakepkg" / "blob.bin").read_bytes() == payload
 
 
 def test_object_store(bench_data, tmp_path):
@@ -208,7 +260,7 @@ def test_object_store(bench_data, tmp_path):
         r = rows[name]
         assert "error" not in r and "skipped" not in r, r
         assert r["samples_per_s"]["median"] > 0 and 0 <= r["data_wait"]["median"] < 1 and r["first_batch_s"] > 0
-        assert len(r["windows"]) == 1 and len(r["windows"][0]["step_s"]) == 2, r["windows"]
+        assert len(r["windows"]) == 1 and r["windows"][0]["steps"] == 2 and r["windows"][0]["syncs"] == 1, r["windows"]
         assert all(math.isfinite(v) and v > 0 for v in r["last_losses"])
         assert 0 <= r["server_cpu_cores"] < os.cpu_count() and r["vs_local"] > 0
     split = rep["data"]["split_bytes"]
@@ -255,8 +307,9 @@ def test_scaling(bench_data, tmp_path):
         ranks = r["per_rank"]
         assert [k["rank"] for k in ranks] == list(range(n)) and all(k["shape"] == [batch, 1, 128, 130] for k in ranks)
         assert all(math.isfinite(v) and v > 0 for k in ranks for v in k["last_losses"])
-        assert all(len(k["windows"]) == 2 and len(k["windows"][0]["step_s"]) == 2 for k in ranks)
-        per_window = [n * batch * 2 / max(sum(k["windows"][w]["step_s"]) for k in ranks) for w in range(2)]
+        assert all(len(k["windows"]) == 2 and k["windows"][0]["steps"] == 2 and k["windows"][1]["syncs"] == 1
+                   for k in ranks)
+        per_window = [n * batch * 2 / max(k["windows"][w]["window_s"] for k in ranks) for w in range(2)]
         assert r["samples_per_s"]["median"] == pytest.approx(sum(per_window) / 2)
         assert r["samples_per_s"]["min"] == pytest.approx(min(per_window))
         assert r["samples_per_s_per_rank"] == pytest.approx(r["samples_per_s"]["median"] / n)
@@ -267,3 +320,16 @@ def test_scaling(bench_data, tmp_path):
     assert points[2, 1]["speedup"] == 1.0 and points[4, 1]["efficiency"] == 1.0
     assert p.stdout.count("| 2 | 2 | ") == 1 and "peak memory per rank, MB" in p.stdout
     assert os.path.getsize(glob.glob(os.path.join(str(tmp_path), "scaling-*.png"))[0]) > 1000
+
+
+def test_synth_by_genre_is_the_same_collection(tmp_path):
+    """bench.data generates the clips one process per genre: a genre made alone must be byte for byte
+    what the whole collection holds for it (each clip's random stream depends on genre and index only)."""
+    from preprocess.synth import generate
+    whole = generate(str(tmp_path / "all"), per_class=2, seconds=1.0, genres=TRAIN_GENRES, progress=False)
+    alone = generate(str(tmp_path / "one"), per_class=2, seconds=1.0, genres=TRAIN_GENRES[-1:], progress=False)
+    theirs = [p for p in whole if os.sep + TRAIN_GENRES[-1] + os.sep in p]
+    assert len(alone) == len(theirs) == 2
+    for a, b in zip(alone, theirs):
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            assert fa.read() == fb.read()

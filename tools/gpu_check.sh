@@ -3,20 +3,26 @@
 # torch 2.11.0+cu130 and torchaudio 2.11.0 but no DALI, webdataset, soundfile or librosa, and that
 # takes at most 64 MiB per call (working tree + carried folders).
 #
-#   here:  bash tools/gpu_check.sh fetch    wheels -> .whl/p01 .. .whl/p03 (xz tar pieces, < 60 MiB each)
-#   there: bash tools/gpu_check.sh smoke    call 1, carry .whl/p01: versions, driver, torch on the GPU (~20 s)
-#          bash tools/gpu_check.sh pieces   call 2, carry .whl/p02: checks the pieces so far (~1 s)
-#          bash tools/gpu_check.sh          call 3, carry .whl/p03: unpack, DALI smoke, features, training
-#                                           throughput, scaling, pytest -m gpu, train.py --amp --epochs 1 (< 7.5 min)
+#   here:  bash tools/gpu_check.sh fetch    wheels -> .whl/p01, .whl/p02 (one tar, xz with the x86 BCJ
+#                                           filter and LZMA2 -9e, cut in pieces of at most 62 MiB; fetch
+#                                           prints the device calls for the number of pieces)
+#   there: bash tools/gpu_check.sh smoke    call 1, carry .whl/p01: versions, driver, image packages
+#                                           (import numba), torch on the GPU (~20 s)
+#          bash tools/gpu_check.sh pieces   only with more than two pieces: each middle one, checked (~1 s)
+#          bash tools/gpu_check.sh          last call, carry the last piece: unpack, DALI smoke, features,
+#                                           training throughput at batch 32 and 128, pytest -m gpu, train.py
+#                                           --amp --epochs 1, scaling, resnet (deadline 285 s; timeout_s 300)
 #
-# bench/NOTES.md ("GPU checks without network") gives the three device-tool calls exactly (command,
-# carry, timeout_s), what each does and how long each took in the rehearsal. Results (summary.md,
+# bench/NOTES.md ("GPU checks without network") gives the device-tool calls exactly (command, carry,
+# timeout_s), what each does and how long each took in the rehearsal. Results (summary.md,
 # console.log, results.tgz, smoke JSON) go to .whl/run/results/ and, after EVERY stage, to $OUT.
 #
 # Environment: PYTHON (python3), GPU_CHECK_ALLOW_CPU=1 (rehearse without a GPU), GPU_CHECK_TOTAL_S
-# (deadline of the last call, default 440), GPU_CHECK_CLIPS (200), GPU_CHECK_WORK (.whl/run),
-# GPU_CHECK_STEPS / GPU_CHECK_WARMUP / GPU_CHECK_REPEATS (train_throughput; 40 / 10 / 2); for fetch:
-# XZ_LEVEL (9), GPU_CHECK_IMAGE_CODECS=1 (also bring DALI's image-codec wheels; still 3 pieces).
+# (deadline of the last call, default 285), GPU_CHECK_CLIPS (200), GPU_CHECK_WORK (.whl/run),
+# GPU_CHECK_STEPS / GPU_CHECK_WARMUP / GPU_CHECK_REPEATS (train_throughput; 60 / 10 / 2: a timed
+# window holds at least 50 steps), GPU_CHECK_SCALE (1; multiplies every limit, reserve, timeout and the
+# deadline: a CPU rehearsal with 3 runs every stage to its end); for fetch: XZ_LEVEL (9), GPU_CHECK_IMAGE_CODECS=1 (also bring
+# DALI's image-codec wheels: more pieces, so more calls).
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 # From the repo root, every Python tool as `"$PY" -m bench.X` / `-m preprocess.X`: there is no
@@ -27,6 +33,7 @@ WHL=.whl
 WORK=${GPU_CHECK_WORK:-$WHL/run}
 RES=$WORK/results
 SITE=$WHL/site
+SCALE=${GPU_CHECK_SCALE:-1}
 
 say() { printf '[gpu_check] %s\n' "$*" >&2; }
 die() { printf '[gpu_check] ERROR: %s\n' "$*" >&2; exit 2; }
@@ -47,14 +54,19 @@ fetch() {
   local codecs=()
   [ "${GPU_CHECK_IMAGE_CODECS:-0}" = 1 ] && codecs=(--with-image-codecs)
   "$PY" -m tools.gpu_wheels pack "$WHL/all" --whl "$WHL" --xz-level "${XZ_LEVEL:-9}" "${codecs[@]}"
-  cat >&2 <<EOF
-
-Next, with the device tool, back to back (the machine goes back after ~30 s idle):
-  1. carry [".whl/p01"]  command: bash tools/gpu_check.sh smoke
-  2. carry [".whl/p02"]  command: bash tools/gpu_check.sh pieces
-  3. carry [".whl/p03"]  command: bash tools/gpu_check.sh
-(bench/NOTES.md, "GPU checks without network", gives the timeouts.)
-EOF
+  local n i
+  n=$(ls -d "$WHL"/p[0-9][0-9] | wc -l)
+  {
+    echo
+    echo "Next, with the device tool, back to back (the machine goes back after ~30 s idle):"
+    echo '  1. carry [".whl/p01"]  command: bash tools/gpu_check.sh smoke   timeout_s 90'
+    for (( i = 2; i < n; i++ )); do
+      printf '  %d. carry [".whl/p%02d"]  command: bash tools/gpu_check.sh pieces   timeout_s 60\n' "$i" "$i"
+    done
+    if [ "$n" -lt 2 ]; then echo '  2. carry []  command: bash tools/gpu_check.sh   timeout_s 300'
+    else printf '  %d. carry [".whl/p%02d"]  command: bash tools/gpu_check.sh   timeout_s 300\n' "$n" "$n"; fi
+    echo '(bench/NOTES.md, "GPU checks without network".)'
+  } >&2
 }
 
 # ------------------------------------------------------------------------------------ there
@@ -92,7 +104,7 @@ publish() {  # results so far -> summary.md, and to $OUT (at most 8 flat files t
 # stage NAME LIMIT RESERVE CMD...: run CMD under min(LIMIT, time left before the deadline less RESERVE
 # seconds kept for the later stages), log it, record it, publish. Never stops the script.
 stage() {
-  local name=$1 limit=$2 reserve=$3 t0 rc state left
+  local name=$1 limit=$(( $2 * SCALE )) reserve=$(( $3 * SCALE )) t0 rc state left
   shift 3
   left=$(( DEADLINE - $(date +%s) - reserve ))
   [ "$left" -lt "$limit" ] && limit=$left
@@ -117,13 +129,13 @@ stage() {
 smoke() {  # call 1: the machine itself, before any DALI (it arrives with the last piece)
   preflight
   : > "$RES/stages.tsv"
-  DEADLINE=$(( $(date +%s) + 100 ))
+  DEADLINE=$(( $(date +%s) + 100 * SCALE ))
   "$PY" -m tools.gpu_wheels check --need 1 --whl "$WHL" || say "piece 1 is not here or damaged (above)"
   stage smoke-call1 60 0 "$PY" -m tools.gpu_smoke --out "$RES/smoke-call1.json" "${SMOKE_ARGS[@]}"
 }
 
 pieces() {  # call 2: nothing to run but the check
-  "$PY" -m tools.gpu_wheels check --need 2 --whl "$WHL"
+  "$PY" -m tools.gpu_wheels check --need "$(ls -d "$WHL"/p[0-9][0-9] 2>/dev/null | wc -l)" --whl "$WHL"
 }
 
 train_py() {  # shards with val/test splits from features.py's clips, then one epoch as train.py does it
@@ -139,40 +151,42 @@ train_py() {  # shards with val/test splits from features.py's clips, then one e
   "$PY" train.py --amp --epochs 1 --shards "$shards" --run-dir "$WORK/train-run"
 }
 
-run() {  # call 3
+run() {  # the last call
   local t_start
   t_start=$(date +%s)
-  DEADLINE=$(( t_start + ${GPU_CHECK_TOTAL_S:-440} ))
+  DEADLINE=$(( t_start + ${GPU_CHECK_TOTAL_S:-285} * SCALE ))
   preflight
   : > "$RES/stages.tsv"
   "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "|",
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", __import__("os").cpu_count(), "cores")'
 
-  stage unpack 90 225 "$PY" -m tools.gpu_wheels unpack --whl "$WHL" --site "$SITE" \
+  # Limits and reserves (s). A stage runs at most LIMIT, and never into the RESERVE kept for the stages
+  # after it up to scaling: the sum of their floors (smoke 15, features 40, each training 25, pytest 30,
+  # train.py 30, scaling 20). The numbers most worth having come first; resnet runs on what is left.
+  stage unpack 45 185 "$PY" -m tools.gpu_wheels unpack --whl "$WHL" --site "$SITE" \
     || { say "cannot go on without the packages: bring the pieces named above and run again"; publish; return 2; }
   export PYTHONPATH="$PWD/$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
-  local clips=${GPU_CHECK_CLIPS:-200} steps=${GPU_CHECK_STEPS:-40} warm=${GPU_CHECK_WARMUP:-10}
+  local clips=${GPU_CHECK_CLIPS:-200} steps=${GPU_CHECK_STEPS:-60} warm=${GPU_CHECK_WARMUP:-10}
   local reps=${GPU_CHECK_REPEATS:-2} common=(--wait-idle 0 --retries 0 --cache "$WORK/cache" --out "$RES")
-  local methods=dali-cuda,torchaudio-cuda,dali-cpu,librosa-1proc
+  local methods=dali-cuda,librosa-1proc,torchaudio-cuda  # the headline ratio first: DALI GPU vs librosa
   local tp=(--crops 4,1 --methods dali,synthetic --clips "$clips" --warmup "$warm" --steps "$steps"
-            --repeats "$reps" --method-timeout 40 "${common[@]}")
+            --repeats "$reps" --method-timeout $(( 30 * SCALE )) "${common[@]}")
   local pt=(-q -m gpu tests/test_gpu.py -rs -p no:cacheprovider)
-  "$PY" -c 'import pytest_timeout' 2>/dev/null && pt+=(--timeout 100)
+  "$PY" -c 'import pytest_timeout' 2>/dev/null && pt+=(--timeout $(( 40 * SCALE )))
 
-  # Limits and reserves (s). A stage runs at most LIMIT, and never into the RESERVE kept for the stages
-  # after it: the sum of their floors (smoke 20, features 60, each training 30, scaling 30, pytest 45,
-  # train.py 40).
-  stage smoke 45 235 "$PY" -m tools.gpu_smoke --out "$RES/smoke.json" "${SMOKE_ARGS[@]}"
-  stage features 150 175 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
-    --parity-clips 50 --method-timeout 45 "${common[@]}"
-  stage train-baseline 80 145 "$PY" -m bench.train_throughput --model baseline --tag baseline "${tp[@]}"
-  stage train-resnet 80 115 "$PY" -m bench.train_throughput --model resnet --tag resnet "${tp[@]}"
-  # ranks 1..GPUs (one GPU: the batch-size half of the study), two points of 5 + 2 x 20 steps each
-  stage scaling 70 85 "$PY" -m bench.scaling --clips "$clips" --warmup 5 --steps 20 --repeats 2 --method-timeout 30 \
+  stage smoke 25 170 "$PY" -m tools.gpu_smoke --parts versions,dali-gpu,loader --out "$RES/smoke.json" \
+    "${SMOKE_ARGS[@]}"
+  stage features 90 130 "$PY" -m bench.features --methods "$methods" --clips "$clips" --repeats 3 --budget 10 \
+    --window-steps 50 --parity-clips 32 --method-timeout $(( 40 * SCALE )) "${common[@]}"
+  stage train-b32 50 105 "$PY" -m bench.train_throughput --model baseline --batch 32 --tag baseline-b32 "${tp[@]}"
+  stage train-b128 50 80 "$PY" -m bench.train_throughput --model baseline --batch 128 --tag baseline-b128 "${tp[@]}"
+  stage pytest-gpu 50 50 "$PY" -m pytest "${pt[@]}"
+  stage train-py 45 20 bash "$SELF" train-py
+  # ranks 1..GPUs (one GPU: the batch-size half of the study), two points of 10 + 2 x 60 steps each
+  stage scaling 40 0 "$PY" -m bench.scaling --clips "$clips" --warmup "$warm" --steps "$steps" --repeats 2 --method-timeout $(( 25 * SCALE )) \
     "${common[@]}"
-  stage pytest-gpu 120 40 "$PY" -m pytest "${pt[@]}"
-  stage train-py 90 0 bash "$SELF" train-py
+  stage train-resnet 60 0 "$PY" -m bench.train_throughput --model resnet --batch 32 --tag resnet-b32 "${tp[@]}"
 
   echo
   cat "$RES/summary.md"

@@ -33,7 +33,7 @@ from importlib import metadata
 # On the image (device KINDS.md); the packed wheels need them: tools/gpu_wheels.py ON_IMAGE.
 IMAGE_PACKAGES = ["numpy", "scipy", "numba", "llvmlite", "scikit-learn", "joblib", "msgpack", "lazy-loader",
                   "pyyaml", "six", "packaging", "requests", "typing-extensions", "threadpoolctl", "tqdm",
-                  "matplotlib", "pytest", "pytest-timeout"]
+                  "matplotlib", "pytest", "pytest-timeout", "fsspec", "tensorboard"]
 TMP = "/tmp/gpu_smoke"  # --tmp
 
 

@@ -9,10 +9,11 @@
 `pack` takes the wheels that `tools/gpu_check.sh fetch` downloaded, keeps those the audio path
 needs and the GPU image lacks (KEEP), checks that every dependency of a kept wheel is kept, on the
 image (ON_IMAGE) or not needed (LEFT_OUT, with the reason), and writes the kept wheels' contents as
-ONE tar (the files as they would lie in site-packages, .dist-info included) compressed with xz,
-cut into the fewest equal pieces of at most 60 MiB: .whl/pNN/site.tar.xz.NN, each folder with the
-same PARTS (JSON: sizes and sha256 of the whole and of every piece, the wheels inside). A wheel's
-deflate is about 2.4:1 on DALI's libraries, xz -9 about 3.4:1: 199 MB of DALI wheel would need
+ONE tar (the files as they would lie in site-packages, .dist-info included) compressed with
+single-threaded xz, x86 BCJ filter then LZMA2 -9e, cut into the fewest equal pieces of at most
+60 MiB: .whl/pNN/site.tar.xz.NN, each folder with the same PARTS (JSON: sizes and sha256 of the
+whole and of every piece, the wheels inside). A wheel's deflate is about 2.4:1 on DALI's libraries,
+this xz about 3.4:1 (126.0 MiB for 424 MiB of tar; bench/NOTES.md): 199 MB of DALI wheel would need
 four 64 MiB calls, the xz tar of everything needs three.
 
 `unpack` needs only the standard library (lzma, tarfile): it joins the pieces as one stream,
@@ -79,7 +80,9 @@ LEFT_OUT = {
 # On the image already (KINDS.md list of 2026-11-17); gpu_smoke.py checks them there.
 ON_IMAGE = {"numpy", "scipy", "numba", "llvmlite", "scikit-learn", "joblib", "msgpack", "lazy-loader", "pyyaml",
             "six", "packaging", "requests", "urllib3", "idna", "certifi", "charset-normalizer",
-            "typing-extensions", "threadpoolctl", "cloudpickle", "narwhals", "wheel"}
+            "typing-extensions", "threadpoolctl", "cloudpickle", "narwhals", "wheel",
+            # also there, and in requirements.txt: never brought, whatever a kept wheel asks for
+            "tqdm", "matplotlib", "fsspec", "tensorboard"}
 # Files of kept wheels that Python 3.12 never opens: DALI's extension modules for other Pythons and
 # its C++ headers (for building DALI plugins). About 60 MB unpacked, 4.4 MB of xz.
 OTHER_ABI = re.compile(r"\.cpython-3(?!12-)\d+t?-x86_64-linux-gnu\.so$")
@@ -220,7 +223,7 @@ def pack(a: argparse.Namespace) -> int:
     kept = sorted(keep, key=lambda n: (n != "nvidia-dali-cuda130", n))
     kept_files = [wheels[n][0] for n in kept]
     signature = {n: {"file": os.path.basename(wheels[n][0]), "sha256": sha256_file(wheels[n][0])} for n in kept}
-    signature = {"wheels": signature, "xz_level": a.xz_level, "piece_max": PIECE_MAX,
+    signature = {"wheels": signature, "xz": ["x86", a.xz_level, a.extreme, a.xz_dict], "piece_max": PIECE_MAX,
                  "rules": [OTHER_ABI.pattern, list(SKIP_PREFIX), hashlib.sha1(NVIDIA_INIT).hexdigest()]}
 
     old = sorted(d for d in os.listdir(a.whl) if re.fullmatch(r"p\d\d", d)) if os.path.isdir(a.whl) else []
@@ -249,18 +252,28 @@ def pack(a: argparse.Namespace) -> int:
     xz = shutil.which("xz")
     proc = None
     try:
-        if xz and not a.python_xz:  # multi-threaded; python's lzma reads its output
+        # One thread: xz's threads cut the stream into independent blocks, which costs ratio. The x86
+        # BCJ filter turns relative call addresses into absolute ones so that repeated calls match
+        # (most of the bytes are DALI's x86-64 libraries). Python's lzma decodes either.
+        preset = f"{a.xz_level}e" if a.extreme else str(a.xz_level)
+        lzma2 = f"preset={preset}" + (f",dict={a.xz_dict}MiB" if a.xz_dict else "")
+        if xz and not a.python_xz:
             with open(whole, "wb") as out:
-                proc = subprocess.Popen([xz, f"-{a.xz_level}", "-T0", "-c"], stdin=subprocess.PIPE, stdout=out)
+                cmd = [xz, "--x86", f"--lzma2={lzma2}", "-T1", "-c"]
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out)
                 files, raw = write_tar(kept_files, proc.stdin)
                 proc.stdin.close()
                 if proc.wait():
                     raise SystemExit(f"xz failed with exit {proc.returncode}")
-            how = f"xz -{a.xz_level} -T0"
+            how = " ".join(["xz"] + cmd[1:-1])
         else:
-            with lzma.open(whole, "wb", preset=a.xz_level) as out:
+            filters = [{"id": lzma.FILTER_X86},
+                       {"id": lzma.FILTER_LZMA2, "preset": a.xz_level | (lzma.PRESET_EXTREME if a.extreme else 0)}]
+            if a.xz_dict:
+                filters[1]["dict_size"] = a.xz_dict * 2**20
+            with lzma.open(whole, "wb", format=lzma.FORMAT_XZ, filters=filters) as out:
                 files, raw = write_tar(kept_files, out)
-            how = f"python lzma preset {a.xz_level}"
+            how = f"python lzma x86 + lzma2 {lzma2}"
     except BaseException:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -417,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("pack", help="here: wheels -> pieces")
     pk.add_argument("wheel_dir")
     pk.add_argument("--xz-level", type=int, default=9)
+    pk.add_argument("--no-extreme", dest="extreme", action="store_false", help="xz preset N, not Ne")
+    pk.add_argument("--xz-dict", type=int, help="LZMA2 dictionary in MiB (default: the preset's, 64 at 9); "
+                                                "unpacking needs that much memory")
     pk.add_argument("--python-xz", action="store_true", help="python's lzma even where the xz command exists")
     pk.add_argument("--force", action="store_true", help="repack even if the pieces hold these wheels")
     pk.add_argument("--with-image-codecs", action="store_true",

@@ -27,6 +27,29 @@ class SkipMethod(Exception):
     """The method cannot run on this machine (missing package or device); not a failure."""
 
 
+def add_window_options(p, defaults: dict[str, tuple[int, int, int]]) -> None:
+    """--warmup, --steps, --repeats of a timed-window bench; `defaults`: per device (warmup, steps, repeats)."""
+    for i, (flag, what) in enumerate((("--warmup", "untimed steps first"), ("--steps", "timed steps per window"),
+                                      ("--repeats", "timed windows"))):
+        p.add_argument(flag, type=int, help=f"{what} (default: cpu {defaults['cpu'][i]}, cuda {defaults['cuda'][i]})")
+
+
+def add_run_options(p, unit: str, output: str) -> None:
+    """The options every measuring bench shares: quiet-machine waits, reruns, a time cap per `unit`
+    (a method, a loader, a point), the output names (`output`, e.g. "train") and folders."""
+    import argparse
+
+    from bench import CACHE, RESULTS
+    p.add_argument("--wait-idle", type=float, default=60.0,
+                   help=f"before each {unit}, wait up to this many seconds for other processes to go quiet")
+    p.add_argument("--retries", type=int, default=1, help=f"reruns of a {unit} that other processes disturbed")
+    p.add_argument("--method-timeout", type=float, default=900.0, help=f"seconds per {unit} at most")
+    p.add_argument("--tag", help=f"suffix for the output names ({output}-<host>-<date>-<tag>.json), e.g. for tuning runs")
+    p.add_argument("--cache", default=CACHE, help="generated data and shards")
+    p.add_argument("--out", default=RESULTS, help="where the JSON and PNG go")
+    p.add_argument("--_child", help=argparse.SUPPRESS)
+
+
 def logger(tag: str) -> Callable[[str], None]:
     """log(msg) to stderr with a [tag] prefix: stdout carries only the result table."""
     def log(msg: str) -> None:

@@ -33,9 +33,9 @@ import sys
 import time
 from typing import Any
 
-from bench import CACHE, RESULTS
 from bench.data import prepare
-from bench.harness import SkipMethod, load_note, logger, opening, require_dali, run_fresh, run_quietest
+from bench.harness import (SkipMethod, add_run_options, add_window_options, load_note, logger, opening,
+                           require_dali, run_fresh, run_quietest)
 from bench.host import describe, today
 from bench.tables import Bars, Col, num, publish, rng, text
 
@@ -220,21 +220,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ranks", help="comma-separated rank counts (default: 1, 2, 4, ... up to the GPUs; 1,2 on a CPU)")
     p.add_argument("--batches", default="64,128", help="batch sizes per rank, in crops (default 64,128)")
     p.add_argument("--crops", type=int, default=4, help="crops per decoded track (train.py's --crops-per-track; 4)")
-    p.add_argument("--warmup", type=int, help="untimed steps first (default: cpu %d, cuda %d)"
-                   % (DEFAULTS["cpu"][0], DEFAULTS["cuda"][0]))
-    p.add_argument("--steps", type=int, help="timed steps per window (default: cpu %d, cuda %d)"
-                   % (DEFAULTS["cpu"][1], DEFAULTS["cuda"][1]))
-    p.add_argument("--repeats", type=int, help="timed windows (default: cpu %d, cuda %d)"
-                   % (DEFAULTS["cpu"][2], DEFAULTS["cuda"][2]))
+    add_window_options(p, DEFAULTS)
     p.add_argument("--prefetch", type=int, default=2, help="DaliLoader prefetch queue depth (default 2)")
-    p.add_argument("--wait-idle", type=float, default=60.0,
-                   help="before each point, wait up to this many seconds for other processes to go quiet")
-    p.add_argument("--retries", type=int, default=1, help="reruns of a point that other processes disturbed")
-    p.add_argument("--method-timeout", type=float, default=900.0, help="seconds per point at most")
-    p.add_argument("--tag", help="suffix for the output names (scaling-<host>-<date>-<tag>.json)")
-    p.add_argument("--cache", default=CACHE, help="generated data and shards")
-    p.add_argument("--out", default=RESULTS, help="where the JSON and PNG go")
-    p.add_argument("--_child", help=argparse.SUPPRESS)
+    add_run_options(p, "point", "scaling")
     p.add_argument("--_rank", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.batches = int_list(a.batches, "--batches", p)

@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from bench import CACHE, RESULTS
 from bench.data import SPLIT, prepare
-from bench.harness import SkipMethod, load_note, logger, opening, require_dali, run_fresh, run_quietest
+from bench.harness import (SkipMethod, add_run_options, add_window_options, load_note, logger, opening,
+                           require_dali, run_fresh, run_quietest)
 from bench.clock import WindowClock
 from bench.host import describe, today
 from bench.reference import librosa_db
@@ -335,12 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cores = os.cpu_count() or 1
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     training_args(p)
-    p.add_argument("--warmup", type=int, help="untimed steps first (default: cpu %d, cuda %d)"
-                   % (DEFAULTS["cpu"][0], DEFAULTS["cuda"][0]))
-    p.add_argument("--steps", type=int, help="timed steps per window (default: cpu %d, cuda %d)"
-                   % (DEFAULTS["cpu"][1], DEFAULTS["cuda"][1]))
-    p.add_argument("--repeats", type=int, help="timed windows (default: cpu %d, cuda %d)"
-                   % (DEFAULTS["cpu"][2], DEFAULTS["cuda"][2]))
+    add_window_options(p, DEFAULTS)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of: " + ", ".join(METHODS))
     p.add_argument("--crops", default="1",
                    help="dali: crops per decoded track, comma-separated for one dali run each (e.g. 4,1; "
@@ -349,14 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=2, help="DaliLoader prefetch queue depth (default 2)")
     p.add_argument("--workers", type=int, default=cores, help=f"librosa DataLoader workers (default cores: {cores})")
     p.add_argument("--torch-threads", type=int, default=cores, help=f"torch intra-op threads (default {cores})")
-    p.add_argument("--wait-idle", type=float, default=60.0,
-                   help="before each loader, wait up to this many seconds for other processes to go quiet")
-    p.add_argument("--retries", type=int, default=1, help="reruns of a loader whose run others disturbed")
-    p.add_argument("--method-timeout", type=float, default=900.0, help="seconds per loader process at most")
-    p.add_argument("--tag", help="suffix for the output names (train-<host>-<date>-<tag>.json), e.g. for tuning runs")
-    p.add_argument("--cache", default=CACHE, help="generated data and shards")
-    p.add_argument("--out", default=RESULTS, help="where the JSON and PNG go")
-    p.add_argument("--_child", help=argparse.SUPPRESS)
+    add_run_options(p, "loader", "train")
     a = p.parse_args(argv)
     for k in ("clips", "batch", "num_threads", "prefetch", "torch_threads"):
         if getattr(a, k) < 1:

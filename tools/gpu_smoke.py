@@ -291,6 +291,11 @@ def loader(allow_cpu: bool, tmp: str = TMP) -> dict:
 
 # ============================================================== summary of a gpu_check.sh run
 
+def _unmeasured(m: dict, label: str) -> str:
+    """A result row without figures: why (skipped, or the error)."""
+    return f"- {label}: {'skipped' if 'skipped' in m else 'FAILED'}: {m.get('skipped') or m.get('error')}"
+
+
 def summary(res: str) -> str:
     """Markdown: gpu_check.sh's stage table and the key numbers of every result found in RES so far."""
     import glob
@@ -328,8 +333,7 @@ def summary(res: str) -> str:
                            + (f", {m['max_abs_db']:.4f} dB" if m.get("max_abs_db") is not None else "")
                            + (f", {m['peak_gpu_mb']:.0f} MB GPU" if m.get("peak_gpu_mb") is not None else ""))
             else:
-                out.append(f"- {m['method']}: {'skipped' if 'skipped' in m else 'FAILED'}: "
-                           f"{m.get('skipped') or m.get('error')}")
+                out.append(_unmeasured(m, m['method']))
         out.append("")
     for path in sorted(glob.glob(os.path.join(res, "train-*.json"))):
         r = json.load(open(path, encoding="utf-8"))
@@ -341,8 +345,7 @@ def summary(res: str) -> str:
                 out.append(f"- {m['label']}: {m['samples_per_s']['median']:.0f} samples/s, data wait "
                            f"{100 * m['data_wait']['median']:.1f} %, step {m['step_ms']['median']:.1f} ms")
             else:
-                out.append(f"- {m.get('label', m['method'])}: {'skipped' if 'skipped' in m else 'FAILED'}: "
-                           f"{m.get('skipped') or m.get('error')}")
+                out.append(_unmeasured(m, m.get('label', m['method'])))
         out.append("")
     for path in sorted(glob.glob(os.path.join(res, "scaling-*.json"))):
         r = json.load(open(path, encoding="utf-8"))
@@ -355,8 +358,7 @@ def summary(res: str) -> str:
                            f"{m.get('speedup', float('nan')):.2f}, data wait {100 * m['data_wait']['median']:.1f} %, "
                            f"peak {m['memory']} {max(m['peak_mem_mb']):.0f} MB per rank")
             else:
-                out.append(f"- {m.get('label', m['method'])}: {'skipped' if 'skipped' in m else 'FAILED'}: "
-                           f"{m.get('skipped') or m.get('error')}")
+                out.append(_unmeasured(m, m.get('label', m['method'])))
         out.append("")
     log = os.path.join(res, "pytest-gpu.log")
     if os.path.exists(log):

@@ -20,6 +20,7 @@ reflects the signal) unless the track is too short to avoid it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import math
 import os
@@ -33,6 +34,14 @@ from core.spec import Augment, FeatureSpec
 OUTPUTS = ("x", "y", "uid", "n")
 
 
+@functools.cache
+def _wheel_lib_dirs() -> tuple[str, ...]:
+    """nvidia/*/lib and nvidia/*/*/lib on sys.path (searched once: every GPU pipeline asks)."""
+    import sys
+    return tuple(d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "lib")) +
+                 glob.glob(os.path.join(p, "nvidia", "*", "*", "lib")))
+
+
 def preload_cufft(roots: list[str] | None = None) -> list[str]:
     """Map libcufft into the process (RTLD_GLOBAL) before a GPU spectrogram is built.
 
@@ -40,11 +49,8 @@ def preload_cufft(roots: list[str] | None = None) -> list[str]:
     (whose CUDA builds map libcufft.so.N) was imported first, and fails with "dlopen libcufft.so
     failed" otherwise. Loaded here from the NVIDIA wheels' lib folders (`roots`; default: every
     nvidia/*/lib and nvidia/*/*/lib on sys.path), else by importing torch. Returns what was loaded."""
-    if roots is None:
-        import sys
-        roots = [d for p in sys.path for d in glob.glob(os.path.join(p, "nvidia", "*", "lib")) +
-                 glob.glob(os.path.join(p, "nvidia", "*", "*", "lib"))]
     loaded = []
+    roots = _wheel_lib_dirs() if roots is None else roots
     for lib in sorted({f for r in roots for f in glob.glob(os.path.join(r, "libcufft.so*"))}):
         try:
             ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)

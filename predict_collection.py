@@ -779,7 +779,8 @@ def rank_args(job: Job) -> list[str]:
     if job.source_root:
         args += ["--source-root", job.source_root]
     if job.folder:
-        args += ["--sharded-from", job.folder, "--min-seconds", repr(job.min_seconds)]
+        args += ["--sharded-from", job.folder, "--min-seconds", repr(job.min_seconds),
+                 "--max-seconds", repr(job.max_seconds or 0)]  # 0: no limit (predict.py's spelling)
     if job.timeline_hop is not None:
         args += ["--timeline", "--hop", repr(job.timeline_hop)]
     if job.threads:

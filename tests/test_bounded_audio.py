@@ -177,3 +177,16 @@ def test_without_max_seconds_the_decoder_caps_what_it_reads_and_makes(tmp_path, 
     assert d.clipped and len(d.samples) == 22050 * 4 and d.source_frames == 60_000
     d = audio.decode(path, 22050, 2.0)
     assert d.clipped and len(d.samples) == 22050 * 2
+
+
+def test_launched_ranks_keep_the_folders_max_seconds(tmp_path):
+    """predict.py --nproc N FOLDER --out: the ranks get the folder's --min-seconds and --max-seconds
+    (rank 0 writes them into the summary that decides whether a rerun is up to date)."""
+    import predict
+    from predict_collection import Job, rank_args
+    for given, want in ((30.0, 30.0), (None, 0.0)):
+        job = Job(out=str(tmp_path / "p.jsonl"), fmt="jsonl", shard_dir=str(tmp_path / "p.jsonl.shards"),
+                  checkpoint="c.pt", source_root=None, timeline_hop=None, batch_size=None, threads=None, cpu=True,
+                  eager=False, amp=False, folder=str(tmp_path), min_seconds=2.0, max_seconds=given)
+        args = predict.parse_args(rank_args(job))
+        assert (args.min_seconds, args.max_seconds, args.max_seconds or None) == (2.0, want, given)

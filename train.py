@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--cache-limit must be > 0 GB")
     if args.shuffle_window < 1:
         p.error("--shuffle-window must be >= 1")
+    if args.compare_raw and not args.ema:
+        p.error("--compare-raw compares the raw weights with --ema's average: give --ema DECAY")
     if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
         p.error("--manifest-sha256 takes the 64 hex digits of a sha256")
     return args
@@ -107,6 +109,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, select best.pt and predict with an exponential moving average of the weights "
                         "(e.g. 0.999; updated every step); 0: off")
+    g.add_argument("--compare-raw", action="store_true",
+                   help="with --ema: also validate the raw weights every epoch, keep their best as best-raw.pt and "
+                        "test it, so one run shows what the average bought (the raw trajectory is a run without --ema)")
     g.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sync-every", type=int, default=20,
@@ -232,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         stats = train_one_epoch(trainer, epoch, step, saved_sums, watch)
         step, saved_sums = 0, None
         val = evaluate(trainer.eval_net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
-        end_epoch(trainer, epoch, stats, val)
+        raw = (evaluate(trainer.net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
+               if args.compare_raw else None)
+        end_epoch(trainer, epoch, stats, val, raw)
     trainer.board.close()
 
     result = finish(trainer)
@@ -332,23 +339,29 @@ def train_one_epoch(trainer: Trainer, epoch: int, first_step: int, saved_sums: l
     return sums.reduce(env)
 
 
-def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult) -> None:
-    """Log the epoch, checkpoint it (last.pt; best.pt on a new best validation accuracy), plot curves."""
+def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult, raw: EvalResult | None = None) -> None:
+    """Log the epoch, checkpoint it (last.pt; best.pt on a new best validation accuracy), plot curves.
+    `raw` (--compare-raw): the raw weights' validation beside the average's; best-raw.pt on its new best."""
     h = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
          "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
          "lr": trainer.scheduler.get_last_lr()[0], "samples_per_s": stats.samples_per_s, "data_wait": stats.data_wait,
          "epoch_seconds": stats.seconds}
+    raw_improved = False
+    if raw is not None:
+        raw_improved = raw.track_acc > max((e.get("val_track_acc_raw", -1.0) for e in trainer.history), default=-1.0)
+        h.update(val_loss_raw=raw.loss, val_track_acc_raw=raw.track_acc, val_segment_acc_raw=raw.segment_acc)
     traffic = epoch_traffic(trainer, stats.seconds)
     if traffic:
         h["storage"] = traffic
     trainer.history.append(h)
     trainer.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
                 f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
-                f"| data wait {100 * h['data_wait']:.1f}%" + (f" | {traffic_line(traffic)}" if traffic else ""))
+                f"| data wait {100 * h['data_wait']:.1f}%" + (f" | raw weights: val acc {raw.track_acc:.3f}" if raw else "")
+                + (f" | {traffic_line(traffic)}" if traffic else ""))
     trainer.board.epoch(h)  # before the checkpoint: a resumed run purges what it logs again (training/tensorboard.py)
     improved = val.track_acc > trainer.best
     trainer.best = max(trainer.best, val.track_acc)
-    save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved)
+    save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved, best_raw=raw_improved)
     if trainer.env.is_main:
         report.plot_curves(trainer.history, trainer.path("curves.png"))
     distributed.barrier(trainer.env)
@@ -372,8 +385,9 @@ def traffic_line(traffic: dict) -> str:
             f"{traffic['retries']} retries, {traffic['evictions']} evictions")
 
 
-def save_checkpoint(trainer: Trainer, epoch: int, done: int, sums: list[float], best: bool = False) -> None:
-    """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (and best.pt if `best`)
+def save_checkpoint(trainer: Trainer, epoch: int, done: int, sums: list[float], best: bool = False,
+                    best_raw: bool = False) -> None:
+    """Gather every rank's data-stream and RNG state; rank 0 writes last.pt (best.pt if `best`, best-raw.pt if `best_raw`)
     through the saver (training/checkpointing.py). The format is documented in core/checkpoint.py."""
     env = trainer.env
     mine = {"loader": trainer.train_loader.state(), "torch_rng": torch.get_rng_state(), "progress": sums}
@@ -386,7 +400,7 @@ def save_checkpoint(trainer: Trainer, epoch: int, done: int, sums: list[float], 
             "feature_spec": trainer.spec.to_dict(), "args": saved_args(trainer.args), "epoch": epoch, "step": done, "steps": trainer.steps,
             "history": trainer.history, "best_metric": trainer.best, "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.amp.state_dict(), "rank_states": ranks,
-            **({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {})}, best=best)
+            **({"ema": trainer.ema.state_dict()} if trainer.ema is not None else {})}, best=best, best_raw=best_raw)
 
 
 def finish(trainer: Trainer) -> int:
@@ -406,6 +420,12 @@ def finish(trainer: Trainer) -> int:
                            "confusion": test.confusion.tolist()}
         if env.is_main:
             report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
+        raw_state = trainer.saver.load_best(trainer.model, raw=True) if args.compare_raw else None
+        if raw_state is not None:  # the same test split, judged by the raw weights' best epoch
+            raw = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes))
+            metrics["best_epoch_raw"] = raw_state["epoch"]
+            metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
+                                   "tracks": raw.tracks}
     if env.is_main:
         report.write_json(trainer.path("metrics.json"), metrics)
         run_report.write(trainer.run_dir, metrics, tracks.rows, trainer.manifest, trainer.spec,
@@ -420,6 +440,11 @@ def finish(trainer: Trainer) -> int:
             print(f"test acc {m['track_acc']:.3f} on {m['tracks']} tracks (windows {m['segment_acc']:.3f})")
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
+        if "test_raw" in metrics:
+            r = metrics["test_raw"]
+            best_raw = max(h.get("val_track_acc_raw", -1.0) for h in trainer.history)
+            print(f"raw weights (no EMA): best val acc {best_raw:.3f} (epoch {metrics['best_epoch_raw']}), "
+                  f"test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})")
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
 

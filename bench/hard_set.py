@@ -40,6 +40,9 @@ CONFIGS: dict[str, list[str]] = {
     "rescnn-c4": ["--model", "rescnn", "--batch-size", "32", "--crops-per-track", "4"],
     "baseline-aug": ["--model", "baseline", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",
                      "--gain-db", "6", "--mixup", "0.2"],
+    # the default with --ema; --compare-raw also gives the default's own figures from the same run
+    "baseline-c4-ema": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4", "--ema", "0.999",
+                        "--compare-raw"],
     "baseline-c4-specaug": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4", "--specaugment"],
     "resnet-aug": ["--model", "resnet", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",
                    "--gain-db", "6", "--mixup", "0.2"],
@@ -97,13 +100,17 @@ def run_config(name: str, seed: int, shards: str, runs: str, a: argparse.Namespa
             "best_epoch": m["best_epoch"], "test_track": m["test"]["track_acc"],
             "test_window": m["test"]["segment_acc"], "last_train_acc": h[-1]["train_acc"], "wall_s": wall,
             "samples_per_s": statistics.median(e["samples_per_s"] for e in h),
-            "run_dir": os.path.relpath(run_dir, ROOT)}
+            "run_dir": os.path.relpath(run_dir, ROOT),
+            **({"best_val_raw": max(e["val_track_acc_raw"] for e in h), "best_epoch_raw": m["best_epoch_raw"],
+                "test_track_raw": m["test_raw"]["track_acc"]} if "test_raw" in m else {})}
 
 
 COLUMNS = [
     Col("config", text("config")), Col("seed", text("seed")),
     Col("best val acc (tracks)", lambda r: f"{r['best_val']:.3f} (epoch {r['best_epoch']})"),
     Col("test acc tracks (windows)", lambda r: f"{r['test_track']:.3f} ({r['test_window']:.3f})"),
+    Col("raw weights: best val (test)", lambda r: f"{r['best_val_raw']:.3f} ({r['test_track_raw']:.3f})"
+        if "best_val_raw" in r else "–"),
     Col("last train acc", num("last_train_acc", ".3f")), Col("samples/s", num("samples_per_s", ".1f")),
     Col("wall s", num("wall_s", ".0f")),
 ]

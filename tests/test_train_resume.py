@@ -166,17 +166,19 @@ def test_crops_must_divide_the_batch():
     assert p.returncode == 2 and "must be >= 1 and divide --batch-size 8" in p.stderr
 
 
-def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, tmp_path):
+def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, reference, tmp_path):
     """--ema: a run killed mid-epoch and resumed ends with the uninterrupted run's averaged weights;
-    best.pt's averaged weights are what predict.py's classifier loads; resuming without --ema is one line."""
+    best.pt's averaged weights are what predict.py's classifier loads; resuming without --ema is one line.
+    --compare-raw: the raw weights' validation and best-raw.pt's test are exactly those of the same
+    run without --ema (the reference), so one run measures what the average bought."""
     from core import checkpoint
     from inference.classifier import load_classifier
     straight, broken = str(tmp_path / "straight"), str(tmp_path / "broken")
-    p = train(train_shards[0], straight, "--ema", "0.9", epochs=3)
+    p = train(train_shards[0], straight, "--ema", "0.9", "--compare-raw")
     assert p.returncode == 0, p.stderr[-2000:]
-    p = train(train_shards[0], broken, "--ema", "0.9", epochs=3, env=fault_env("step", "2.5"))
+    p = train(train_shards[0], broken, "--ema", "0.9", "--compare-raw", env=fault_env("step", "2.5"))
     assert p.returncode == -9, p.stderr[-2000:]
-    p = train(train_shards[0], broken, "--ema", "0.9", "--resume", epochs=3)
+    p = train(train_shards[0], broken, "--ema", "0.9", "--compare-raw", "--resume")
     assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr[-2000:]
     a, b = (checkpoint.load(os.path.join(d, "last.pt")) for d in (straight, broken))
     assert a["ema"]["updates"] == b["ema"]["updates"] > 0
@@ -188,6 +190,23 @@ def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, tmp_
     for k, v in model.state_dict().items():
         assert torch.equal(v, best["ema"]["module"][k])
     assert any(not torch.equal(best["model"][k], best["ema"]["module"][k]) for k in best["model"])
-    p = train(train_shards[0], straight, "--resume", epochs=4)
+
+    plain = json.load(open(os.path.join(reference, "metrics.json")))
+    for d in (straight, broken):
+        m = json.load(open(os.path.join(d, "metrics.json")))
+        raw = [[round(e[k + "_raw"], 6) for k in ("val_loss", "val_track_acc", "val_segment_acc")] for e in m["history"]]
+        assert raw == [[round(e[k], 6) for k in ("val_loss", "val_track_acc", "val_segment_acc")] for e in plain["history"]]
+        assert m["best_epoch_raw"] == plain["best_epoch"]
+        assert m["test_raw"]["track_acc"] == pytest.approx(plain["test"]["track_acc"], abs=1e-9)
+        assert m["test_raw"]["loss"] == pytest.approx(plain["test"]["loss"], abs=1e-5)
+        assert [round(e["val_loss"], 6) for e in m["history"]] != [r[0] for r in raw]  # the average is evaluated too
+    raw_best = checkpoint.load(os.path.join(straight, "best-raw.pt"))
+    assert raw_best["epoch"] == plain["best_epoch"]
+    assert f"raw weights (no EMA): best val acc" in p.stdout
+    assert "val_track_acc_raw" not in plain["history"][0]
+
+    p = train(train_shards[0], straight, "--resume", epochs=5)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(
         "was trained with --ema 0.9; resume with it"), p.stderr[-2000:]
+    p = train(train_shards[0], straight, "--compare-raw", epochs=5)
+    assert p.returncode == 2 and "--compare-raw compares the raw weights with --ema's average" in p.stderr

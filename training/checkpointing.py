@@ -5,7 +5,8 @@
     ... saver.save(state, best=improved)           # rank 0 writes; the others pass
 
 Files in the run folder: last.pt (the newest), prev.pt (the one last.pt replaced: the fallback when
-last.pt is damaged) and best.pt (a copy of last.pt made when validation accuracy improved).
+last.pt is damaged) and best.pt (a copy of last.pt made when validation accuracy improved); with --compare-raw also
+best-raw.pt (a copy made when the raw weights' validation accuracy improved: theirs, not the EMA's).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from core.checkpoint import CheckpointError
 from core.spec import FeatureSpec
 from training.distributed import DistEnv
 
-LAST, PREV, BEST = "last.pt", "prev.pt", "best.pt"
+LAST, PREV, BEST, BEST_RAW = "last.pt", "prev.pt", "best.pt", "best-raw.pt"
 
 
 @dataclass
@@ -52,8 +53,8 @@ class CheckpointSaver:
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
 
-    def save(self, state: dict[str, Any], best: bool = False) -> None:
-        """Rank 0: last.pt (the one it replaces becomes prev.pt), and best.pt a copy of it if `best`."""
+    def save(self, state: dict[str, Any], best: bool = False, best_raw: bool = False) -> None:
+        """Rank 0: last.pt (the one it replaces becomes prev.pt); best.pt a copy of it if `best`, best-raw.pt if `best_raw`."""
         if not self.env.is_main:
             return
         if os.path.exists(self.path(LAST)):
@@ -61,6 +62,8 @@ class CheckpointSaver:
         checkpoint.save(self.path(LAST), state)
         if best:
             atomic_copy(self.path(LAST), self.path(BEST))
+        if best_raw:
+            atomic_copy(self.path(LAST), self.path(BEST_RAW))
 
     def resume(self, *, want: bool, model: torch.nn.Module, amp, classes: list[str], spec: FeatureSpec,
                args: argparse.Namespace, ema=None) -> Start:
@@ -135,12 +138,14 @@ class CheckpointSaver:
         if self.env.is_main:
             print(f"warning: {line}", file=sys.stderr)
 
-    def load_best(self, model: torch.nn.Module) -> dict | None:
-        """best.pt's weights into `model` (on the model's device); its state, or None if there is none."""
-        if not os.path.exists(self.path(BEST)):
+    def load_best(self, model: torch.nn.Module, raw: bool = False) -> dict | None:
+        """best.pt's inference weights (`raw`: best-raw.pt's raw weights) into `model` (on the model's
+        device); its state, or None if there is none."""
+        path = self.path(BEST_RAW if raw else BEST)
+        if not os.path.exists(path):
             return None
-        state = checkpoint.load(self.path(BEST), map_location=self.env.device)
-        checkpoint.load_model_weights(model, state, self.path(BEST), for_inference=True)
+        state = checkpoint.load(path, map_location=self.env.device)
+        checkpoint.load_model_weights(model, state, path, for_inference=not raw)
         return state
 
 

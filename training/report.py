@@ -26,6 +26,9 @@ def plot_curves(history: list[dict], path: str) -> None:
     ax[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train (crops)")
     ax[1].plot(ep, [h["val_track_acc"] for h in history], "o-", label="val (tracks)")
     ax[1].plot(ep, [h["val_segment_acc"] for h in history], "o--", label="val (windows)")
+    raw = [(h["epoch"], h["val_track_acc_raw"]) for h in history if "val_track_acc_raw" in h]
+    if raw:  # --compare-raw: what the EMA average bought
+        ax[1].plot(*zip(*raw), "x:", label="val (tracks, raw weights)")
     ax[1].set_ylim(0, 1.02)
     ax[1].set_title("accuracy")
     ax[2].bar(ep, [h["samples_per_s"] for h in history], color="tab:green")

@@ -89,6 +89,11 @@ def write(run_dir: str, metrics: dict, rows: list[dict] | None, manifest: Manife
     page.p(f"{len(hist)} epochs, best validation accuracy {best:.3f} (epoch {metrics.get('best_epoch', '-')})"
            + (f", test accuracy {test['track_acc']:.3f} on {test['tracks']} tracks (best checkpoint)" if test else "")
            + f"; {metrics.get('world_size')} rank(s) on {metrics.get('device')}, precision {metrics.get('precision')}.")
+    raw = metrics.get("test_raw")
+    if raw:  # --compare-raw
+        best_raw = max(h.get("val_track_acc_raw", -1.0) for h in hist)
+        page.p(f"Raw weights (without the EMA average): best validation accuracy {best_raw:.3f} (epoch "
+               f"{metrics.get('best_epoch_raw', '-')}), test accuracy {raw['track_acc']:.3f}.")
 
     page.h2("Curves")
     if os.path.exists(os.path.join(run_dir, "curves.png")):

@@ -27,6 +27,9 @@ SCALARS = {
     "accuracy/train": "train_acc",
     "accuracy/val_tracks": "val_track_acc",
     "accuracy/val_windows": "val_segment_acc",
+    "loss/val_raw": "val_loss_raw",                  # --compare-raw: the raw weights beside --ema's average
+    "accuracy/val_tracks_raw": "val_track_acc_raw",
+    "accuracy/val_windows_raw": "val_segment_acc_raw",
     "lr": "lr",
     "throughput/samples_per_s": "samples_per_s",
     "throughput/data_wait": "data_wait",

@@ -201,7 +201,10 @@ def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, refe
         assert m["test_raw"]["loss"] == pytest.approx(plain["test"]["loss"], abs=1e-5)
         assert [round(e["val_loss"], 6) for e in m["history"]] != [r[0] for r in raw]  # the average is evaluated too
     raw_best = checkpoint.load(os.path.join(straight, "best-raw.pt"))
-    assert raw_best["epoch"] == plain["best_epoch"]
+    assert raw_best["epoch"] == plain["best_epoch"] and "ema" not in raw_best  # predict.py uses its raw weights
+    plain_best = checkpoint.load(os.path.join(reference, "best.pt"))
+    for k, v in plain_best["model"].items():
+        torch.testing.assert_close(raw_best["model"][k], v, rtol=0, atol=1e-6)
     assert f"raw weights (no EMA): best val acc" in p.stdout
     assert "val_track_acc_raw" not in plain["history"][0]
 

@@ -6,7 +6,8 @@
 
 Files in the run folder: last.pt (the newest), prev.pt (the one last.pt replaced: the fallback when
 last.pt is damaged) and best.pt (a copy of last.pt made when validation accuracy improved); with --compare-raw also
-best-raw.pt (a copy made when the raw weights' validation accuracy improved: theirs, not the EMA's).
+best-raw.pt (last.pt's state without the EMA, written when the raw weights' validation accuracy
+improved, so predict.py and evaluation use the raw weights from it).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class CheckpointSaver:
         if best:
             atomic_copy(self.path(LAST), self.path(BEST))
         if best_raw:
-            atomic_copy(self.path(LAST), self.path(BEST_RAW))
+            checkpoint.save(self.path(BEST_RAW), {k: v for k, v in state.items() if k != "ema"})
 
     def resume(self, *, want: bool, model: torch.nn.Module, amp, classes: list[str], spec: FeatureSpec,
                args: argparse.Namespace, ema=None) -> Start:
@@ -139,13 +140,13 @@ class CheckpointSaver:
             print(f"warning: {line}", file=sys.stderr)
 
     def load_best(self, model: torch.nn.Module, raw: bool = False) -> dict | None:
-        """best.pt's inference weights (`raw`: best-raw.pt's raw weights) into `model` (on the model's
-        device); its state, or None if there is none."""
+        """best.pt's (`raw`: best-raw.pt's) inference weights into `model` (on the model's device);
+        its state, or None if there is none."""
         path = self.path(BEST_RAW if raw else BEST)
         if not os.path.exists(path):
             return None
         state = checkpoint.load(path, map_location=self.env.device)
-        checkpoint.load_model_weights(model, state, path, for_inference=not raw)
+        checkpoint.load_model_weights(model, state, path, for_inference=True)
         return state
 
 

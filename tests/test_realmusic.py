@@ -247,3 +247,44 @@ def test_cli_a_missing_package_is_one_error_line(tmp_path):
     assert not (tmp_path / "set" / "list.csv").exists()
     p = run_main(main, [str(tmp_path / "set"), "--min-seconds", "20"])  # shorter than an excerpt
     assert p.returncode == 2 and "--min-seconds must be at least --excerpt-seconds" in p.stderr
+
+
+def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
+    """bench.realmusic_recipes --train on the generated set: one --ema --compare-raw run gives both
+    recipes' rows (the default's from its raw weights); test excerpts evaluated again agree with
+    metrics.json (the script checks), and recordings are counted by provenance group."""
+    import subprocess
+    import sys
+    from bench.realmusic_recipes import recording_accuracy, steadiness
+    from helpers import ROOT
+    _, _, out, _ = built
+    set_dir = tmp_path / "set"
+    shutil.copytree(out, set_dir)
+    make_shards(None, str(set_dir / "shards"), list_file=str(set_dir / "list.csv"), split="list", workers=1,
+                min_shards=1, progress=False)
+    extra = "--model tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
+    p = subprocess.run([sys.executable, "-m", "bench.realmusic_recipes", "--set", str(set_dir), "--train", "--seeds", "0",
+                        "--extra", extra, "--out", str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not (set_dir / "runs" / "default-s0").exists()  # no run of its own
+    doc = json.load(open(next((tmp_path / "res").glob("realmusic-recipes-*.json"))))
+    runs = {r["recipe"]: r for r in doc["runs"]}
+    assert runs["default"]["run"] == runs["ema999"]["run"] == "ema999-s0" and runs["default"]["raw_columns"]
+    m = json.load(open(set_dir / "runs" / "ema999-s0" / "metrics.json"))
+    assert runs["ema999"]["test_track"] == m["test"]["track_acc"] and runs["default"]["test_track"] == m["test_raw"]["track_acc"]
+    assert runs["default"]["mean_change"] == pytest.approx(steadiness([e["val_track_acc_raw"] for e in m["history"]])["mean_change"])
+    groups = {(r["package"], r["group"]) for r in _rows(set_dir / "provenance.csv") if r["split"] == "test"}
+    assert runs["ema999"]["recordings"] == len(groups) and 0 <= runs["ema999"]["test_recording"] <= 1
+    assert [s["recipe"] for s in doc["summary"]] == ["default", "ema999"] and doc["summary"][0]["gflops"] > 0
+    assert "| default |" in p.stdout and "| ema999 |" in p.stdout
+
+    # a recording is judged by its excerpts' mean probabilities, not by a vote
+    rec = {"a1": ("p", "a"), "a2": ("p", "a"), "a3": ("p", "a"), "b1": ("p", "b")}
+    rows = [{"source": "a1", "label": 0, "probs": [0.45, 0.55]}, {"source": "a2", "label": 0, "probs": [0.4, 0.6]},
+            {"source": "a3", "label": 0, "probs": [0.99, 0.01]}, {"source": "b1", "label": 1, "probs": [0.3, 0.7]}]
+    assert recording_accuracy(rows, rec) == (1.0, 2)
+    rows[2]["probs"] = [0.6, 0.4]
+    assert recording_accuracy(rows, rec) == (0.5, 2)
+    assert steadiness([0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.9]) == pytest.approx(
+        {"mean_change": 0.6 / 6, "max_change_after_5": 0.3})

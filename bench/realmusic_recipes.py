@@ -1,0 +1,283 @@
+"""Training recipes compared on the real-music development set (issue #21), over seeds.
+
+    .venv/bin/python -m bench.realmusic_recipes --set /work/realmusic                 # tabulate finished runs
+    .venv/bin/python -m bench.realmusic_recipes --set /work/realmusic --train --recipes ema999 --seeds 1,2
+
+The set is bench.realmusic's (SET/list.csv, SET/provenance.csv) sharded into SET/shards with
+`make_shards --list SET/list.csv SET/shards --split list`. Runs live in SET/runs/<recipe>-s<seed>/
+(train.py's defaults plus the recipe's arguments, one process); --train runs the missing ones one
+after another under nice 19, otherwise only finished runs are read.
+
+Per run: the selected epoch's validation accuracy (best val, the selection metric), test accuracy
+of that checkpoint per excerpt (track), per window and per **recording** (the mean of a recording's
+excerpt probabilities: the test split holds few independent recordings, and excerpts of one
+recording are not independent), how steady the validation curve is (mean absolute change of val
+accuracy between neighbouring epochs, and the largest after epoch 5), and training minutes (the
+epochs' time, without validation). Per recipe: mean and sample standard deviation over seeds, the
+training FLOPs per 3 s crop (forward + backward, torch's flop counter) and, from a bench.hard_set
+JSON (--hard), the synthetic hard set's test accuracy for the same recipe.
+
+`default` needs no run of its own where an `ema999` run of the seed exists: that run's raw weights
+(train.py --compare-raw) follow exactly the trajectory of a run without --ema (tested in
+tests/test_train_resume.py), so its raw columns and best-raw.pt are the default's figures.
+
+Test excerpts are evaluated again here (training.evaluate with the product's window averaging) to
+get per-track probabilities; the excerpt accuracy must equal the run's metrics.json (checked).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from typing import Any
+
+from bench import RESULTS, ROOT
+from bench.harness import logger
+from bench.host import describe, host_info, today
+from bench.tables import Col, num, publish, text
+
+# recipe -> train.py arguments on top of its defaults (baseline CNN, 4 crops, 30 epochs, fp32)
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "ema999": ["--ema", "0.999", "--compare-raw"],
+    "ema999-specaug-gain": ["--ema", "0.999", "--compare-raw", "--specaugment", "--gain-db", "6"],
+    "ema999-mixup": ["--ema", "0.999", "--compare-raw", "--mixup", "0.2"],
+    "resnet-ema999": ["--model", "resnet", "--ema", "0.999", "--compare-raw"],
+}
+# recipe -> (bench.hard_set config, read its raw-weight columns?)
+HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False)}
+log = logger("realmusic_recipes")
+
+
+def model_of(recipe: str) -> str:
+    args = RECIPES[recipe]
+    return args[args.index("--model") + 1] if "--model" in args else "baseline"
+
+
+def steadiness(curve: list[float]) -> dict[str, float]:
+    """Mean absolute change between neighbouring epochs, and the largest change after epoch 5."""
+    d = [abs(b - a) for a, b in zip(curve, curve[1:])]
+    return {"mean_change": statistics.fmean(d) if d else 0.0, "max_change_after_5": max(d[4:], default=0.0)}
+
+
+def flops_per_crop(model: str, n_classes: int, spec) -> float:
+    """Training FLOPs (forward + backward) of one crop of spec.clip_seconds, in GFLOP."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from model import build_model
+    net = build_model(model, n_classes).train()
+    x = torch.randn(2, 1, spec.n_mels, spec.clip_frames)
+    with FlopCounterMode(display=False) as fc:
+        net(x).sum().backward()
+    return fc.get_total_flops() / 2 / 1e9
+
+
+def recording_of(provenance: str) -> dict[str, tuple[str, str]]:
+    """WAV path (list.csv's) -> (package, group): the unit a split keeps together."""
+    with open(provenance, newline="", encoding="utf-8") as f:
+        return {r["path"]: (r["package"], r["group"]) for r in csv.DictReader(f)}
+
+
+def test_tracks(checkpoint_path: str, shards: str, manifest) -> tuple[list[dict[str, Any]], float]:
+    """Every test excerpt's label and class probabilities under the checkpoint's inference weights,
+    and the excerpt accuracy of that pass."""
+    import torch
+    from core import checkpoint
+    from core.spec import FeatureSpec
+    from loading.loader import DaliLoader
+    from model import build_model
+    from training.amp import Amp
+    from training.distributed import DistEnv
+    from training.evaluate import TrackLog, evaluate
+    state = checkpoint.load(checkpoint_path)
+    net = build_model(state["model_name"], len(state["classes"]))
+    checkpoint.load_model_weights(net, state, checkpoint_path, for_inference=True)
+    spec = FeatureSpec.from_dict(state["feature_spec"])
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    loader = DaliLoader(shards, "test", spec, 8, train=False, rank=0, world_size=1, device=env.device,
+                        num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
+    log_ = TrackLog()
+    result = evaluate(net, loader, spec, env, Amp.create(env.device, False), len(state["classes"]), tracks=log_)
+    source = {s.uid: s.source for s in manifest.samples}
+    rows = []
+    for r in log_.rows:
+        p = torch.softmax(torch.as_tensor(r["logits"], dtype=torch.float64), 0).tolist()
+        rows.append({"source": source[int(r["uid"])], "label": int(r["label"]), "probs": p})
+    return rows, result.track_acc
+
+
+def recording_accuracy(rows: list[dict], recordings: dict[str, tuple[str, str]]) -> tuple[float, int]:
+    """Accuracy over recordings (argmax of the mean excerpt probabilities) and their number."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[recordings[r["source"]]].append(r)
+    right = 0
+    for members in groups.values():
+        labels = {m["label"] for m in members}
+        assert len(labels) == 1, f"a recording with two labels: {members[0]['source']}"
+        mean = [statistics.fmean(m["probs"][c] for m in members) for c in range(len(members[0]["probs"]))]
+        right += max(range(len(mean)), key=mean.__getitem__) == labels.pop()
+    return right / len(groups), len(groups)
+
+
+def run_dir_of(runs: str, recipe: str, seed: int) -> tuple[str, bool] | None:
+    """(run folder, read its raw columns?) for a finished run of the recipe and seed, else None."""
+    own = os.path.join(runs, f"{recipe}-s{seed}")
+    if os.path.exists(os.path.join(own, "metrics.json")):
+        return own, False
+    ema = os.path.join(runs, f"ema999-s{seed}")
+    if recipe == "default" and os.path.exists(os.path.join(ema, "best-raw.pt")):
+        return ema, True
+    return None
+
+
+def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: str) -> dict[str, Any]:
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        m = json.load(f)
+    h = m["history"]
+    suffix = "_raw" if raw else ""
+    curve = [e["val_track_acc" + suffix] for e in h]
+    test = m["test" + suffix]
+    ckpt = os.path.join(run_dir, "best-raw.pt" if raw else "best.pt")
+    cached = os.path.join(cache, f"{os.path.basename(run_dir)}{suffix}-test.json")
+    if os.path.exists(cached) and os.path.getmtime(cached) > os.path.getmtime(ckpt):
+        with open(cached, encoding="utf-8") as f:
+            tracks = json.load(f)
+    else:
+        rows, acc = test_tracks(ckpt, shards, manifest)
+        if abs(acc - test["track_acc"]) > 1e-9:
+            raise SystemExit(f"{ckpt}: test accuracy {acc:.4f} here, {test['track_acc']:.4f} in metrics.json")
+        tracks = {"rows": rows}
+        from core.atomic import atomic_write
+        atomic_write(cached, json.dumps(tracks).encode())
+    rec_acc, n_rec = recording_accuracy(tracks["rows"], recordings)
+    return {"best_val": max(curve), "best_epoch": m["best_epoch" + suffix], "test_track": test["track_acc"],
+            "test_window": test["segment_acc"], "test_recording": rec_acc, "recordings": n_rec,
+            **steadiness(curve), "epochs": len(h),
+            "train_min": sum(e["epoch_seconds"] for e in h) / 60,
+            "samples_per_s": statistics.median(e["samples_per_s"] for e in h),
+            "run_dir": run_dir, "raw_columns": raw}
+
+
+def train_missing(recipe: str, seed: int, set_dir: str, extra: list[str]) -> None:
+    run_dir = os.path.join(set_dir, "runs", f"{recipe}-s{seed}")
+    cmd = ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards",
+           os.path.join(set_dir, "shards"), "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra]
+    log(f"{recipe} seed {seed}: {' '.join(cmd[4:])}")
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    with open(run_dir + ".log", "a", encoding="utf-8") as out:
+        p = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if p.returncode:
+        raise SystemExit(f"{recipe} seed {seed}: train.py exited {p.returncode}; see {run_dir}.log")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def hard_figures(path: str | None, recipe: str) -> dict | None:
+    """The synthetic hard set's figures for the recipe from a bench.hard_set JSON."""
+    if not path or recipe not in HARD:
+        return None
+    config, raw = HARD[recipe]
+    with open(path, encoding="utf-8") as f:
+        rows = [r for r in json.load(f)["rows"] if r.get("config") == config and "error" not in r]
+    if not rows:
+        return None
+    key = "_raw" if raw else ""
+    return {"config": config + (" (raw weights)" if raw else ""),
+            "test": spread([r["test_track" + key] for r in rows]), "val": spread([r["best_val" + key] for r in rows])}
+
+
+def pm(s: dict) -> str:
+    return f"{s['mean']:.3f} ± {s['sd']:.3f} (n={s['n']})"
+
+
+COLUMNS = [
+    Col("recipe", text("recipe")),
+    Col("real test, excerpts", lambda r: pm(r["test_track"])),
+    Col("real test, recordings", lambda r: pm(r["test_recording"])),
+    Col("real val (selected epoch)", lambda r: pm(r["best_val"])),
+    Col("val change per epoch (mean, max after 5)",
+        lambda r: f"{r['mean_change']['mean']:.3f}, {r['max_change_after_5']['mean']:.3f}"),
+    Col("hard set test", lambda r: pm(r["hard"]["test"]) if r.get("hard") else "–"),
+    Col("GFLOP per crop", num("gflops", ".2f")),
+    Col("train min per run", lambda r: f"{r['train_min']['mean']:.0f}"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", required=True, help="bench.realmusic's output folder (with shards/ made from it)")
+    ap.add_argument("--recipes", default="default,ema999", help="comma-separated: " + ", ".join(RECIPES))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--train", action="store_true", help="train missing runs (one at a time, nice 19)")
+    ap.add_argument("--extra", default="", help="more train.py arguments for every run trained here (a smoke test's)")
+    ap.add_argument("--hard", default=None, help="a bench.hard_set JSON with the baseline-c4-ema config")
+    ap.add_argument("--out", default=RESULTS)
+    a = ap.parse_args(argv)
+    names = [r.strip() for r in a.recipes.split(",") if r.strip()]
+    unknown = [r for r in names if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    shards, runs = os.path.join(a.set, "shards"), os.path.join(a.set, "runs")
+    from storage.folder import read_manifest
+    manifest = read_manifest(shards)
+    recordings = recording_of(os.path.join(a.set, "provenance.csv"))
+    cache = os.path.join(a.set, "recipe-cache")
+    os.makedirs(cache, exist_ok=True)
+
+    if a.train:  # ema999 first: its raw weights give the default's figures, no run of its own needed
+        for recipe in sorted(names, key=lambda r: r != "ema999"):
+            for seed in seeds:
+                if run_dir_of(runs, recipe, seed) is None:
+                    train_missing(recipe, seed, a.set, shlex.split(a.extra))
+    per_run, summary = [], []
+    for recipe in names:
+        got = []
+        for seed in seeds:
+            where = run_dir_of(runs, recipe, seed)
+            if where is None:
+                log(f"{recipe} seed {seed}: no finished run in {runs}")
+                continue
+            row = {"recipe": recipe, "seed": seed, **read_run(*where, shards, manifest, recordings, cache)}
+            per_run.append(row)
+            got.append(row)
+        if not got:
+            continue
+        summary.append({"recipe": recipe, "args": RECIPES[recipe], "seeds": [r["seed"] for r in got],
+                        **{k: spread([r[k] for r in got]) for k in
+                           ("test_track", "test_window", "test_recording", "best_val", "mean_change",
+                            "max_change_after_5", "train_min")},
+                        "gflops": flops_per_crop(model_of(recipe), len(manifest.classes), manifest.spec),
+                        "hard": hard_figures(a.hard, recipe)})
+
+    from training.report import write_json
+    host, date = host_info(), today()
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"realmusic-recipes-{host['kind']}-{date}")
+    split = {s: manifest.splits[s].count for s in manifest.split_names}
+    write_json(stem + ".json", {"benchmark": "realmusic_recipes", "date": date, "host": host, "split": split,
+                                "classes": manifest.classes, "summary": summary,
+                                "runs": [{k: v for k, v in r.items() if k != "run_dir"} | {"run": os.path.basename(r["run_dir"])}
+                                         for r in per_run]})
+    for r in per_run:
+        log(f"{r['recipe']} s{r['seed']}{' (raw of ' + os.path.basename(r['run_dir']) + ')' if r['raw_columns'] else ''}: "
+            f"val {r['best_val']:.3f} (epoch {r['best_epoch']}), test {r['test_track']:.3f} excerpts / "
+            f"{r['test_recording']:.3f} of {r['recordings']} recordings, val change {r['mean_change']:.3f} "
+            f"(max after 5: {r['max_change_after_5']:.3f}), {r['train_min']:.0f} min")
+    publish(f"real-music set ({'/'.join(map(str, split.values()))} excerpts), seeds {a.seeds}; host {describe(host)}, {date}",
+            summary, COLUMNS, "test_track", stem=stem)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -196,8 +196,25 @@ def test_gpu_smoke(tmp_path):
     t = rep["parts"]["torch"]  # one train_step of the baseline model; LogMel on the device vs the CPU
     assert math.isfinite(t["loss"]) and t["loss"] > 0 and t["logmel_max_abs_db_vs_cpu"] < 0.05
     assert rep["parts"]["loader"]["x"] == [16, 1, 128, 130]
-    p = run("tools.gpu_smoke", "--summary", str(tmp_path / "res"), timeout=60)
+    res = tmp_path / "res"  # one result file of each kind the GPU check writes: measured and unmeasured rows
+    (res / "features-a.json").write_text(json.dumps({"data": {"clips": 10, "total_seconds": 300}, "complete": False,
+        "methods": [{"method": "dali-gpu", "clips_per_s": {"median": 123.4}, "ratio_to_librosa": 5.5, "max_abs_db": 0.01,
+                     "peak_gpu_mb": 300}, {"method": "librosa", "skipped": "no librosa"}]}))
+    (res / "train-a.json").write_text(json.dumps({"settings": {"model": "baseline", "batch": 64, "precision": "bf16",
+        "device": "cuda"}, "methods": [{"method": "dali", "label": "dali", "samples_per_s": {"median": 1000},
+        "data_wait": {"median": 0.01}, "step_ms": {"median": 12.3}}, {"method": "x", "error": "boom"}]}))
+    (res / "scaling-a.json").write_text(json.dumps({"settings": {"model": "baseline", "device": "cuda", "ranks": [1, 2]},
+        "points": [{"method": "r1", "label": "1 rank", "samples_per_s": {"median": 900}, "speedup": 1.0,
+                    "data_wait": {"median": 0.02}, "memory": "gpu", "peak_mem_mb": [100, 200]},
+                   {"method": "r2", "skipped": "one gpu"}]}))
+    p = run("tools.gpu_smoke", "--summary", str(res), timeout=60)
     assert "**smoke.json**" in p.stdout and "- loader: ok" in p.stdout
+    for line in ("**features** (10 clips of 30 s, INCOMPLETE): clips/s median", "- dali-gpu: 123.4 clips/s, x5.50, "
+                 "0.0100 dB, 300 MB GPU", "- librosa: skipped: no librosa", "**training** baseline, batch 64 rows, bf16, cuda:",
+                 "- dali: 1000 samples/s, data wait 1.0 %, step 12.3 ms", "- x: FAILED: boom",
+                 "**scaling** baseline, cuda, ranks [1, 2]:", "- 1 rank: 900 samples/s, speed-up 1.00, data wait 2.0 %, "
+                 "peak gpu 200 MB per rank", "- r2: skipped: one gpu"):
+        assert line in p.stdout, (line, p.stdout)
 
 
 def test_gpu_wheels_round_trip(tmp_path, monkeypatch):

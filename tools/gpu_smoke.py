@@ -320,46 +320,47 @@ def summary(res: str) -> str:
                                                               "dali_from")}
             out.append(f"- {k}: {v['state']} ({v.get('seconds')} s) {json.dumps(keep, default=str)[:400]}")
         out.append("")
-    for path in sorted(glob.glob(os.path.join(res, "features-*.json"))):
-        r = json.load(open(path, encoding="utf-8"))
+    def incomplete(r: dict) -> str:
+        return "" if r.get("complete", True) else ", INCOMPLETE"
+
+    def features_head(r: dict) -> str:
         d = r["data"]
-        out += [f"**features** ({d['clips']} clips of {d['total_seconds'] / max(d['clips'], 1):.0f} s"
-                f"{'' if r.get('complete', True) else ', INCOMPLETE'}): clips/s median, x librosa-1proc, "
-                "max abs dB vs librosa, peak GPU MB", ""]
-        for m in r["methods"]:
-            if "clips_per_s" in m:
-                out.append(f"- {m['method']}: {m['clips_per_s']['median']:.1f} clips/s"
-                           + (f", x{m['ratio_to_librosa']:.2f}" if m.get("ratio_to_librosa") else "")
-                           + (f", {m['max_abs_db']:.4f} dB" if m.get("max_abs_db") is not None else "")
-                           + (f", {m['peak_gpu_mb']:.0f} MB GPU" if m.get("peak_gpu_mb") is not None else ""))
-            else:
-                out.append(_unmeasured(m, m['method']))
-        out.append("")
-    for path in sorted(glob.glob(os.path.join(res, "train-*.json"))):
-        r = json.load(open(path, encoding="utf-8"))
+        return (f"**features** ({d['clips']} clips of {d['total_seconds'] / max(d['clips'], 1):.0f} s{incomplete(r)}): "
+                "clips/s median, x librosa-1proc, max abs dB vs librosa, peak GPU MB")
+
+    def features_row(m: dict) -> str:
+        return (f"- {m['method']}: {m['clips_per_s']['median']:.1f} clips/s"
+                + (f", x{m['ratio_to_librosa']:.2f}" if m.get("ratio_to_librosa") else "")
+                + (f", {m['max_abs_db']:.4f} dB" if m.get("max_abs_db") is not None else "")
+                + (f", {m['peak_gpu_mb']:.0f} MB GPU" if m.get("peak_gpu_mb") is not None else ""))
+
+    def train_head(r: dict) -> str:
         st = r["settings"]
-        out += [f"**training** {st['model']}, batch {st['batch']} rows, {st['precision']}, {st['device']}"
-                f"{'' if r.get('complete', True) else ', INCOMPLETE'}:", ""]
-        for m in r["methods"]:
-            if "samples_per_s" in m:
-                out.append(f"- {m['label']}: {m['samples_per_s']['median']:.0f} samples/s, data wait "
-                           f"{100 * m['data_wait']['median']:.1f} %, step {m['step_ms']['median']:.1f} ms")
-            else:
-                out.append(_unmeasured(m, m.get('label', m['method'])))
-        out.append("")
-    for path in sorted(glob.glob(os.path.join(res, "scaling-*.json"))):
-        r = json.load(open(path, encoding="utf-8"))
+        return f"**training** {st['model']}, batch {st['batch']} rows, {st['precision']}, {st['device']}{incomplete(r)}:"
+
+    def train_row(m: dict) -> str:
+        return (f"- {m['label']}: {m['samples_per_s']['median']:.0f} samples/s, data wait "
+                f"{100 * m['data_wait']['median']:.1f} %, step {m['step_ms']['median']:.1f} ms")
+
+    def scaling_head(r: dict) -> str:
         st = r["settings"]
-        out += [f"**scaling** {st['model']}, {st['device']}, ranks {st['ranks']}"
-                f"{'' if r.get('complete', True) else ', INCOMPLETE'}:", ""]
-        for m in r["points"]:
-            if "samples_per_s" in m:
-                out.append(f"- {m['label']}: {m['samples_per_s']['median']:.0f} samples/s, speed-up "
-                           f"{m.get('speedup', float('nan')):.2f}, data wait {100 * m['data_wait']['median']:.1f} %, "
-                           f"peak {m['memory']} {max(m['peak_mem_mb']):.0f} MB per rank")
-            else:
-                out.append(_unmeasured(m, m.get('label', m['method'])))
-        out.append("")
+        return f"**scaling** {st['model']}, {st['device']}, ranks {st['ranks']}{incomplete(r)}:"
+
+    def scaling_row(m: dict) -> str:
+        return (f"- {m['label']}: {m['samples_per_s']['median']:.0f} samples/s, speed-up "
+                f"{m.get('speedup', float('nan')):.2f}, data wait {100 * m['data_wait']['median']:.1f} %, "
+                f"peak {m['memory']} {max(m['peak_mem_mb']):.0f} MB per rank")
+
+    # result file prefix, heading, the list of rows, the figure a measured row has, its line
+    for prefix, head, rows, figure, row in (("features", features_head, "methods", "clips_per_s", features_row),
+                                            ("train", train_head, "methods", "samples_per_s", train_row),
+                                            ("scaling", scaling_head, "points", "samples_per_s", scaling_row)):
+        for path in sorted(glob.glob(os.path.join(res, f"{prefix}-*.json"))):
+            r = json.load(open(path, encoding="utf-8"))
+            out += [head(r), ""]
+            for m in r[rows]:
+                out.append(row(m) if figure in m else _unmeasured(m, m.get("label", m["method"])))
+            out.append("")
     log = os.path.join(res, "pytest-gpu.log")
     if os.path.exists(log):
         lines = [ln for ln in open(log, encoding="utf-8", errors="replace").read().splitlines() if ln.strip()]

@@ -240,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         raw = (evaluate(trainer.net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
                if args.compare_raw else None)
         end_epoch(trainer, epoch, stats, val, raw)
-    trainer.board.close()
 
     result = finish(trainer)
+    trainer.board.close()
     distributed.teardown(env)
     return result
 
@@ -427,6 +427,8 @@ def finish(trainer: Trainer) -> int:
             metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
                                    "tracks": raw.tracks}
     if env.is_main:
+        if trainer.history:
+            trainer.board.test(metrics, trainer.history[-1]["epoch"])
         report.write_json(trainer.path("metrics.json"), metrics)
         run_report.write(trainer.run_dir, metrics, tracks.rows, trainer.manifest, trainer.spec,
                          run_report.environment(env.device))

@@ -52,7 +52,11 @@ def run_main(main, argv: list[str]):
 BOARD = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_acc",
          "accuracy/val_tracks": "val_track_acc", "accuracy/val_windows": "val_segment_acc", "lr": "lr",
          "throughput/samples_per_s": "samples_per_s", "throughput/data_wait": "data_wait",
-         "throughput/epoch_seconds": "epoch_seconds"}
+         "throughput/epoch_seconds": "epoch_seconds", "loss/val_raw": "val_loss_raw",
+         "accuracy/val_tracks_raw": "val_track_acc_raw", "accuracy/val_windows_raw": "val_segment_acc_raw"}
+BOARD_TEST = {"accuracy/test_tracks": ("test", "track_acc"), "accuracy/test_windows": ("test", "segment_acc"),
+              "loss/test": ("test", "loss"), "accuracy/test_tracks_raw": ("test_raw", "track_acc"),
+              "accuracy/test_windows_raw": ("test_raw", "segment_acc"), "loss/test_raw": ("test_raw", "loss")}
 
 
 def read_board(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -64,8 +68,9 @@ def read_board(run_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def board_expected(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """What read_board must give for a run whose metrics.json holds `history`."""
+def board_expected(history: list[dict], metrics: dict | None = None) -> dict[str, list[tuple[int, float]]]:
+    """What read_board must give for a run whose metrics.json holds `history` (and, if given, the
+    finished run's `metrics` with its test figures, logged at the last epoch)."""
     want: dict[str, list[tuple[int, float]]] = {}
 
     def put(tag: str, epoch: int, v) -> None:
@@ -73,7 +78,7 @@ def board_expected(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
             want.setdefault(tag, []).append((epoch, float(v)))
     for h in history:
         for tag, key in BOARD.items():
-            put(tag, h["epoch"], h[key])
+            put(tag, h["epoch"], h.get(key))
         s = h.get("storage")
         if s:
             put("storage/mb_fetched", h["epoch"], s["bytes_fetched"] / 1e6)
@@ -83,14 +88,22 @@ def board_expected(history: list[dict]) -> dict[str, list[tuple[int, float]]]:
                 put(f"storage/rank{i}/mb_fetched", h["epoch"], r["bytes_fetched"] / 1e6)
                 for k in ("fetch_mb_s", "hit_rate", "retries", "evictions"):
                     put(f"storage/rank{i}/{k}", h["epoch"], r[k])
+    for tag, (entry, key) in BOARD_TEST.items():
+        if metrics and history and key in metrics.get(entry, {}):
+            put(tag, history[-1]["epoch"], metrics[entry][key])
     return want
 
 
 def assert_board_matches(run_dir, history: list[dict]) -> None:
-    """The run folder's TensorBoard scalars are metrics.json's history: the same tags, one point per
-    epoch (no step twice), values equal to float32 precision (the event files store float32)."""
+    """The run folder's TensorBoard scalars are metrics.json's history (and its test figures, where
+    the folder holds a finished run's metrics.json): the same tags, one point per epoch (no step
+    twice), values equal to float32 precision (the event files store float32)."""
+    import json
+    import os
     import pytest
-    got, want = read_board(run_dir), board_expected(history)
+    path = os.path.join(run_dir, "metrics.json")
+    metrics = json.load(open(path)) if os.path.exists(path) else None
+    got, want = read_board(run_dir), board_expected(history, metrics)
     assert sorted(got) == sorted(want)
     for tag, points in want.items():
         assert [s for s, _ in got[tag]] == [s for s, _ in points], tag

@@ -206,6 +206,8 @@ def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, refe
     for k, v in plain_best["model"].items():
         torch.testing.assert_close(raw_best["model"][k], v, rtol=0, atol=1e-6)
     assert f"raw weights (no EMA): best val acc" in p.stdout
+    assert_board_matches(straight, history(straight))  # raw validation and both test figures in TensorBoard
+    assert "accuracy/test_tracks_raw" in read_board(straight)
     assert "val_track_acc_raw" not in plain["history"][0]
 
     p = train(train_shards[0], straight, "--resume", epochs=5)

@@ -2,7 +2,8 @@
 
 Rank 0 writes, once per epoch (global step = epoch), every figure of metrics.json's history entry
 and flushes at once; the other ranks hold a writer that does nothing. Tags (SCALARS): loss/,
-accuracy/, lr, throughput/, and for remote shards storage/ (the job's totals and storage/rank<N>/
+accuracy/, lr, throughput/, at the end the test split's figures (TEST, at the last epoch's step),
+and for remote shards storage/ (the job's totals and storage/rank<N>/
 per rank: MB fetched, MB/s, cache hit rate, retries, evictions).
 
 A resumed run continues the same curves: where the folder already holds event files, its writer opens
@@ -34,6 +35,15 @@ SCALARS = {
     "throughput/samples_per_s": "samples_per_s",
     "throughput/data_wait": "data_wait",
     "throughput/epoch_seconds": "epoch_seconds",
+}
+# tag -> (metrics.json's test entry, its key): the best checkpoint's test figures, at the last epoch's step
+TEST = {
+    "accuracy/test_tracks": ("test", "track_acc"),
+    "accuracy/test_windows": ("test", "segment_acc"),
+    "loss/test": ("test", "loss"),
+    "accuracy/test_tracks_raw": ("test_raw", "track_acc"),   # --compare-raw
+    "accuracy/test_windows_raw": ("test_raw", "segment_acc"),
+    "loss/test_raw": ("test_raw", "loss"),
 }
 # storage/<tag> -> key of the history's "storage" entry (sums over ranks) and of each of its "ranks"
 STORAGE = {"mb_fetched": "bytes_fetched", "retries": "retries", "evictions": "evictions"}
@@ -88,6 +98,14 @@ class Board:
     def _write(self, h: dict) -> None:
         for tag, v in scalars(h).items():
             self.writer.add_scalar(tag, v, h["epoch"])
+
+    def test(self, metrics: dict, step: int) -> None:
+        """The test split's figures (metrics.json's "test", and "test_raw" with --compare-raw) at `step`."""
+        if self.writer is not None:
+            for tag, (entry, key) in TEST.items():
+                if key in metrics.get(entry, {}):
+                    self.writer.add_scalar(tag, float(metrics[entry][key]), step)
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -48,6 +48,7 @@ RECIPES: dict[str, list[str]] = {
     "ema999": ["--ema", "0.999", "--compare-raw"],
     "ema999-specaug-gain": ["--ema", "0.999", "--compare-raw", "--specaugment", "--gain-db", "6"],
     "ema999-mixup": ["--ema", "0.999", "--compare-raw", "--mixup", "0.2"],
+    "ema999-speed": ["--ema", "0.999", "--compare-raw", "--speed", "0.1"],
     "resnet-ema999": ["--model", "resnet", "--ema", "0.999", "--compare-raw"],
 }
 # recipe -> (bench.hard_set config, read its raw-weight columns?)

@@ -118,7 +118,13 @@ class Augment:
     freq_width: int = 16
     time_masks: int = 0         # SpecAugment: number of time masks, each up to time_width frames
     time_width: int = 20
+    speed: float = 0.0          # speed perturbation: each crop played at a random speed in [1 - speed, 1 + speed]
+                                # (pitch and tempo together; resampled from the audio, so crops come from audio)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.speed < 0.5:
+            raise ValueError(f"speed perturbation {self.speed!r}: must lie in [0, 0.5)")
 
     @property
     def active(self) -> bool:
-        return bool(self.gain_db or self.freq_masks or self.time_masks)
+        return bool(self.gain_db or self.freq_masks or self.time_masks or self.speed)

@@ -116,8 +116,9 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
 
     train=True: shuffled; `crops` independent random windows of spec.clip_frames per track, cut
     from the track's log-mel at frame boundaries (floor-padded if the track is short), each with
-    its own `augment` draw (random gain, SpecAugment masks); stacked to (crops, mels, frames).
-    crop_from: "features" or "audio" (module docstring); default "features" on a GPU, else "audio".
+    its own `augment` draw (random gain, SpecAugment masks, speed); stacked to (crops, mels, frames).
+    crop_from: "features" or "audio" (module docstring); default "features" on a GPU, else "audio"
+    (always "audio" with speed perturbation, which resamples each crop's samples).
     train=False: in order, the whole track, zero-padded to the longest in the batch; the caller
     cuts it into windows (features.windows) so evaluation covers the whole track.
     """
@@ -132,34 +133,40 @@ def audio_pipeline(source, spec: FeatureSpec, train: bool, on_gpu: bool, augment
     if not train:
         audio = fn.pad(audio, axes=[0], fill_value=0)
         return log_mel(pcm_float(audio.gpu() if on_gpu else audio), spec), label, uid, n
-    crop_from = crop_from or ("features" if on_gpu else "audio")
+    aug = augment if (augment is not None and augment.active) else None
+    crop_from = crop_from or ("features" if on_gpu and not (aug and aug.speed) else "audio")
     if crop_from not in ("features", "audio"):
         raise ValueError(f"crop_from must be 'features' or 'audio', not {crop_from!r}")
-    aug = augment if (augment is not None and augment.active) else None
+    if aug and aug.speed and crop_from != "audio":
+        raise ValueError("speed perturbation resamples each crop's audio: it needs crop_from='audio'")
     return training_crops(audio, n, spec, on_gpu, aug, crops, crop_from), label, uid, n
 
 
-def crop_starts(n, spec: FeatureSpec):
+def crop_starts(n, spec: FeatureSpec, extra: int = 0):
     """(lowest start frame, room above it) for a track of n samples: starts in [margin, frames -
-    clip - margin] when the track allows (clear of the reflect-padded edges), else [0, frames - clip]."""
+    clip - margin] when the track allows (clear of the reflect-padded edges), else [0, frames - clip].
+    `extra`: frames a crop may reach beyond clip_frames (a sped-up crop reads more of the track)."""
     margin = -(-(spec.n_fft // 2) // spec.hop_length)  # frames whose window reaches past the track's edge
     frames = 1 + n // spec.hop_length  # spec.valid_frames(n)
-    inner = frames - spec.clip_frames - 2 * margin
+    clip = spec.clip_frames + extra
+    inner = frames - clip - 2 * margin
     fits = fn.cast(inner >= 0, dtype=types.INT32)
-    room = fits * inner + (1 - fits) * dmath.max(frames - spec.clip_frames, 0)
+    room = fits * inner + (1 - fits) * dmath.max(frames - clip, 0)
     return fits * margin, fn.cast(room, dtype=types.FLOAT)
 
 
 def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | None, crops: int, crop_from: str):
     """`crops` random windows of the track's log-mel, stacked to (crops, mels, frames)."""
     gain = aug.gain_db if aug else 0.0
+    speed = aug.speed if aug else 0.0
     hop, clip, half = spec.hop_length, spec.clip_frames, spec.n_fft // 2
-    lo, room = crop_starts(n, spec)
+    lo, room = crop_starts(n, spec, extra=math.ceil(speed * (clip + 1)))
     # Every random draw before any operator that only one crop_from has: DALI seeds operators in
     # the order they are made, so both ways draw the same crops, gains and masks.
     draws = [(lo + fn.cast(fn.random.uniform(range=[0.0, 1.0]) * room, dtype=types.INT32),
               fn.random.uniform(range=[-gain, gain]) if gain else None,
-              draw_masks(aug) if aug else []) for _ in range(crops)]
+              draw_masks(aug) if aug else [],
+              fn.random.uniform(range=[1.0 - speed, 1.0 + speed]) if speed else None) for _ in range(crops)]
     if crop_from == "features":
         # A gain of g dB on the audio adds g to every mel dB value before the floor. With the floor
         # lowered by the largest gain here and applied after the shift, the result equals gaining
@@ -168,7 +175,7 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
         if not gain:
             track = spec.normalise(track)  # once per track rather than once per crop
     feats = []
-    for start, g, masks in draws:
+    for start, g, masks, rate in draws:
         if crop_from == "features":
             f = fn.slice(track, start=start, shape=[clip], axes=[1], out_of_bounds_policy="pad",
                          fill_values=spec.db_floor - gain if gain else spec.floor_value)
@@ -177,9 +184,15 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
         else:
             # the crop's samples and half a window either side: its uncentred frames are the
             # track's centred frames start .. start + clip - 1
-            crop = fn.slice(audio, start=start * hop - half, shape=[(clip - 1) * hop + 2 * half], axes=[0],
-                            out_of_bounds_policy="pad", fill_values=0)
-            crop = pcm_float(crop.gpu() if on_gpu else crop)
+            length = (clip - 1) * hop + 2 * half
+            if rate is None:
+                crop = fn.slice(audio, start=start * hop - half, shape=[length], axes=[0],
+                                out_of_bounds_policy="pad", fill_values=0)
+                crop = pcm_float(crop.gpu() if on_gpu else crop)
+            else:  # `rate` times the samples resampled to `length`: played `rate` times as fast
+                src = fn.slice(audio, start=start * hop - half, shape=fn.cast(rate * length + 0.5, dtype=types.INT32),
+                               axes=[0], out_of_bounds_policy="pad", fill_values=0)
+                crop = fn.audio_resample(pcm_float(src.gpu() if on_gpu else src), out_length=length)
             if gain:
                 crop = crop * dmath.pow(10.0, (g.gpu() if on_gpu else g) / 20.0)
             f = spec.normalise(mel_db(crop, spec, spec.db_floor, center=False))

@@ -15,7 +15,8 @@ recording are not independent), how steady the validation curve is (mean absolut
 accuracy between neighbouring epochs, and the largest after epoch 5), and training minutes (the
 epochs' time, without validation). Per recipe: mean and sample standard deviation over seeds, the
 training FLOPs per 3 s crop (forward + backward, torch's flop counter) and, from a bench.hard_set
-JSON (--hard), the synthetic hard set's test accuracy for the same recipe.
+JSON (--hard), the synthetic hard set's test accuracy for the same recipe. Output: the table on stdout, JSON and
+the validation curves (a panel per seed) as PNG under --out.
 
 `default` needs no run of its own where an `ema999` run of the seed exists: that run's raw weights
 (train.py --compare-raw) follow exactly the trajectory of a run without --ema (tested in
@@ -160,7 +161,7 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
     rec_acc, n_rec = recording_accuracy(tracks["rows"], recordings)
     return {"best_val": max(curve), "best_epoch": m["best_epoch" + suffix], "test_track": test["track_acc"],
             "test_window": test["segment_acc"], "test_recording": rec_acc, "recordings": n_rec,
-            **steadiness(curve), "epochs": len(h),
+            **steadiness(curve), "epochs": len(h), "val_curve": curve,
             "train_min": sum(e["epoch_seconds"] for e in h) / 60,
             "samples_per_s": statistics.median(e["samples_per_s"] for e in h),
             "run_dir": run_dir, "raw_columns": raw}
@@ -195,6 +196,27 @@ def hard_figures(path: str | None, recipe: str) -> dict | None:
     key = "_raw" if raw else ""
     return {"config": config + (" (raw weights)" if raw else ""),
             "test": spread([r["test_track" + key] for r in rows]), "val": spread([r["best_val" + key] for r in rows])}
+
+
+def plot_curves(runs: list[dict], path: str, title: str) -> None:
+    """Validation accuracy by epoch: a panel per seed, a line per recipe, its selected epoch marked."""
+    from analysis.plots import pyplot, save_figure
+    plt = pyplot()
+    seeds = sorted({r["seed"] for r in runs})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 3.8), sharey=True, squeeze=False)
+    for ax, seed in zip(axes[0], seeds):
+        for r in (r for r in runs if r["seed"] == seed):
+            ep = range(1, len(r["val_curve"]) + 1)
+            line, = ax.plot(ep, r["val_curve"], ".-", label=f"{r['recipe']} (test {r['test_track']:.3f})")
+            ax.plot([r["best_epoch"]], [r["best_val"]], "o", ms=9, mfc="none", color=line.get_color())
+        ax.set_title(f"seed {seed}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0][0].set_ylabel("validation accuracy (excerpts)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def pm(s: dict) -> str:
@@ -275,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             f"val {r['best_val']:.3f} (epoch {r['best_epoch']}), test {r['test_track']:.3f} excerpts / "
             f"{r['test_recording']:.3f} of {r['recordings']} recordings, val change {r['mean_change']:.3f} "
             f"(max after 5: {r['max_change_after_5']:.3f}), {r['train_min']:.0f} min")
+    if per_run:
+        plot_curves(per_run, stem + ".png", "real-music set: validation accuracy by epoch (circle: selected epoch)")
+        log(f"validation curves: {os.path.relpath(stem + '.png', ROOT)}")
     publish(f"real-music set ({'/'.join(map(str, split.values()))} excerpts), seeds {a.seeds}; host {describe(host)}, {date}",
             summary, COLUMNS, "test_track", stem=stem)
     return 0

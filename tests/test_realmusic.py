@@ -278,6 +278,8 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     assert runs["ema999"]["recordings"] == len(groups) and 0 <= runs["ema999"]["test_recording"] <= 1
     assert [s["recipe"] for s in doc["summary"]] == ["default", "ema999"] and doc["summary"][0]["gflops"] > 0
     assert "| default |" in p.stdout and "| ema999 |" in p.stdout
+    png = next((tmp_path / "res").glob("realmusic-recipes-*.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(runs["default"]["val_curve"]) == len(m["history"])
 
     # a recording is judged by its excerpts' mean probabilities, not by a vote
     rec = {"a1": ("p", "a"), "a2": ("p", "a"), "a3": ("p", "a"), "b1": ("p", "b")}

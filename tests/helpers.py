@@ -108,3 +108,39 @@ def assert_board_matches(run_dir, history: list[dict]) -> None:
     for tag, points in want.items():
         assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=2e-7, abs=1e-30), tag
+
+
+def tone_shards(tmp_path, freqs=(700.0, 1000.0, 1400.0), seconds: float = 6.0) -> tuple[str, dict[int, float]]:
+    """Shards of pure tones (one 16-bit WAV per frequency); returns (shard folder, {uid: frequency})."""
+    import numpy as np
+    import soundfile as sf
+    from preprocess.make_shards import make_shards
+    sr = 22_050
+    (tmp_path / "src" / "tone").mkdir(parents=True)
+    t = np.arange(int(seconds * sr)) / sr
+    for f in freqs:
+        sf.write(tmp_path / "src" / "tone" / f"{int(f)}.wav", 0.5 * np.sin(2 * np.pi * f * t), sr, subtype="PCM_16")
+    m = make_shards(str(tmp_path / "src"), str(tmp_path / "shards"), val=0, test=0, min_shards=1, workers=1,
+                    progress=False)
+    return str(tmp_path / "shards"), {s["uid"]: float(os.path.basename(s["source"])[:-4]) for s in m["samples"]}
+
+
+def tone_pitch_ratios(shards: str, f_of: dict[int, float], speed: float, device=None, epochs: int = 2) -> list[float]:
+    """Training crops of tone_shards (2 s, 4 per track) with Augment(speed=...): each crop's peak
+    mel band's frequency over the tone's, i.e. the speed it was played at (to a mel band's width)."""
+    import torch
+    import torchaudio.functional as AF
+    from core.spec import Augment, FeatureSpec
+    from loading.loader import DaliLoader
+    spec = FeatureSpec(clip_seconds=2.0)
+    # each mel band's peak frequency (its triangle's top)
+    top = AF.melscale_fbanks(spec.n_fft // 2 + 1, spec.f_min, spec.f_max, spec.n_mels, spec.sample_rate,
+                             norm=None, mel_scale=spec.mel_scale).argmax(0).numpy() * spec.sample_rate / spec.n_fft
+    ld = DaliLoader(shards, "train", spec, 3, train=True, crops=4, num_threads=1, seed=3, augment=Augment(speed=speed),
+                    device=device or torch.device("cpu"))
+    out = []
+    for _ in range(epochs):
+        for b in ld:
+            assert b.x.shape[1:] == (1, spec.n_mels, spec.clip_frames) and torch.isfinite(b.x).all()
+            out += [top[int(c.mean(1).argmax())] / f_of[int(u)] for c, u in zip(b.x[:, 0].cpu(), b.uid)]
+    return out

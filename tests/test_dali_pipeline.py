@@ -196,39 +196,18 @@ def test_preload_cufft_maps_a_library_found_in_the_wheels_lib_folders(tmp_path):
 def test_speed_perturbation_moves_each_crops_pitch_within_its_range(tmp_path):
     """Augment(speed=S): every crop is its stretch of the track resampled to the crop's length, so a
     pure tone's peak lands at f x rate with rate in [1 - S, 1 + S], a different rate per crop; off,
-    the peak stays at f. It needs audio crops: asking for crops from features is one error."""
-    import torchaudio.functional as AF
+    the peak stays at f. It needs audio crops: asking for crops from features is one error.
+    (tests/test_gpu.py runs the same check on the GPU.)"""
     from core.spec import Augment
-    sr, freqs = 22_050, (700.0, 1000.0, 1400.0)
-    (tmp_path / "src" / "tone").mkdir(parents=True)
-    t = np.arange(6 * sr) / sr
-    for f in freqs:
-        sf.write(tmp_path / "src" / "tone" / f"{int(f)}.wav", 0.5 * np.sin(2 * np.pi * f * t), sr, subtype="PCM_16")
-    m = make_shards(str(tmp_path / "src"), str(tmp_path / "shards"), val=0, test=0, min_shards=1, workers=1,
-                    progress=False)
-    f_of = {s["uid"]: float(os.path.basename(s["source"])[:-4]) for s in m["samples"]}
-    spec = FeatureSpec(clip_seconds=2.0)
-    # each mel band's peak frequency (its triangle's top), for reading a crop's pitch back
-    top = AF.melscale_fbanks(spec.n_fft // 2 + 1, spec.f_min, spec.f_max, spec.n_mels, spec.sample_rate,
-                             norm=None, mel_scale=spec.mel_scale).argmax(0).numpy() * spec.sample_rate / spec.n_fft
-
-    def ratios(speed: float) -> list[float]:
-        ld = DaliLoader(str(tmp_path / "shards"), "train", spec, 3, train=True, crops=4, num_threads=1, seed=3,
-                        augment=Augment(speed=speed))
-        out = []
-        for _ in range(2):
-            for b in ld:
-                assert b.x.shape[1:] == (1, spec.n_mels, spec.clip_frames)
-                out += [top[int(c.mean(1).argmax())] / f_of[int(u)] for c, u in zip(b.x[:, 0], b.uid)]
-        return out
-
-    still = ratios(0.0)
+    from helpers import tone_pitch_ratios, tone_shards
+    shards, f_of = tone_shards(tmp_path)
+    still = tone_pitch_ratios(shards, f_of, 0.0)
     assert len(still) == 24 and max(abs(r - 1) for r in still) < 0.03  # within a mel band of f
-    moved = ratios(0.2)
+    moved = tone_pitch_ratios(shards, f_of, 0.2)
     assert all(0.8 - 0.03 < r < 1.2 + 0.03 for r in moved), moved
     assert max(moved) - min(moved) > 0.15 and len({round(r, 2) for r in moved}) > 8, moved
     with pytest.raises(ValueError, match="needs crop_from='audio'"):
-        DaliLoader(str(tmp_path / "shards"), "train", spec, 3, train=True, crop_from="features",
+        DaliLoader(shards, "train", FeatureSpec(clip_seconds=2.0), 3, train=True, crop_from="features",
                    augment=Augment(speed=0.1))
     with pytest.raises(ValueError, match=r"must lie in \[0, 0.5\)"):
         Augment(speed=0.5)

@@ -76,6 +76,16 @@ def test_dali_cuda_training_crops(train_shards, crops):
     assert counted == {s["uid"]: float(crops) for s in m["samples"] if s["split"] == "train"}
 
 
+def test_dali_cuda_speed_perturbation(tmp_path):
+    """--speed on the GPU (fn.audio_resample's CUDA backend): each crop's pitch moves within the range."""
+    _dali_loader()
+    from helpers import tone_pitch_ratios, tone_shards
+    shards, f_of = tone_shards(tmp_path)
+    moved = tone_pitch_ratios(shards, f_of, 0.2, device=CUDA0)
+    assert all(0.8 - 0.03 < r < 1.2 + 0.03 for r in moved), moved
+    assert max(moved) - min(moved) > 0.15, moved
+
+
 def _train_steps(amp: Amp, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> list[float]:
     torch.manual_seed(0)
     model = build_model("resnet", 4).to(CUDA0).to(memory_format=torch.channels_last)

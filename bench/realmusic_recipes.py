@@ -1,12 +1,13 @@
 """Training recipes compared on the real-music development set (issue #21), over seeds.
 
     .venv/bin/python -m bench.realmusic_recipes --set /work/realmusic                 # tabulate finished runs
-    .venv/bin/python -m bench.realmusic_recipes --set /work/realmusic --train --recipes ema999 --seeds 1,2
+    .venv/bin/python -m bench.realmusic_recipes --set /work/realmusic --runs runs-amp2 --train \
+        --recipes default,ema999 --seeds 0,1,2 --extra "--nproc 2 --amp --batch-size 16"
 
 The set is bench.realmusic's (SET/list.csv, SET/provenance.csv) sharded into SET/shards with
 `make_shards --list SET/list.csv SET/shards --split list`. Runs live in SET/runs/<recipe>-s<seed>/
-(train.py's defaults plus the recipe's arguments, one process); --train runs the missing ones one
-after another under nice 19, otherwise only finished runs are read.
+(train.py's defaults plus the recipe's arguments plus --extra; --runs picks another folder);
+--train runs the missing ones one after another under nice 19, otherwise only finished runs are read.
 
 Per run: the selected epoch's validation accuracy (best val, the selection metric), test accuracy
 of that checkpoint per excerpt (track), per window and per **recording** (the mean of a recording's
@@ -167,10 +168,10 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
             "run_dir": run_dir, "raw_columns": raw}
 
 
-def train_missing(recipe: str, seed: int, set_dir: str, extra: list[str]) -> None:
-    run_dir = os.path.join(set_dir, "runs", f"{recipe}-s{seed}")
-    cmd = ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards",
-           os.path.join(set_dir, "shards"), "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra]
+def train_missing(recipe: str, seed: int, runs: str, shards: str, extra: list[str]) -> None:
+    run_dir = os.path.join(runs, f"{recipe}-s{seed}")
+    cmd = ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards,
+           "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra]
     log(f"{recipe} seed {seed}: {' '.join(cmd[4:])}")
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
     with open(run_dir + ".log", "a", encoding="utf-8") as out:
@@ -242,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", default="default,ema999", help="comma-separated: " + ", ".join(RECIPES))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train", action="store_true", help="train missing runs (one at a time, nice 19)")
-    ap.add_argument("--extra", default="", help="more train.py arguments for every run trained here (a smoke test's)")
+    ap.add_argument("--runs", default="runs", help="the runs' folder inside --set (default: runs)")
+    ap.add_argument("--extra", default="",
+                    help="train.py arguments for every run trained here: how it executes (e.g. '--nproc 2 --amp "
+                         "--batch-size 16': 2 ranks of 16 crops, the default's global batch of 32, bf16) or a "
+                         "smoke test's settings; recorded in the JSON")
     ap.add_argument("--hard", default=None, help="a bench.hard_set JSON with the baseline-c4-ema config")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     seeds = [int(s) for s in a.seeds.split(",")]
-    shards, runs = os.path.join(a.set, "shards"), os.path.join(a.set, "runs")
+    shards, runs = os.path.join(a.set, "shards"), os.path.join(a.set, a.runs)
     from storage.folder import read_manifest
     manifest = read_manifest(shards)
     recordings = recording_of(os.path.join(a.set, "provenance.csv"))
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in sorted(names, key=lambda r: r != "ema999"):
             for seed in seeds:
                 if run_dir_of(runs, recipe, seed) is None:
-                    train_missing(recipe, seed, a.set, shlex.split(a.extra))
+                    train_missing(recipe, seed, runs, shards, shlex.split(a.extra))
     per_run, summary = [], []
     for recipe in names:
         got = []
@@ -288,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     stem = os.path.join(a.out, f"realmusic-recipes-{host['kind']}-{date}")
     split = {s: manifest.splits[s].count for s in manifest.split_names}
+    stem += "" if a.runs == "runs" else "-" + a.runs
     write_json(stem + ".json", {"benchmark": "realmusic_recipes", "date": date, "host": host, "split": split,
+                                "runs_folder": a.runs, "extra_args": a.extra,
                                 "classes": manifest.classes, "summary": summary,
                                 "runs": [{k: v for k, v in r.items() if k != "run_dir"} | {"run": os.path.basename(r["run_dir"])}
                                          for r in per_run]})

@@ -160,7 +160,8 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
     gain = aug.gain_db if aug else 0.0
     speed = aug.speed if aug else 0.0
     hop, clip, half = spec.hop_length, spec.clip_frames, spec.n_fft // 2
-    lo, room = crop_starts(n, spec, extra=math.ceil(speed * (clip + 1)))
+    length = (clip - 1) * hop + 2 * half  # an audio crop's samples (its frames and half a window either side)
+    lo, room = crop_starts(n, spec, extra=math.ceil(speed * length / hop))  # a sped-up crop reads up to (1+speed)x
     # Every random draw before any operator that only one crop_from has: DALI seeds operators in
     # the order they are made, so both ways draw the same crops, gains and masks.
     draws = [(lo + fn.cast(fn.random.uniform(range=[0.0, 1.0]) * room, dtype=types.INT32),
@@ -184,7 +185,6 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
         else:
             # the crop's samples and half a window either side: its uncentred frames are the
             # track's centred frames start .. start + clip - 1
-            length = (clip - 1) * hop + 2 * half
             if rate is None:
                 crop = fn.slice(audio, start=start * hop - half, shape=[length], axes=[0],
                                 out_of_bounds_policy="pad", fill_values=0)

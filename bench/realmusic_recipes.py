@@ -93,22 +93,17 @@ def test_tracks(checkpoint_path: str, shards: str, manifest, bf16: bool) -> tupl
     """Every test excerpt's label and class probabilities under the checkpoint's inference weights
     (in bf16 autocast if the run evaluated so), and the excerpt accuracy of that pass."""
     import torch
-    from core import checkpoint
-    from core.spec import FeatureSpec
+    from inference.classifier import load_classifier
     from loading.loader import DaliLoader
-    from model import build_model
     from training.amp import Amp
     from training.distributed import DistEnv
     from training.evaluate import TrackLog, evaluate
-    state = checkpoint.load(checkpoint_path)
-    net = build_model(state["model_name"], len(state["classes"]))
-    checkpoint.load_model_weights(net, state, checkpoint_path, for_inference=True)
-    spec = FeatureSpec.from_dict(state["feature_spec"])
+    net, classes, spec = load_classifier(checkpoint_path)  # the inference weights: the EMA's where kept
     env = DistEnv(0, 1, 0, torch.device("cpu"))
     loader = DaliLoader(shards, "test", spec, 8, train=False, rank=0, world_size=1, device=env.device,
                         num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
     log_ = TrackLog()
-    result = evaluate(net, loader, spec, env, Amp.create(env.device, bf16), len(state["classes"]), tracks=log_)
+    result = evaluate(net, loader, spec, env, Amp.create(env.device, bf16), len(classes), tracks=log_)
     source = {s.uid: s.source for s in manifest.samples}
     rows = []
     for r in log_.rows:

@@ -19,9 +19,15 @@ training FLOPs per 3 s crop (forward + backward, torch's flop counter) and, from
 JSON (--hard), the synthetic hard set's test accuracy for the same recipe. Output: the table on stdout, JSON and
 the validation curves (a panel per seed) as PNG under --out.
 
-`default` needs no run of its own where an `ema999` run of the seed exists: that run's raw weights
-(train.py --compare-raw) follow exactly the trajectory of a run without --ema (tested in
-tests/test_train_resume.py), so its raw columns and best-raw.pt are the default's figures.
+A recipe without --ema (`default`, `mixup`, ...) needs no run of its own where its `--ema 0.999
+--compare-raw` twin has run with the seed (`ema999`, `ema999-mixup`, ...: RAW_TWIN): that run's raw
+weights follow exactly the trajectory of a run without --ema (tested in tests/test_train_resume.py),
+so its raw columns and best-raw.pt are the plain recipe's figures.
+
+Against `default`, each recipe also gets a paired difference on the same test excerpts: mean over the
+seeds both have of (recipe - default) excerpt accuracy, with a 95% bootstrap interval that resamples
+the test split's recordings (the unit that is independent; seeds stay paired). An interval that
+spans 0 means the test split cannot tell the two apart.
 
 Test excerpts are evaluated again here (training.evaluate with the product's window averaging, in
 the run's precision) to get per-track probabilities, cached in RUNS/.test-predictions/; the excerpt
@@ -50,11 +56,26 @@ from bench.tables import Col, num, publish, text
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "ema999": ["--ema", "0.999", "--compare-raw"],
+    "specaug-gain": ["--specaugment", "--gain-db", "6"],
     "ema999-specaug-gain": ["--ema", "0.999", "--compare-raw", "--specaugment", "--gain-db", "6"],
+    "mixup": ["--mixup", "0.2"],
     "ema999-mixup": ["--ema", "0.999", "--compare-raw", "--mixup", "0.2"],
+    "speed": ["--speed", "0.1"],
     "ema999-speed": ["--ema", "0.999", "--compare-raw", "--speed", "0.1"],
+    "resnet": ["--model", "resnet"],
     "resnet-ema999": ["--model", "resnet", "--ema", "0.999", "--compare-raw"],
 }
+
+
+def _without_ema(args: list[str]) -> list[str]:
+    i = args.index("--ema")
+    return [a for a in args[:i] + args[i + 2:] if a != "--compare-raw"]
+
+
+# recipe -> the --ema --compare-raw recipe whose raw weights are its run: they follow exactly the
+# trajectory of a run without --ema (tested in tests/test_train_resume.py), so one run gives both
+RAW_TWIN: dict[str, str] = {plain: ema for ema, a in RECIPES.items() if "--compare-raw" in a
+                            for plain, b in RECIPES.items() if b == _without_ema(a)}
 # recipe -> (bench.hard_set config, read its raw-weight columns?)
 HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False)}
 log = logger("realmusic_recipes")
@@ -131,9 +152,10 @@ def run_dir_of(runs: str, recipe: str, seed: int) -> tuple[str, bool] | None:
     own = os.path.join(runs, f"{recipe}-s{seed}")
     if os.path.exists(os.path.join(own, "metrics.json")):
         return own, False
-    ema = os.path.join(runs, f"ema999-s{seed}")
-    if recipe == "default" and os.path.exists(os.path.join(ema, "best-raw.pt")):
-        return ema, True
+    if recipe in RAW_TWIN:
+        twin = os.path.join(runs, f"{RAW_TWIN[recipe]}-s{seed}")
+        if os.path.exists(os.path.join(twin, "best-raw.pt")) and os.path.exists(os.path.join(twin, "metrics.json")):
+            return twin, True
     return None
 
 
@@ -164,7 +186,7 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
             **steadiness(curve), "epochs": len(h), "val_curve": curve,
             "train_min": sum(e["epoch_seconds"] for e in h) / 60,
             "samples_per_s": statistics.median(e["samples_per_s"] for e in h),
-            "run_dir": run_dir, "raw_columns": raw}
+            "run_dir": run_dir, "raw_columns": raw, "rows": tracks["rows"]}
 
 
 def train_missing(recipe: str, seed: int, runs: str, shards: str, extra: list[str]) -> None:
@@ -198,6 +220,35 @@ def hard_figures(path: str | None, recipe: str) -> dict | None:
             "test": spread([r["test_track" + key] for r in rows]), "val": spread([r["best_val" + key] for r in rows])}
 
 
+def paired_difference(recipe_runs: dict[int, list[dict]], default_runs: dict[int, list[dict]],
+                      recordings: dict[str, tuple[str, str]], draws: int = 10000) -> dict[str, Any] | None:
+    """Excerpt accuracy of a recipe minus the default's on the same test excerpts, averaged over the
+    seeds both ran, with a 95% bootstrap interval over recordings (each draw resamples the recordings
+    with replacement, weighting each by its excerpts; fixed generator seed, so reruns agree)."""
+    import numpy as np
+    seeds = sorted(set(recipe_runs) & set(default_runs))
+    if not seeds:
+        return None
+    groups = sorted({recordings[r["source"]] for r in default_runs[seeds[0]]})
+    index = {g: i for i, g in enumerate(groups)}
+
+    def right_per_group(rows: list[dict]) -> np.ndarray:
+        c = np.zeros(len(groups))
+        for r in rows:
+            c[index[recordings[r["source"]]]] += int(np.argmax(r["probs"])) == r["label"]
+        return c
+
+    n = np.zeros(len(groups))
+    for r in default_runs[seeds[0]]:
+        n[index[recordings[r["source"]]]] += 1
+    delta = np.stack([right_per_group(recipe_runs[s]) - right_per_group(default_runs[s]) for s in seeds]).mean(0)
+    w = np.random.default_rng(0).multinomial(len(groups), np.full(len(groups), 1 / len(groups)), size=draws)
+    boot = (w @ delta) / (w @ n)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"diff": float(delta.sum() / n.sum()), "lo": float(lo), "hi": float(hi), "seeds": seeds,
+            "recordings": len(groups), "draws": draws}
+
+
 def plot_curves(runs: list[dict], path: str, title: str) -> None:
     """Validation accuracy by epoch: a panel per seed, a line per recipe, its selected epoch marked."""
     from analysis.plots import pyplot, save_figure
@@ -227,6 +278,9 @@ COLUMNS = [
     Col("recipe", text("recipe")),
     Col("real test, excerpts", lambda r: pm(r["test_track"])),
     Col("real test, recordings", lambda r: pm(r["test_recording"])),
+    Col("Δ test vs default [95% over recordings]",
+        lambda r: f"{r['vs_default']['diff']:+.3f} [{r['vs_default']['lo']:+.3f}, {r['vs_default']['hi']:+.3f}]"
+        if r.get("vs_default") else "–"),
     Col("real val (selected epoch)", lambda r: pm(r["best_val"])),
     Col("val change per epoch (mean, max after 5)",
         lambda r: f"{r['mean_change']['mean']:.3f}, {r['max_change_after_5']['mean']:.3f}"),
@@ -262,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = os.path.join(runs, ".test-predictions")  # per run folder: run names repeat across --runs
     os.makedirs(cache, exist_ok=True)
 
-    if a.train:  # ema999 first: its raw weights give the default's figures, no run of its own needed
-        for recipe in sorted(names, key=lambda r: r != "ema999"):
+    if a.train:  # --ema twins first: their raw weights give the plain recipe's figures, no run of its own
+        for recipe in sorted(names, key=lambda r: r not in RAW_TWIN.values()):
             for seed in seeds:
                 if run_dir_of(runs, recipe, seed) is None:
                     train_missing(recipe, seed, runs, shards, shlex.split(a.extra))
@@ -286,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                             "max_change_after_5", "train_min")},
                         "gflops": flops_per_crop(model_of(recipe), len(manifest.classes), manifest.spec),
                         "hard": hard_figures(a.hard, recipe)})
+    by_seed = {(r["recipe"], r["seed"]): r["rows"] for r in per_run}
+    base = {s: by_seed[("default", s)] for s in seeds if ("default", s) in by_seed}
+    for row in summary:
+        if row["recipe"] != "default" and base:
+            mine = {s: by_seed[(row["recipe"], s)] for s in seeds if (row["recipe"], s) in by_seed}
+            row["vs_default"] = paired_difference(mine, base, recordings)
 
     from training.report import write_json
     host, date = host_info(), today()
@@ -296,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(stem + ".json", {"benchmark": "realmusic_recipes", "date": date, "host": host, "split": split,
                                 "runs_folder": a.runs, "extra_args": a.extra,
                                 "classes": manifest.classes, "summary": summary,
-                                "runs": [{k: v for k, v in r.items() if k != "run_dir"} | {"run": os.path.basename(r["run_dir"])}
+                                "runs": [{k: v for k, v in r.items() if k not in ("run_dir", "rows")} | {"run": os.path.basename(r["run_dir"])}
                                          for r in per_run]})
     for r in per_run:
         log(f"{r['recipe']} s{r['seed']}{' (raw of ' + os.path.basename(r['run_dir']) + ')' if r['raw_columns'] else ''}: "

@@ -255,7 +255,7 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     metrics.json (the script checks), and recordings are counted by provenance group."""
     import subprocess
     import sys
-    from bench.realmusic_recipes import recording_accuracy, steadiness
+    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness
     from helpers import ROOT
     _, _, out, _ = built
     set_dir = tmp_path / "set"
@@ -277,6 +277,9 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     groups = {(r["package"], r["group"]) for r in _rows(set_dir / "provenance.csv") if r["split"] == "test"}
     assert runs["ema999"]["recordings"] == len(groups) and 0 <= runs["ema999"]["test_recording"] <= 1
     assert [s["recipe"] for s in doc["summary"]] == ["default", "ema999"] and doc["summary"][0]["gflops"] > 0
+    vs = doc["summary"][1]["vs_default"]  # the EMA against its own raw weights, on the same excerpts
+    assert vs["seeds"] == [0] and vs["recordings"] == len(groups) and vs["lo"] <= vs["diff"] <= vs["hi"]
+    assert vs["diff"] == pytest.approx(runs["ema999"]["test_track"] - runs["default"]["test_track"])
     assert "| default |" in p.stdout and "| ema999 |" in p.stdout
     assert "warning" not in p.stderr  # fp32: evaluating test again gives the run's own accuracy
     png = next((tmp_path / "res").glob("realmusic-recipes-*.png"))
@@ -289,5 +292,17 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     assert recording_accuracy(rows, rec) == (1.0, 2)
     rows[2]["probs"] = [0.6, 0.4]
     assert recording_accuracy(rows, rec) == (0.5, 2)
+    # paired difference: recording a (3 excerpts, all right) loses one, b (1 excerpt, wrong) gains it
+    base = [{"source": s, "label": 0 if s[0] == "a" else 1, "probs": [0.9, 0.1]} for s in ("a1", "a2", "a3", "b1")]
+    better = [dict(r, probs=[0.1, 0.9]) if r["source"] in ("a1", "b1") else r for r in base]
+    same = paired_difference({0: base}, {0: base}, rec)
+    assert (same["diff"], same["lo"], same["hi"]) == (0, 0, 0)
+    d = paired_difference({0: better, 1: better}, {0: base, 1: base, 2: base}, rec)
+    assert d["seeds"] == [0, 1] and d["recordings"] == 2
+    assert d["diff"] == pytest.approx(0)  # -1 + 1 of 4 excerpts, on each seed both ran
+    # a resample of only a gives -1/3, of only b +1; each is a quarter of the draws
+    assert d["lo"] == pytest.approx(-1 / 3) and d["hi"] == pytest.approx(1.0)
+    assert RAW_TWIN == {"default": "ema999", "specaug-gain": "ema999-specaug-gain", "mixup": "ema999-mixup",
+                        "speed": "ema999-speed", "resnet": "resnet-ema999"}
     assert steadiness([0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.9]) == pytest.approx(
         {"mean_change": 0.6 / 6, "max_change_after_5": 0.3})

@@ -431,6 +431,10 @@ def finish(trainer: Trainer) -> int:
             metrics["best_epoch_raw"] = raw_state["epoch"]
             metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
                                    "tracks": raw.tracks}
+    if args.compare_raw and "best_epoch_raw" not in metrics:  # no test split: which epoch the raw weights chose
+        raw_state = trainer.saver.load_best(trainer.model, raw=True)
+        if raw_state is not None:
+            metrics["best_epoch_raw"] = raw_state["epoch"]
     if env.is_main:
         if trainer.history:
             trainer.board.test(metrics, trainer.history[-1]["epoch"])

@@ -110,18 +110,28 @@ def recording_of(provenance: str) -> dict[str, tuple[str, str]]:
         return {r["path"]: (r["package"], r["group"]) for r in csv.DictReader(f)}
 
 
-def test_tracks(checkpoint_path: str, shards: str, manifest, bf16: bool) -> tuple[list[dict[str, Any]], float]:
-    """Every test excerpt's label and class probabilities under the checkpoint's inference weights
-    (in bf16 autocast if the run evaluated so), and the excerpt accuracy of that pass."""
+def split_predictions(checkpoint_path: str, shards: str, manifest, bf16: bool, split: str = "test",
+                      raw: bool = False) -> tuple[list[dict[str, Any]], float]:
+    """Every excerpt of `split`: its label and class probabilities under the checkpoint's inference
+    weights (the EMA's where kept, or the raw ones with `raw`), in bf16 autocast if the run evaluated
+    so; and the excerpt accuracy of that pass."""
     import torch
-    from inference.classifier import load_classifier
+    from core.checkpoint import load, load_model_weights
+    from core.spec import FeatureSpec
     from loading.loader import DaliLoader
+    from model import build_model
     from training.amp import Amp
     from training.distributed import DistEnv
     from training.evaluate import TrackLog, evaluate
-    net, classes, spec = load_classifier(checkpoint_path)  # the inference weights: the EMA's where kept
+    state = load(checkpoint_path, map_location="cpu")
+    if raw:
+        state = {k: v for k, v in state.items() if k != "ema"}
+    classes, spec = state["classes"], FeatureSpec.from_dict(state["feature_spec"])
+    net = build_model(state["model_name"], len(classes))
+    load_model_weights(net, state, checkpoint_path, for_inference=True)  # as inference.classifier does
+    net.eval()
     env = DistEnv(0, 1, 0, torch.device("cpu"))
-    loader = DaliLoader(shards, "test", spec, 8, train=False, rank=0, world_size=1, device=env.device,
+    loader = DaliLoader(shards, split, spec, 8, train=False, rank=0, world_size=1, device=env.device,
                         num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
     log_ = TrackLog()
     result = evaluate(net, loader, spec, env, Amp.create(env.device, bf16), len(classes), tracks=log_)
@@ -131,6 +141,17 @@ def test_tracks(checkpoint_path: str, shards: str, manifest, bf16: bool) -> tupl
         p = torch.softmax(torch.as_tensor(r["logits"], dtype=torch.float64), 0).tolist()
         rows.append({"source": source[int(r["uid"])], "label": int(r["label"]), "probs": p})
     return rows, result.track_acc
+
+
+def cached_predictions(cached: str, checkpoint_path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """split_predictions' {"rows", "track_acc"}, kept in `cached` (JSON) until the checkpoint changes."""
+    if os.path.exists(cached) and os.path.getmtime(cached) > os.path.getmtime(checkpoint_path):
+        with open(cached, encoding="utf-8") as f:
+            return json.load(f)
+    rows, acc = split_predictions(checkpoint_path, *args, **kwargs)
+    from core.atomic import atomic_write
+    atomic_write(cached, json.dumps({"rows": rows, "track_acc": acc}).encode())
+    return {"rows": rows, "track_acc": acc}
 
 
 def recording_accuracy(rows: list[dict], recordings: dict[str, tuple[str, str]]) -> tuple[float, int]:
@@ -147,13 +168,17 @@ def recording_accuracy(rows: list[dict], recordings: dict[str, tuple[str, str]])
     return right / len(groups), len(groups)
 
 
-def run_dir_of(runs: str, recipe: str, seed: int) -> tuple[str, bool] | None:
-    """(run folder, read its raw columns?) for a finished run of the recipe and seed, else None."""
-    own = os.path.join(runs, f"{recipe}-s{seed}")
+def run_name(recipe: str, seed: int, fold: int | None = None) -> str:
+    return f"{recipe}-s{seed}" if fold is None else f"{recipe}-f{fold}-s{seed}"
+
+
+def run_dir_of(runs: str, recipe: str, seed: int, fold: int | None = None) -> tuple[str, bool] | None:
+    """(run folder, read its raw columns?) for a finished run of the recipe and seed (and fold), else None."""
+    own = os.path.join(runs, run_name(recipe, seed, fold))
     if os.path.exists(os.path.join(own, "metrics.json")):
         return own, False
     if recipe in RAW_TWIN:
-        twin = os.path.join(runs, f"{RAW_TWIN[recipe]}-s{seed}")
+        twin = os.path.join(runs, run_name(RAW_TWIN[recipe], seed, fold))
         if os.path.exists(os.path.join(twin, "best-raw.pt")) and os.path.exists(os.path.join(twin, "metrics.json")):
             return twin, True
     return None
@@ -168,14 +193,7 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
     test = m["test" + suffix]
     ckpt = os.path.join(run_dir, "best-raw.pt" if raw else "best.pt")
     cached = os.path.join(cache, f"{os.path.basename(run_dir)}{suffix}-test.json")
-    if os.path.exists(cached) and os.path.getmtime(cached) > os.path.getmtime(ckpt):
-        with open(cached, encoding="utf-8") as f:
-            tracks = json.load(f)
-    else:
-        rows, acc = test_tracks(ckpt, shards, manifest, bf16=m.get("precision") == "bf16")
-        tracks = {"rows": rows, "track_acc": acc}
-        from core.atomic import atomic_write
-        atomic_write(cached, json.dumps(tracks).encode())
+    tracks = cached_predictions(cached, ckpt, shards, manifest, bf16=m.get("precision") == "bf16")
     if abs(tracks["track_acc"] - test["track_acc"]) > 1e-9:
         # fp32 passes agree exactly; a bf16 pass in one process can tip an excerpt the run's ranks did not
         log(f"warning: {ckpt}: test accuracy {tracks['track_acc']:.4f} on evaluating again, "
@@ -189,8 +207,8 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
             "run_dir": run_dir, "raw_columns": raw, "rows": tracks["rows"]}
 
 
-def train_missing(recipe: str, seed: int, runs: str, shards: str, extra: list[str]) -> None:
-    run_dir = os.path.join(runs, f"{recipe}-s{seed}")
+def train_missing(recipe: str, seed: int, run_dir: str, shards: str, extra: list[str]) -> None:
+    """train.py for the recipe and seed into run_dir (its output in run_dir.log), under nice 19."""
     cmd = ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards,
            "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra]
     log(f"{recipe} seed {seed}: {' '.join(cmd[4:])}")
@@ -320,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in sorted(names, key=lambda r: r not in RAW_TWIN.values()):
             for seed in seeds:
                 if run_dir_of(runs, recipe, seed) is None:
-                    train_missing(recipe, seed, runs, shards, shlex.split(a.extra))
+                    train_missing(recipe, seed, os.path.join(runs, run_name(recipe, seed)), shards,
+                                  shlex.split(a.extra))
     per_run, summary = [], []
     for recipe in names:
         got = []

@@ -306,3 +306,58 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
                         "speed": "ema999-speed", "resnet": "resnet-ema999"}
     assert steadiness([0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.9]) == pytest.approx(
         {"mean_change": 0.6 / 6, "max_change_after_5": 0.3})
+
+
+def test_folds_are_balanced_per_class_and_deterministic():
+    from bench.realmusic_folds import assign_folds
+    sizes = {("a", "g1"): 5, ("a", "g2"): 3, ("a", "g3"): 3, ("a", "g4"): 2, ("b", "h1"): 1, ("b", "h2"): 1}
+    fold = assign_folds(sizes, 2)
+    assert fold == assign_folds(dict(reversed(sizes.items())), 2)  # input order does not matter
+    per = {(c, f): sum(n for g, n in sizes.items() if g[0] == c and fold[g] == f) for c in "ab" for f in (0, 1)}
+    assert per == {("a", 0): 7, ("a", 1): 6, ("b", 0): 1, ("b", 1): 1}  # 5+2 / 3+3, greedy by size
+    assert sorted(assign_folds(sizes, 3).values()).count(2) >= 1
+
+
+def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path):
+    """bench.realmusic_folds --train on the generated set, 2 folds: one --ema --compare-raw run per fold
+    gives default and ema999; every train/val excerpt is predicted once by the model of the fold that
+    held its recording out, test excerpts never; the last epoch's pooled accuracy agrees with the runs'
+    own validation (fp32)."""
+    import subprocess
+    import sys
+    from bench.realmusic_folds import fold_lists
+    from helpers import ROOT
+    _, _, out, _ = built
+    set_dir = tmp_path / "set"
+    shutil.copytree(out, set_dir)
+    extra = "--model tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
+    p = subprocess.run([sys.executable, "-m", "bench.realmusic_folds", "--set", str(set_dir), "--folds", "2", "--train",
+                        "--extra", extra, "--out", str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    prov = {r["path"]: r for r in _rows(set_dir / "provenance.csv")}
+    lists = [_rows(set_dir / "folds-2" / f"fold-{i}" / "list.csv") for i in range(2)]
+    held = [{r["path"] for r in rows if r["split"] == "val"} for rows in lists]
+    dev = {p_ for p_, r in prov.items() if r["split"] in ("train", "val")}
+    assert held[0] | held[1] == dev and not held[0] & held[1] and all(held)
+    assert all({r["path"] for r in rows} == dev for rows in lists)  # test excerpts in no fold
+    group = {p_: (r["package"], r["group"]) for p_, r in prov.items()}
+    assert not {group[x] for x in held[0]} & {group[x] for x in held[1]}  # recordings never straddle folds
+    before = [open(x, "rb").read() for x in fold_lists(str(set_dir), 2)]  # a rerun writes the same lists
+    assert before == [(set_dir / "folds-2" / f"fold-{i}" / "list.csv").read_bytes() for i in range(2)]
+
+    doc = json.load(open(next((tmp_path / "res").glob("realmusic-folds2-*.json"))))
+    runs = {r["recipe"]: r for r in doc["runs"]}
+    assert runs["default"]["runs"] == runs["ema999"]["runs"] == ["ema999-f0-s0", "ema999-f1-s0"]
+    assert runs["default"]["raw_columns"] and not runs["ema999"]["raw_columns"]
+    assert not (set_dir / "runs" / "folds-2" / "default-f0-s0").exists()
+    for recipe, key in (("default", "val_track_acc_raw"), ("ema999", "val_track_acc")):
+        r = runs[recipe]
+        assert r["excerpts"] == len(dev) and r["recordings"] == len({group[x] for x in dev})
+        last = [json.load(open(set_dir / "runs" / "folds-2" / f"ema999-f{i}-s0" / "metrics.json"))["history"][-1][key]
+                for i in range(2)]
+        assert r["per_fold_last"] == pytest.approx(last)
+        assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
+    vs = doc["summary"][1]["vs_default"]
+    assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
+    assert "warning" not in p.stderr and "| ema999 |" in p.stdout

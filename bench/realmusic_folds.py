@@ -1,0 +1,248 @@
+"""Recipes compared by group k-fold cross-validation on the real-music set (issue #21).
+
+    .venv/bin/python -m bench.realmusic_folds --set /work/realmusic --folds 5          # tabulate finished runs
+    .venv/bin/python -m bench.realmusic_folds --set /work/realmusic --folds 5 --train \
+        --recipes default,ema999 --seeds 0 --extra "--nproc 2 --amp --batch-size 16 --no-tensorboard"
+
+Why: the set's fixed test split holds 16 recordings, so one recording moves its accuracy by up to
+0.09 and no recipe difference smaller than that can show (bench/NOTES.md, 2026-12-06). Here every
+train and val recording of the set (71 groups) is held out once, by a model that never trained on it.
+The test split stays out of it entirely: recipes are chosen on these folds, and tested once.
+
+Folds: each class's recording groups (provenance.csv's package and group: variants and remixes of a
+recording stay together) are dealt into K folds, the groups with the most excerpts first (a hashed
+order among equals, --fold-seed), each to the fold holding fewest excerpts of that class so far.
+Fold i is the val split, the other folds train: SET/folds-K/fold-i/list.csv, sharded with make_shards
+into SET/folds-K/fold-i/shards when missing. Runs: SET/RUNS/folds-K/<recipe>-f<i>-s<seed>/ (train.py's
+defaults plus the recipe's arguments plus --extra; a recipe without --ema is read from its
+`--ema --compare-raw` twin's raw weights where that ran, as in bench.realmusic_recipes).
+
+Scores per recipe and seed, pooled over the K held-out folds (each excerpt predicted once):
+- **last epoch** (the primary score): the last epoch's weights, no selection, so a noisy validation
+  curve earns nothing from its peaks; per excerpt and per recording (mean excerpt probabilities).
+- **selected epoch**: best.pt (best-raw.pt), chosen on that same fold, hence optimistic.
+Against `default`: the paired difference of the last-epoch excerpt accuracy on the same excerpts,
+averaged over the seeds both ran, with a 95% bootstrap interval over recordings. Per recipe: mean ±
+sample sd over seeds, the per-fold spread, training minutes per fold. Output: table on stdout, JSON
+under --out. Predictions are cached in SET/RUNS/folds-K/.val-predictions/.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import shlex
+import statistics
+import sys
+from collections import defaultdict
+from typing import Any
+
+from bench import RESULTS
+from bench.host import describe, host_info, today
+from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, log, paired_difference,
+                                     recording_accuracy, recording_of, run_dir_of, run_name, spread, train_missing)
+from bench.tables import Col, text
+
+Group = tuple[str, str]  # (label, recording group)
+
+
+def assign_folds(excerpts: dict[Group, int], k: int, seed: int = 0) -> dict[Group, int]:
+    """(label, group) -> fold in 0..k-1, balanced per class by excerpts (see the module docstring)."""
+    def order(g: Group) -> tuple[int, str, Group]:
+        digest = hashlib.sha1(f"{seed}\0{g[0]}\0{g[1]}".encode("utf-8", "surrogateescape")).hexdigest()
+        return -excerpts[g], digest, g
+    fold: dict[Group, int] = {}
+    load: dict[str, list[int]] = defaultdict(lambda: [0] * k)
+    for g in sorted(excerpts, key=order):
+        f = min(range(k), key=lambda i: (load[g[0]][i], i))
+        fold[g] = f
+        load[g[0]][f] += excerpts[g]
+    return fold
+
+
+def fold_lists(set_dir: str, k: int, seed: int = 0) -> list[str]:
+    """The K list files (path,label,split rows of list.csv's train and val excerpts; test left out),
+    written when missing or different; returns their paths."""
+    with open(os.path.join(set_dir, "provenance.csv"), newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] in ("train", "val")]
+    groups = {r["path"]: (r["label"], r["package"] + "/" + r["group"]) for r in rows}
+    excerpts: dict[Group, int] = defaultdict(int)
+    for g in groups.values():
+        excerpts[g] += 1
+    fold = assign_folds(excerpts, k, seed)
+    for label in sorted({g[0] for g in excerpts}):
+        n = len({g for g in excerpts if g[0] == label})
+        if n < k:
+            log(f"{label}: {n} recording groups for {k} folds: {k - n} fold(s) validate none of it")
+    from core.atomic import atomic_write
+    paths = []
+    for i in range(k):
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["path", "label", "split"])
+        for r in sorted(rows, key=lambda r: r["path"]):
+            w.writerow([r["path"], r["label"], "val" if fold[groups[r["path"]]] == i else "train"])
+        path = os.path.join(set_dir, f"folds-{k}", f"fold-{i}", "list.csv")
+        data = out.getvalue().encode()
+        if not os.path.exists(path) or open(path, "rb").read() != data:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, data)
+        paths.append(path)
+    return paths
+
+
+def fold_shards(set_dir: str, list_path: str) -> str:
+    """The fold's shards beside its list, made (paths relative to the set) unless they were made from it."""
+    out = os.path.join(os.path.dirname(list_path), "shards")
+    with open(list_path, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            if json.load(f).get("options", {}).get("list_sha256") == want:
+                return out
+    from preprocess.make_shards import make_shards
+    log(f"sharding {os.path.relpath(list_path, set_dir)}")
+    make_shards(set_dir, out, list_file=list_path, split="list", progress=False)
+    return out
+
+
+def read_fold(run_dir: str, raw: bool, shards: str, cache: str) -> dict[str, Any]:
+    """A fold run's held-out predictions at its last and its selected epoch, and its history's figures."""
+    from storage.folder import read_manifest
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        m = json.load(f)
+    suffix = "_raw" if raw else ""
+    bf16 = m.get("precision") == "bf16"
+    manifest = read_manifest(shards)
+    got = {}
+    for which, ckpt in (("last", "last.pt"), ("selected", "best-raw.pt" if raw else "best.pt")):
+        path = os.path.join(run_dir, ckpt)
+        cached = os.path.join(cache, f"{os.path.basename(run_dir)}{suffix}-{which}.json")
+        got[which] = cached_predictions(cached, path, shards, manifest, bf16=bf16, split="val", raw=raw)
+    h = m["history"]
+    for which, epoch in (("last", len(h)), ("selected", m["best_epoch" + suffix])):
+        logged = h[epoch - 1]["val_track_acc" + suffix]
+        if abs(got[which]["track_acc"] - logged) > 1e-9:  # a bf16 pass in one process may tip an excerpt
+            log(f"warning: {run_dir} {which}: val accuracy {got[which]['track_acc']:.4f} on evaluating again, "
+                f"{logged:.4f} in metrics.json")
+    return {"last": got["last"]["rows"], "selected": got["selected"]["rows"],
+            "epochs": len(h), "best_epoch": m["best_epoch" + suffix],
+            "train_min": sum(e["epoch_seconds"] for e in h) / 60}
+
+
+def excerpt_accuracy(rows: list[dict]) -> float:
+    return sum(max(range(len(r["probs"])), key=r["probs"].__getitem__) == r["label"] for r in rows) / len(rows)
+
+
+def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """One recipe and seed over its K folds: pooled held-out accuracies and the per-fold spread."""
+    last = [r for f in folds for r in f["last"]]
+    selected = [r for f in folds for r in f["selected"]]
+    return {"last_excerpts": excerpt_accuracy(last), "last_recordings": recording_accuracy(last, recordings)[0],
+            "selected_excerpts": excerpt_accuracy(selected),
+            "recordings": recording_accuracy(last, recordings)[1], "excerpts": len(last),
+            "per_fold_last": [excerpt_accuracy(f["last"]) for f in folds],
+            "best_epochs": [f["best_epoch"] for f in folds],
+            "train_min_per_fold": statistics.fmean(f["train_min"] for f in folds), "rows": last}
+
+
+def pm(s: dict) -> str:
+    return f"{s['mean']:.3f} ± {s['sd']:.3f} (n={s['n']})"
+
+
+COLUMNS = [
+    Col("recipe", text("recipe")),
+    Col("last epoch, excerpts", lambda r: pm(r["last_excerpts"])),
+    Col("last epoch, recordings", lambda r: pm(r["last_recordings"])),
+    Col("Δ vs default [95% over recordings]",
+        lambda r: f"{r['vs_default']['diff']:+.3f} [{r['vs_default']['lo']:+.3f}, {r['vs_default']['hi']:+.3f}]"
+        if r.get("vs_default") else "–"),
+    Col("selected epoch, excerpts", lambda r: pm(r["selected_excerpts"])),
+    Col("per fold (last epoch)", lambda r: ", ".join(f"{v:.2f}" for v in r["per_fold_last"])),
+    Col("train min per fold", lambda r: f"{r['train_min_per_fold']:.0f}"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", required=True, help="bench.realmusic's output folder")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold-seed", type=int, default=0, help="order among groups of equal size")
+    ap.add_argument("--recipes", default="default,ema999", help="comma-separated: " + ", ".join(RECIPES))
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--train", action="store_true", help="shard the folds and train missing runs (nice 19)")
+    ap.add_argument("--runs", default="runs", help="the runs' folder inside --set (folds-K/ inside it)")
+    ap.add_argument("--extra", default="", help="train.py arguments for every run trained here (recorded)")
+    ap.add_argument("--out", default=RESULTS)
+    a = ap.parse_args(argv)
+    names = [r.strip() for r in a.recipes.split(",") if r.strip()]
+    unknown = [r for r in names if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    if a.folds < 2:
+        ap.error("--folds must be at least 2")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    lists = fold_lists(a.set, a.folds, a.fold_seed)
+    runs = os.path.join(a.set, a.runs, f"folds-{a.folds}")
+    cache = os.path.join(runs, ".val-predictions")
+    os.makedirs(cache, exist_ok=True)
+    recordings = recording_of(os.path.join(a.set, "provenance.csv"))
+    shards = [os.path.join(os.path.dirname(p), "shards") for p in lists]
+
+    if a.train:  # --ema twins first: their raw weights are the plain recipe's runs
+        shards = [fold_shards(a.set, p) for p in lists]
+        for recipe in sorted(names, key=lambda r: r not in RAW_TWIN.values()):
+            for seed in seeds:
+                for i in range(a.folds):
+                    if run_dir_of(runs, recipe, seed, i) is None:
+                        train_missing(recipe, seed, os.path.join(runs, run_name(recipe, seed, i)), shards[i],
+                                      shlex.split(a.extra))
+    per_seed: list[dict] = []
+    summary: list[dict] = []
+    for recipe in names:
+        got = []
+        for seed in seeds:
+            where = [run_dir_of(runs, recipe, seed, i) for i in range(a.folds)]
+            if None in where:
+                log(f"{recipe} seed {seed}: {where.count(None)} of {a.folds} folds not run in {runs}")
+                continue
+            folds = [read_fold(d, raw, shards[i], cache) for i, (d, raw) in enumerate(where)]
+            row = {"recipe": recipe, "seed": seed, "runs": [os.path.basename(d) for d, _ in where],
+                   "raw_columns": where[0][1], **score(folds, recordings)}
+            log(f"{recipe} s{seed}: last epoch {row['last_excerpts']:.3f} of {row['excerpts']} excerpts, "
+                f"{row['last_recordings']:.3f} of {row['recordings']} recordings; selected epoch "
+                f"{row['selected_excerpts']:.3f}; per fold {', '.join(f'{v:.2f}' for v in row['per_fold_last'])}")
+            per_seed.append(row)
+            got.append(row)
+        if got:
+            summary.append({"recipe": recipe, "args": RECIPES[recipe], "seeds": [r["seed"] for r in got],
+                            **{k: spread([r[k] for r in got]) for k in
+                               ("last_excerpts", "last_recordings", "selected_excerpts")},
+                            "per_fold_last": [statistics.fmean(v) for v in zip(*(r["per_fold_last"] for r in got))],
+                            "train_min_per_fold": statistics.fmean(r["train_min_per_fold"] for r in got)})
+    base = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == "default"}
+    for row in summary:
+        if row["recipe"] != "default" and base:
+            mine = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == row["recipe"]}
+            row["vs_default"] = paired_difference(mine, base, recordings)
+
+    from bench.tables import publish
+    from training.report import write_json
+    host, date = host_info(), today()
+    os.makedirs(a.out, exist_ok=True)
+    stem = os.path.join(a.out, f"realmusic-folds{a.folds}-{host['kind']}-{date}")
+    write_json(stem + ".json", {"benchmark": "realmusic_folds", "date": date, "host": host, "folds": a.folds,
+                                "fold_seed": a.fold_seed, "runs_folder": a.runs, "extra_args": a.extra,
+                                "summary": summary,
+                                "runs": [{k: v for k, v in r.items() if k != "rows"} for r in per_seed]})
+    publish(f"real-music set, {a.folds}-fold cross-validation over train+val recordings, seeds {a.seeds}; "
+            f"host {describe(host)}, {date}", summary, COLUMNS, "last_excerpts", stem=stem)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

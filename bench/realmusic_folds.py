@@ -41,12 +41,14 @@ from collections import defaultdict
 from typing import Any
 
 from bench import RESULTS
+from bench.harness import logger
 from bench.host import describe, host_info, today
-from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, log, paired_difference,
+from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, paired_difference,
                                      recording_accuracy, recording_of, run_dir_of, run_name, spread, train_missing)
 from bench.tables import Col, text
 
 Group = tuple[str, str]  # (label, recording group)
+log = logger("realmusic_folds")
 
 
 def assign_folds(excerpts: dict[Group, int], k: int, seed: int = 0) -> dict[Group, int]:

@@ -207,10 +207,17 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
             "run_dir": run_dir, "raw_columns": raw, "rows": tracks["rows"]}
 
 
+def train_command(recipe: str, seed: int, run_dir: str, shards: str, extra: list[str]) -> list[str]:
+    """train.py for the recipe and seed into run_dir under nice 19; a run stopped part-way (a session's
+    end) continues from its last checkpoint (train.py's resume is exact)."""
+    started = any(os.path.exists(os.path.join(run_dir, f)) for f in ("last.pt", "prev.pt"))
+    return ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards,
+            "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra, *(["--resume"] if started else [])]
+
+
 def train_missing(recipe: str, seed: int, run_dir: str, shards: str, extra: list[str]) -> None:
-    """train.py for the recipe and seed into run_dir (its output in run_dir.log), under nice 19."""
-    cmd = ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards,
-           "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra]
+    """Runs train_command (its output appended to run_dir.log)."""
+    cmd = train_command(recipe, seed, run_dir, shards, extra)
     log(f"{recipe} seed {seed}: {' '.join(cmd[4:])}")
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
     with open(run_dir + ".log", "a", encoding="utf-8") as out:

@@ -255,7 +255,7 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     metrics.json (the script checks), and recordings are counted by provenance group."""
     import subprocess
     import sys
-    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness
+    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness, train_command
     from helpers import ROOT
     _, _, out, _ = built
     set_dir = tmp_path / "set"
@@ -302,6 +302,10 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     assert d["diff"] == pytest.approx(0)  # -1 + 1 of 4 excerpts, on each seed both ran
     # a resample of only a gives -1/3, of only b +1; each is a quarter of the draws
     assert d["lo"] == pytest.approx(-1 / 3) and d["hi"] == pytest.approx(1.0)
+    # a run stopped part-way (its last.pt there) continues; a finished one is never run again (run_dir_of)
+    cmd = train_command("mixup", 1, str(set_dir / "runs" / "ema999-s0"), "S", ["--nproc", "2"])
+    assert cmd[cmd.index("--seed"):] == ["--seed", "1", "--mixup", "0.2", "--nproc", "2", "--resume"]
+    assert "--resume" not in train_command("mixup", 1, str(tmp_path / "new"), "S", [])
     assert RAW_TWIN == {"default": "ema999", "specaug-gain": "ema999-specaug-gain", "mixup": "ema999-mixup",
                         "speed": "ema999-speed", "resnet": "resnet-ema999"}
     assert steadiness([0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.9]) == pytest.approx(

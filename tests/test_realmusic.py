@@ -362,6 +362,8 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
                 for i in range(2)]
         assert r["per_fold_last"] == pytest.approx(last)
         assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
+        assert r["curve"][-1] == pytest.approx(r["last_excerpts"]) and len(r["curve"]) == 2
     vs = doc["summary"][1]["vs_default"]
     assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
+    assert next((tmp_path / "res").glob("realmusic-folds2-*.png")).read_bytes()[:4] == b"\x89PNG"

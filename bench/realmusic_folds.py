@@ -46,9 +46,9 @@ from typing import Any
 from bench import RESULTS
 from bench.harness import logger
 from bench.host import describe, host_info, today
-from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, paired_difference,
+from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, paired_difference, plot_curves, pm,
                                      recording_accuracy, recording_of, run_dir_of, run_name, spread, steadiness,
-                                     train_missing)
+                                     train_missing, vs_default_cell)
 from bench.tables import Col, text
 
 Group = tuple[str, str]  # (label, recording group)
@@ -160,36 +160,11 @@ def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str
             "train_min_per_fold": statistics.fmean(f["train_min"] for f in folds), "rows": last}
 
 
-def plot_curves(runs: list[dict], path: str, title: str) -> None:
-    """Pooled held-out accuracy by epoch: a panel per seed, a line per recipe."""
-    from analysis.plots import pyplot, save_figure
-    plt = pyplot()
-    seeds = sorted({r["seed"] for r in runs})
-    fig, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 3.8), sharey=True, squeeze=False)
-    for ax, seed in zip(axes[0], seeds):
-        for r in (r for r in runs if r["seed"] == seed):
-            ax.plot(range(1, len(r["curve"]) + 1), r["curve"], ".-", label=f"{r['recipe']} (last {r['curve'][-1]:.3f})")
-        ax.set_title(f"seed {seed}")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel("held-out accuracy, all folds (excerpts)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def pm(s: dict) -> str:
-    return f"{s['mean']:.3f} ± {s['sd']:.3f} (n={s['n']})"
-
-
 COLUMNS = [
     Col("recipe", text("recipe")),
     Col("last epoch, excerpts", lambda r: pm(r["last_excerpts"])),
     Col("last epoch, recordings", lambda r: pm(r["last_recordings"])),
-    Col("Δ vs default [95% over recordings]",
-        lambda r: f"{r['vs_default']['diff']:+.3f} [{r['vs_default']['lo']:+.3f}, {r['vs_default']['hi']:+.3f}]"
-        if r.get("vs_default") else "–"),
+    Col("Δ vs default [95% over recordings]", vs_default_cell),
     Col("selected epoch, excerpts", lambda r: pm(r["selected_excerpts"])),
     Col("val change per epoch: pooled (mean, max after 5), per fold",
         lambda r: f"{r['curve_mean_change']['mean']:.3f}, {r['curve_max_change_after_5']['mean']:.3f}, "
@@ -273,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "summary": summary,
                                 "runs": [{k: v for k, v in r.items() if k != "rows"} for r in per_seed]})
     if per_seed:
-        plot_curves(per_seed, stem + ".png", f"real-music set, {a.folds} folds: held-out accuracy by epoch")
+        plot_curves(per_seed, stem + ".png", f"real-music set, {a.folds} folds: held-out accuracy by epoch", curve="curve",
+                    label=lambda r: f"{r['recipe']} (last {r['curve'][-1]:.3f})", mark_selected=False,
+                    ylabel="held-out accuracy, all folds (excerpts)")
     publish(f"real-music set, {a.folds}-fold cross-validation over train+val recordings, seeds {a.seeds}; "
             f"host {describe(host)}, {date}", summary, COLUMNS, "last_excerpts", stem=stem)
     return 0

@@ -45,7 +45,7 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 from bench import RESULTS, ROOT
 from bench.harness import logger
@@ -274,22 +274,24 @@ def paired_difference(recipe_runs: dict[int, list[dict]], default_runs: dict[int
             "recordings": len(groups), "draws": draws}
 
 
-def plot_curves(runs: list[dict], path: str, title: str) -> None:
-    """Validation accuracy by epoch: a panel per seed, a line per recipe, its selected epoch marked."""
+def plot_curves(runs: list[dict], path: str, title: str, *, curve: str = "val_curve",
+                label: Callable[[dict], str] = lambda r: f"{r['recipe']} (test {r['test_track']:.3f})",
+                ylabel: str = "validation accuracy (excerpts)", mark_selected: bool = True) -> None:
+    """Accuracy by epoch (r[curve]): a panel per seed, a line per recipe, its selected epoch circled."""
     from analysis.plots import pyplot, save_figure
     plt = pyplot()
     seeds = sorted({r["seed"] for r in runs})
     fig, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 3.8), sharey=True, squeeze=False)
     for ax, seed in zip(axes[0], seeds):
         for r in (r for r in runs if r["seed"] == seed):
-            ep = range(1, len(r["val_curve"]) + 1)
-            line, = ax.plot(ep, r["val_curve"], ".-", label=f"{r['recipe']} (test {r['test_track']:.3f})")
-            ax.plot([r["best_epoch"]], [r["best_val"]], "o", ms=9, mfc="none", color=line.get_color())
+            line, = ax.plot(range(1, len(r[curve]) + 1), r[curve], ".-", label=label(r))
+            if mark_selected:
+                ax.plot([r["best_epoch"]], [r["best_val"]], "o", ms=9, mfc="none", color=line.get_color())
         ax.set_title(f"seed {seed}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    axes[0][0].set_ylabel("validation accuracy (excerpts)")
+    axes[0][0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
@@ -299,13 +301,16 @@ def pm(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['sd']:.3f} (n={s['n']})"
 
 
+def vs_default_cell(r: dict) -> str:
+    d = r.get("vs_default")
+    return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else "–"
+
+
 COLUMNS = [
     Col("recipe", text("recipe")),
     Col("real test, excerpts", lambda r: pm(r["test_track"])),
     Col("real test, recordings", lambda r: pm(r["test_recording"])),
-    Col("Δ test vs default [95% over recordings]",
-        lambda r: f"{r['vs_default']['diff']:+.3f} [{r['vs_default']['lo']:+.3f}, {r['vs_default']['hi']:+.3f}]"
-        if r.get("vs_default") else "–"),
+    Col("Δ test vs default [95% over recordings]", vs_default_cell),
     Col("real val (selected epoch)", lambda r: pm(r["best_val"])),
     Col("val change per epoch (mean, max after 5)",
         lambda r: f"{r['mean_change']['mean']:.3f}, {r['max_change_after_5']['mean']:.3f}"),

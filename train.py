@@ -451,11 +451,11 @@ def finish(trainer: Trainer) -> int:
             print(f"test acc {m['track_acc']:.3f} on {m['tracks']} tracks (windows {m['segment_acc']:.3f})")
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
-        if "test_raw" in metrics:
-            r = metrics["test_raw"]
+        if "best_epoch_raw" in metrics:
             best_raw = max(h.get("val_track_acc_raw", -1.0) for h in trainer.history)
-            print(f"raw weights (no EMA): best val acc {best_raw:.3f} (epoch {metrics['best_epoch_raw']}), "
-                  f"test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})")
+            r = metrics.get("test_raw")
+            print(f"raw weights (no EMA): best val acc {best_raw:.3f} (epoch {metrics['best_epoch_raw']})"
+                  + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
 

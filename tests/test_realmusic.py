@@ -355,6 +355,8 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     assert runs["default"]["runs"] == runs["ema999"]["runs"] == ["ema999-f0-s0", "ema999-f1-s0"]
     assert runs["default"]["raw_columns"] and not runs["ema999"]["raw_columns"]
     assert not (set_dir / "runs" / "folds-2" / "default-f0-s0").exists()
+    log = (set_dir / "runs" / "folds-2" / "ema999-f0-s0.log").read_text()  # no test split: the raw epoch still said
+    assert "raw weights (no EMA): best val acc" in log and "test acc" not in log
     for recipe, key in (("default", "val_track_acc_raw"), ("ema999", "val_track_acc")):
         r = runs[recipe]
         assert r["excerpts"] == len(dev) and r["recordings"] == len({group[x] for x in dev})

@@ -43,6 +43,8 @@ CONFIGS: dict[str, list[str]] = {
     # the default with --ema; --compare-raw also gives the default's own figures from the same run
     "baseline-c4-ema": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4", "--ema", "0.999",
                         "--compare-raw"],
+    "baseline-c4-ema-specaug-gain": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4", "--ema",
+                                     "0.999", "--compare-raw", "--specaugment", "--gain-db", "6"],
     "baseline-c4-specaug": ["--model", "baseline", "--batch-size", "32", "--crops-per-track", "4", "--specaugment"],
     "resnet-aug": ["--model", "resnet", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",
                    "--gain-db", "6", "--mixup", "0.2"],

@@ -77,7 +77,8 @@ def _without_ema(args: list[str]) -> list[str]:
 RAW_TWIN: dict[str, str] = {plain: ema for ema, a in RECIPES.items() if "--compare-raw" in a
                             for plain, b in RECIPES.items() if b == _without_ema(a)}
 # recipe -> (bench.hard_set config, read its raw-weight columns?)
-HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False)}
+HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False),
+        "specaug-gain": ("baseline-c4-ema-specaug-gain", True), "ema999-specaug-gain": ("baseline-c4-ema-specaug-gain", False)}
 log = logger("realmusic_recipes")
 
 
@@ -231,13 +232,15 @@ def spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def hard_figures(path: str | None, recipe: str) -> dict | None:
-    """The synthetic hard set's figures for the recipe from a bench.hard_set JSON."""
-    if not path or recipe not in HARD:
+def hard_figures(paths: str | None, recipe: str) -> dict | None:
+    """The synthetic hard set's figures for the recipe from bench.hard_set JSONs (comma-separated)."""
+    if not paths or recipe not in HARD:
         return None
     config, raw = HARD[recipe]
-    with open(path, encoding="utf-8") as f:
-        rows = [r for r in json.load(f)["rows"] if r.get("config") == config and "error" not in r]
+    rows = []
+    for path in paths.split(","):
+        with open(path, encoding="utf-8") as f:
+            rows += [r for r in json.load(f)["rows"] if r.get("config") == config and "error" not in r]
     if not rows:
         return None
     key = "_raw" if raw else ""
@@ -331,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train.py arguments for every run trained here: how it executes (e.g. '--nproc 2 --amp "
                          "--batch-size 16': 2 ranks of 16 crops, the default's global batch of 32, bf16) or a "
                          "smoke test's settings; recorded in the JSON")
-    ap.add_argument("--hard", default=None, help="a bench.hard_set JSON with the baseline-c4-ema config")
+    ap.add_argument("--hard", default=None,
+                    help="bench.hard_set JSONs (comma-separated) with the recipes' configs (HARD: baseline-c4-ema, ...)")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
     names = [r.strip() for r in a.recipes.split(",") if r.strip()]

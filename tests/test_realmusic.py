@@ -369,3 +369,22 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
     assert next((tmp_path / "res").glob("realmusic-folds2-*.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hard_set_figures_come_from_the_recipes_configs(tmp_path):
+    """A recipe's hard-set row is its bench.hard_set config's, raw columns for a plain recipe read
+    from its --ema --compare-raw twin's runs, gathered over several JSONs."""
+    from bench.realmusic_recipes import hard_figures
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    row = {"test_track": 0.6, "test_track_raw": 0.7, "best_val": 0.8, "best_val_raw": 0.9}
+    a.write_text(json.dumps({"rows": [{"config": "baseline-c4-ema", **row},
+                                      {"config": "baseline-c4-ema", "error": "killed"}]}))
+    b.write_text(json.dumps({"rows": [{"config": "baseline-c4-ema-specaug-gain", **row, "test_track": 0.5},
+                                      {"config": "baseline-c4-ema-specaug-gain", **row, "test_track": 0.55}]}))
+    both = f"{a},{b}"
+    d = hard_figures(both, "default")
+    assert d["config"] == "baseline-c4-ema (raw weights)" and d["test"]["mean"] == 0.7 and d["test"]["n"] == 1
+    e = hard_figures(both, "ema999-specaug-gain")
+    assert e["test"]["mean"] == pytest.approx(0.525) and e["val"]["mean"] == 0.8 and e["test"]["n"] == 2
+    assert hard_figures(str(a), "specaug-gain") is None and hard_figures(both, "mixup") is None
+    assert hard_figures(None, "default") is None

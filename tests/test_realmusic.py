@@ -357,6 +357,8 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     assert not (set_dir / "runs" / "folds-2" / "default-f0-s0").exists()
     log = (set_dir / "runs" / "folds-2" / "ema999-f0-s0.log").read_text()  # no test split: the raw epoch still said
     assert "raw weights (no EMA): best val acc" in log and "test acc" not in log
+    page = (set_dir / "runs" / "folds-2" / "ema999-f0-s0" / "report.html").read_text()
+    assert "Raw weights (without the EMA average): best validation accuracy" in page
     for recipe, key in (("default", "val_track_acc_raw"), ("ema999", "val_track_acc")):
         r = runs[recipe]
         assert r["excerpts"] == len(dev) and r["recordings"] == len({group[x] for x in dev})

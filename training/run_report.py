@@ -90,10 +90,10 @@ def write(run_dir: str, metrics: dict, rows: list[dict] | None, manifest: Manife
            + (f", test accuracy {test['track_acc']:.3f} on {test['tracks']} tracks (best checkpoint)" if test else "")
            + f"; {metrics.get('world_size')} rank(s) on {metrics.get('device')}, precision {metrics.get('precision')}.")
     raw = metrics.get("test_raw")
-    if raw:  # --compare-raw
+    if "best_epoch_raw" in metrics:  # --compare-raw
         best_raw = max(h.get("val_track_acc_raw", -1.0) for h in hist)
         page.p(f"Raw weights (without the EMA average): best validation accuracy {best_raw:.3f} (epoch "
-               f"{metrics.get('best_epoch_raw', '-')}), test accuracy {raw['track_acc']:.3f}.")
+               f"{metrics['best_epoch_raw']})" + (f", test accuracy {raw['track_acc']:.3f}." if raw else "."))
 
     page.h2("Curves")
     if os.path.exists(os.path.join(run_dir, "curves.png")):

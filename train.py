@@ -425,16 +425,13 @@ def finish(trainer: Trainer) -> int:
                            "confusion": test.confusion.tolist()}
         if env.is_main:
             report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
-        raw_state = trainer.saver.load_best(trainer.model, raw=True) if args.compare_raw else None
-        if raw_state is not None:  # the same test split, judged by the raw weights' best epoch
+    raw_state = trainer.saver.load_best(trainer.model, raw=True) if args.compare_raw else None  # after the test above
+    if raw_state is not None:
+        metrics["best_epoch_raw"] = raw_state["epoch"]
+        if trainer.manifest.splits["test"].count:  # the same test split, judged by the raw weights' best epoch
             raw = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes))
-            metrics["best_epoch_raw"] = raw_state["epoch"]
             metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
                                    "tracks": raw.tracks}
-    if args.compare_raw and "best_epoch_raw" not in metrics:  # no test split: which epoch the raw weights chose
-        raw_state = trainer.saver.load_best(trainer.model, raw=True)
-        if raw_state is not None:
-            metrics["best_epoch_raw"] = raw_state["epoch"]
     if env.is_main:
         if trainer.history:
             trainer.board.test(metrics, trainer.history[-1]["epoch"])

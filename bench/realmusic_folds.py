@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -46,7 +47,7 @@ from typing import Any
 from bench import RESULTS
 from bench.harness import logger
 from bench.host import describe, host_info, today
-from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, paired_difference, plot_curves, pm,
+from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, check_against_run, paired_difference, plot_curves, pm,
                                      recording_accuracy, recording_of, run_dir_of, run_name, spread, steadiness,
                                      train_missing, vs_default_cell)
 from bench.tables import Col, text
@@ -71,7 +72,7 @@ def assign_folds(excerpts: dict[Group, int], k: int, seed: int = 0) -> dict[Grou
 
 def fold_lists(set_dir: str, k: int, seed: int = 0) -> list[str]:
     """The K list files (path,label,split rows of list.csv's train and val excerpts; test left out),
-    written when missing or different; returns their paths."""
+    written (deterministic bytes); returns their paths."""
     with open(os.path.join(set_dir, "provenance.csv"), newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] in ("train", "val")]
     groups = {r["path"]: (r["label"], r["package"] + "/" + r["group"]) for r in rows}
@@ -92,38 +93,38 @@ def fold_lists(set_dir: str, k: int, seed: int = 0) -> list[str]:
         for r in sorted(rows, key=lambda r: r["path"]):
             w.writerow([r["path"], r["label"], "val" if fold[groups[r["path"]]] == i else "train"])
         path = os.path.join(set_dir, f"folds-{k}", f"fold-{i}", "list.csv")
-        data = out.getvalue().encode()
-        if not os.path.exists(path) or open(path, "rb").read() != data:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write(path, data)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, out.getvalue().encode())  # the shards are remade only when its bytes change
         paths.append(path)
     return paths
 
 
-def fold_shards(set_dir: str, list_path: str) -> str:
-    """The fold's shards beside its list, made (paths relative to the set) unless they were made from it."""
-    out = os.path.join(os.path.dirname(list_path), "shards")
+def shards_dir(list_path: str) -> str:
+    return os.path.join(os.path.dirname(list_path), "shards")
+
+
+def fold_shards(set_dir: str, list_path: str) -> None:
+    """The fold's shards beside its list (shards_dir), made (paths relative to the set) unless they
+    were made from it."""
+    out = shards_dir(list_path)
     with open(list_path, "rb") as f:
         want = hashlib.sha256(f.read()).hexdigest()
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         with open(manifest, encoding="utf-8") as f:
             if json.load(f).get("options", {}).get("list_sha256") == want:
-                return out
+                return
     from preprocess.make_shards import make_shards
     log(f"sharding {os.path.relpath(list_path, set_dir)}")
     make_shards(set_dir, out, list_file=list_path, split="list", progress=False)
-    return out
 
 
-def read_fold(run_dir: str, raw: bool, shards: str, cache: str) -> dict[str, Any]:
+def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dict[str, Any]:
     """A fold run's held-out predictions at its last and its selected epoch, and its history's figures."""
-    from storage.folder import read_manifest
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
     suffix = "_raw" if raw else ""
     bf16 = m.get("precision") == "bf16"
-    manifest = read_manifest(shards)
     got = {}
     for which, ckpt in (("last", "last.pt"), ("selected", "best-raw.pt" if raw else "best.pt")):
         path = os.path.join(run_dir, ckpt)
@@ -131,10 +132,8 @@ def read_fold(run_dir: str, raw: bool, shards: str, cache: str) -> dict[str, Any
         got[which] = cached_predictions(cached, path, shards, manifest, bf16=bf16, split="val", raw=raw)
     h = m["history"]
     for which, epoch in (("last", len(h)), ("selected", m["best_epoch" + suffix])):
-        logged = h[epoch - 1]["val_track_acc" + suffix]
-        if abs(got[which]["track_acc"] - logged) > 1e-9:  # a bf16 pass in one process may tip an excerpt
-            log(f"warning: {run_dir} {which}: val accuracy {got[which]['track_acc']:.4f} on evaluating again, "
-                f"{logged:.4f} in metrics.json")
+        check_against_run(f"{run_dir} ({which} epoch)", "val", got[which]["track_acc"],
+                          h[epoch - 1]["val_track_acc" + suffix])
     return {"last": got["last"]["rows"], "selected": got["selected"]["rows"],
             "curve": [e["val_track_acc" + suffix] for e in h], "epochs": len(h), "best_epoch": m["best_epoch" + suffix],
             "train_min": sum(e["epoch_seconds"] for e in h) / 60}
@@ -149,12 +148,12 @@ def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str
     last = [r for f in folds for r in f["last"]]
     selected = [r for f in folds for r in f["selected"]]
     n = [len(f["last"]) for f in folds]
+    by_recording, n_recordings = recording_accuracy(last, recordings)
     curve = [sum(a * k for a, k in zip(accs, n)) / sum(n) for accs in zip(*(f["curve"] for f in folds))]
     return {"curve": curve, **{"curve_" + k: v for k, v in steadiness(curve).items()},
             "mean_change_per_fold": statistics.fmean(steadiness(f["curve"])["mean_change"] for f in folds),
-            "last_excerpts": excerpt_accuracy(last), "last_recordings": recording_accuracy(last, recordings)[0],
-            "selected_excerpts": excerpt_accuracy(selected),
-            "recordings": recording_accuracy(last, recordings)[1], "excerpts": len(last),
+            "last_excerpts": excerpt_accuracy(last), "last_recordings": by_recording,
+            "selected_excerpts": excerpt_accuracy(selected), "recordings": n_recordings, "excerpts": len(last),
             "per_fold_last": [excerpt_accuracy(f["last"]) for f in folds],
             "best_epochs": [f["best_epoch"] for f in folds],
             "train_min_per_fold": statistics.fmean(f["train_min"] for f in folds), "rows": last}
@@ -198,16 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     cache = os.path.join(runs, ".val-predictions")
     os.makedirs(cache, exist_ok=True)
     recordings = recording_of(os.path.join(a.set, "provenance.csv"))
-    shards = [os.path.join(os.path.dirname(p), "shards") for p in lists]
+    shards = [shards_dir(p) for p in lists]
 
     if a.train:  # --ema twins first: their raw weights are the plain recipe's runs
-        shards = [fold_shards(a.set, p) for p in lists]
+        for p in lists:
+            fold_shards(a.set, p)
         for recipe in sorted(names, key=lambda r: r not in RAW_TWIN.values()):
             for seed in seeds:
                 for i in range(a.folds):
                     if run_dir_of(runs, recipe, seed, i) is None:
                         train_missing(recipe, seed, os.path.join(runs, run_name(recipe, seed, i)), shards[i],
                                       shlex.split(a.extra))
+    from storage.folder import read_manifest
+    manifest_of = functools.cache(read_manifest)  # a fold's manifest, read once for all its runs
     per_seed: list[dict] = []
     summary: list[dict] = []
     for recipe in names:
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             if None in where:
                 log(f"{recipe} seed {seed}: {where.count(None)} of {a.folds} folds not run in {runs}")
                 continue
-            folds = [read_fold(d, raw, shards[i], cache) for i, (d, raw) in enumerate(where)]
+            folds = [read_fold(d, raw, shards[i], manifest_of(shards[i]), cache) for i, (d, raw) in enumerate(where)]
             row = {"recipe": recipe, "seed": seed, "runs": [os.path.basename(d) for d, _ in where],
                    "raw_columns": where[0][1], **score(folds, recordings)}
             log(f"{recipe} s{seed}: last epoch {row['last_excerpts']:.3f} of {row['excerpts']} excerpts, "

@@ -117,20 +117,12 @@ def split_predictions(checkpoint_path: str, shards: str, manifest, bf16: bool, s
     weights (the EMA's where kept, or the raw ones with `raw`), in bf16 autocast if the run evaluated
     so; and the excerpt accuracy of that pass."""
     import torch
-    from core.checkpoint import load, load_model_weights
-    from core.spec import FeatureSpec
+    from inference.classifier import load_classifier
     from loading.loader import DaliLoader
-    from model import build_model
     from training.amp import Amp
     from training.distributed import DistEnv
     from training.evaluate import TrackLog, evaluate
-    state = load(checkpoint_path, map_location="cpu")
-    if raw:
-        state = {k: v for k, v in state.items() if k != "ema"}
-    classes, spec = state["classes"], FeatureSpec.from_dict(state["feature_spec"])
-    net = build_model(state["model_name"], len(classes))
-    load_model_weights(net, state, checkpoint_path, for_inference=True)  # as inference.classifier does
-    net.eval()
+    net, classes, spec = load_classifier(checkpoint_path, raw=raw)
     env = DistEnv(0, 1, 0, torch.device("cpu"))
     loader = DaliLoader(shards, split, spec, 8, train=False, rank=0, world_size=1, device=env.device,
                         num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
@@ -142,6 +134,14 @@ def split_predictions(checkpoint_path: str, shards: str, manifest, bf16: bool, s
         p = torch.softmax(torch.as_tensor(r["logits"], dtype=torch.float64), 0).tolist()
         rows.append({"source": source[int(r["uid"])], "label": int(r["label"]), "probs": p})
     return rows, result.track_acc
+
+
+def check_against_run(where: str, split: str, again: float, logged: float) -> None:
+    """Warn where evaluating a checkpoint again gives another accuracy than the run logged: fp32 passes
+    agree exactly; a bf16 pass in one process can tip an excerpt the run's ranks did not (the figures
+    here are then judged from the new pass)."""
+    if abs(again - logged) > 1e-9:
+        log(f"warning: {where}: {split} accuracy {again:.4f} on evaluating again, {logged:.4f} in metrics.json")
 
 
 def cached_predictions(cached: str, checkpoint_path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -195,10 +195,7 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
     ckpt = os.path.join(run_dir, "best-raw.pt" if raw else "best.pt")
     cached = os.path.join(cache, f"{os.path.basename(run_dir)}{suffix}-test.json")
     tracks = cached_predictions(cached, ckpt, shards, manifest, bf16=m.get("precision") == "bf16")
-    if abs(tracks["track_acc"] - test["track_acc"]) > 1e-9:
-        # fp32 passes agree exactly; a bf16 pass in one process can tip an excerpt the run's ranks did not
-        log(f"warning: {ckpt}: test accuracy {tracks['track_acc']:.4f} on evaluating again, "
-            f"{test['track_acc']:.4f} in metrics.json; recordings judged from the new pass")
+    check_against_run(ckpt, "test", tracks["track_acc"], test["track_acc"])
     rec_acc, n_rec = recording_accuracy(tracks["rows"], recordings)
     return {"best_val": max(curve), "best_epoch": m["best_epoch" + suffix], "test_track": test["track_acc"],
             "test_window": test["segment_acc"], "test_recording": rec_acc, "recordings": n_rec,

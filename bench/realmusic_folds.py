@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     if a.folds < 2:
         ap.error("--folds must be at least 2")
+    if not os.path.exists(os.path.join(a.set, "provenance.csv")):
+        ap.error(f"{a.set}: no provenance.csv there (build the set with python -m bench.realmusic)")
     seeds = [int(s) for s in a.seeds.split(",")]
     lists = fold_lists(a.set, a.folds, a.fold_seed)
     runs = os.path.join(a.set, a.runs, f"folds-{a.folds}")

@@ -371,6 +371,10 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
     assert next((tmp_path / "res").glob("realmusic-folds2-*.png")).read_bytes()[:4] == b"\x89PNG"
+    p = subprocess.run([sys.executable, "-m", "bench.realmusic_folds", "--set", str(tmp_path / "nothing")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "nothing: no provenance.csv there" in p.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in p.stderr
 
 
 def test_hard_set_figures_come_from_the_recipes_configs(tmp_path):

@@ -46,12 +46,13 @@ def window_logits(model, windows: torch.Tensor, batch: int, device: torch.device
 
 
 def track_logits(model, feats: torch.Tensor, n_samples: torch.Tensor, spec: "FeatureSpec",
-                 max_windows: int = 256) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(B, 1, mels, frames) whole tracks -> (B, classes) mean window logits, and each track's window logits."""
+                 max_windows: int = 256, hop_frames: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(B, 1, mels, frames) whole tracks -> (B, classes) mean window logits, and each track's window logits.
+    hop_frames: between window starts (default: a window, the product's way; bench.eval_windows tries less)."""
     windows, counts = [], []
     for i in range(feats.shape[0]):
         valid = min(spec.valid_frames(int(n_samples[i])), feats.shape[-1])
-        w = cut_windows(feats[i], valid, spec.clip_frames, spec.floor_value)
+        w = cut_windows(feats[i], valid, spec.clip_frames, spec.floor_value, hop_frames)
         windows.append(w)
         counts.append(len(w))
     logits = window_logits(model, torch.cat(windows), max_windows)

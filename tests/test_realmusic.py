@@ -371,6 +371,17 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
     assert next((tmp_path / "res").glob("realmusic-folds2-*.png")).read_bytes()[:4] == b"\x89PNG"
+
+    # bench.eval_windows on the same runs: hop 1 is the product's judgement (the folds bench's score,
+    # fp32 here so exactly); quarter-window hops add windows and judge the same excerpts
+    from bench.eval_windows import main as eval_windows
+    assert eval_windows(["--set", str(set_dir), "--folds", "2", "--hops", "1,0.25", "--out", str(tmp_path / "ew")]) == 0
+    rows = json.load(open(next((tmp_path / "ew").glob("eval-windows-default-s0-folds2-*.json"))))["rows"]
+    assert [r["hop"] for r in rows] == [1.0, 0.25] and all(r["excerpts"] == len(dev) for r in rows)
+    assert rows[0]["excerpts_acc"] == pytest.approx(runs["default"]["last_excerpts"])
+    assert rows[0]["per_fold"] == pytest.approx(runs["default"]["per_fold_last"])
+    assert rows[0]["verdicts_changed"] == 0 and rows[0]["prob_change_max"] == 0
+    assert rows[1]["windows_mean"] > rows[0]["windows_mean"]  # 1.5 s excerpts, 1 s windows: 2 back to back, 3 at 1/4
     p = subprocess.run([sys.executable, "-m", "bench.realmusic_folds", "--set", str(tmp_path / "nothing")], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "nothing: no provenance.csv there" in p.stderr.strip().splitlines()[-1]

@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--shuffle-window must be >= 1")
     if not 0.0 <= args.speed < 0.5:
         p.error(f"--speed {args.speed}: give a value in [0, 0.5)")
+    if not 0.0 <= args.eq_db <= 40.0:
+        p.error(f"--eq-db {args.eq_db}: give a value in [0, 40] dB")
     if args.compare_raw and not args.ema:
         p.error("--compare-raw compares the raw weights with --ema's average: give --ema DECAY")
     if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
@@ -125,6 +127,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speed", type=float, default=0.0, metavar="S",
                    help="speed perturbation: each crop played at a random speed in [1-S, 1+S], pitch and tempo "
                         "together (resampled in the DALI graph; e.g. 0.1); 0 = off")
+    g.add_argument("--eq-db", type=float, default=0.0, metavar="E",
+                   help="random equalisation: each crop's mel bands gained by a curve piecewise linear through "
+                        "4 gains in [-E, E] dB at evenly spaced bands (another room, mix or mastering); 0 = off")
     g = p.add_argument_group("distributed")
     g.add_argument("--nproc", default="1",
                    help="launch N local ranks (like torchrun --nproc-per-node N); 'auto': one per GPU, 2 on a CPU. "
@@ -271,7 +276,7 @@ def build(args: argparse.Namespace, env: distributed.DistEnv, manifest: Manifest
                          ema=ema)
 
     augment = Augment(gain_db=args.gain_db, freq_masks=2 if args.specaugment else 0,
-                      time_masks=2 if args.specaugment else 0, speed=args.speed)
+                      time_masks=2 if args.specaugment else 0, speed=args.speed, eq_db=args.eq_db)
     train_loader = DaliLoader(args.shards, "train", spec, args.batch_size // args.crops_per_track, train=True,
                               augment=augment, crops=args.crops_per_track, window=args.shuffle_window,
                               epoch=start.epoch, state=start.loader, **loader_kw(args, env, manifest))

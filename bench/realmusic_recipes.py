@@ -62,6 +62,8 @@ RECIPES: dict[str, list[str]] = {
     "ema999-mixup": ["--ema", "0.999", "--compare-raw", "--mixup", "0.2"],
     "speed": ["--speed", "0.1"],
     "ema999-speed": ["--ema", "0.999", "--compare-raw", "--speed", "0.1"],
+    "eq": ["--eq-db", "6"],
+    "ema999-eq": ["--ema", "0.999", "--compare-raw", "--eq-db", "6"],
     "resnet": ["--model", "resnet"],
     "resnet-ema999": ["--model", "resnet", "--ema", "0.999", "--compare-raw"],
 }

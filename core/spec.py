@@ -120,11 +120,15 @@ class Augment:
     time_width: int = 20
     speed: float = 0.0          # speed perturbation: each crop played at a random speed in [1 - speed, 1 + speed]
                                 # (pitch and tempo together; resampled from the audio, so crops come from audio)
+    eq_db: float = 0.0          # random equalisation: a gain curve over the mel bands, piecewise linear through
+    eq_points: int = 4          # eq_points gains uniform in [-eq_db, +eq_db] dB at evenly spaced bands, per crop
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.speed < 0.5:
             raise ValueError(f"speed perturbation {self.speed!r}: must lie in [0, 0.5)")
+        if not 0.0 <= self.eq_db <= 40.0 or self.eq_points < 2:
+            raise ValueError(f"random equalisation {self.eq_db!r} dB at {self.eq_points} points: needs 0..40 dB, 2+ points")
 
     @property
     def active(self) -> bool:
-        return bool(self.gain_db or self.freq_masks or self.time_masks or self.speed)
+        return bool(self.gain_db or self.freq_masks or self.time_masks or self.speed or self.eq_db)

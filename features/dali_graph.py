@@ -25,6 +25,7 @@ import glob
 import math
 import os
 
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
@@ -66,6 +67,21 @@ def draw_masks(aug: Augment) -> list:
     """SpecAugment's random (axis, anchors, widths) for one crop (drawn ahead: see audio_pipeline)."""
     return [(axis, fn.random.uniform(range=[0.0, 1.0], shape=[n]), fn.random.uniform(range=[0.0, float(width)], shape=[n]))
             for axis, n, width in (("f", aug.freq_masks, aug.freq_width), ("t", aug.time_masks, aug.time_width)) if n]
+
+
+def eq_weights(n_mels: int, points: int) -> np.ndarray:
+    """(points, n_mels, 1) hat functions: gains at `points` evenly spaced bands (the first and the
+    last band among them), linearly interpolated between them, give weights @ gains per band."""
+    at = np.linspace(0.0, n_mels - 1, points)
+    step = at[1] - at[0]
+    return np.maximum(0.0, 1.0 - np.abs(np.arange(n_mels)[None, :] - at[:, None]) / step)[..., None].astype(np.float32)
+
+
+def eq_curve(gains, n_mels: int, points: int):
+    """One crop's equalisation curve in dB, (n_mels, 1), on the host: piecewise linear through the
+    drawn `gains` (a DALI node of shape [points]) at evenly spaced bands (eq_weights)."""
+    w = eq_weights(n_mels, points)
+    return functools.reduce(lambda a, b: a + b, (gains[k] * types.Constant(w[k]) for k in range(points)))
 
 
 def spec_augment(feats, masks: list):
@@ -159,6 +175,7 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
     """`crops` random windows of the track's log-mel, stacked to (crops, mels, frames)."""
     gain = aug.gain_db if aug else 0.0
     speed = aug.speed if aug else 0.0
+    eq = aug.eq_db if aug else 0.0
     hop, clip, half = spec.hop_length, spec.clip_frames, spec.n_fft // 2
     length = (clip - 1) * hop + 2 * half  # an audio crop's samples (its frames and half a window either side)
     lo, room = crop_starts(n, spec, extra=math.ceil(speed * length / hop))  # a sped-up crop reads up to (1+speed)x
@@ -167,21 +184,26 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
     draws = [(lo + fn.cast(fn.random.uniform(range=[0.0, 1.0]) * room, dtype=types.INT32),
               fn.random.uniform(range=[-gain, gain]) if gain else None,
               draw_masks(aug) if aug else [],
-              fn.random.uniform(range=[1.0 - speed, 1.0 + speed]) if speed else None) for _ in range(crops)]
+              fn.random.uniform(range=[1.0 - speed, 1.0 + speed]) if speed else None,
+              eq_curve(fn.random.uniform(range=[-eq, eq], shape=[aug.eq_points]), spec.n_mels, aug.eq_points) if eq else None)
+             for _ in range(crops)]  # (the eq draw last: runs without it draw exactly as before it existed)
+    dev = (lambda node: node.gpu()) if on_gpu else (lambda node: node)
+    # A gain of g dB on the audio adds g to every mel dB value before the floor; an equalisation
+    # curve adds its dB per band. With the floor lowered by the largest shift and applied after it,
+    # the result equals shifting before the floor, bin for bin (bins below the floor stay at it).
+    drop = gain + eq
     if crop_from == "features":
-        # A gain of g dB on the audio adds g to every mel dB value before the floor. With the floor
-        # lowered by the largest gain here and applied after the shift, the result equals gaining
-        # the audio first, bin for bin (bins below the floor stay at it).
-        track = mel_db(pcm_float(audio.gpu() if on_gpu else audio), spec, spec.db_floor - gain)
-        if not gain:
+        track = mel_db(pcm_float(dev(audio)), spec, spec.db_floor - drop)
+        if not drop:
             track = spec.normalise(track)  # once per track rather than once per crop
     feats = []
-    for start, g, masks, rate in draws:
+    for start, g, masks, rate, curve in draws:
         if crop_from == "features":
             f = fn.slice(track, start=start, shape=[clip], axes=[1], out_of_bounds_policy="pad",
-                         fill_values=spec.db_floor - gain if gain else spec.floor_value)
-            if gain:
-                f = spec.normalise(dmath.max(f + (g.gpu() if on_gpu else g), spec.db_floor))
+                         fill_values=spec.db_floor - drop if drop else spec.floor_value)
+            if drop:
+                shift = curve if not gain else g if not eq else g + curve  # on the host: a scalar, (mels, 1)
+                f = spec.normalise(dmath.max(f + dev(shift), spec.db_floor))
         else:
             # the crop's samples and half a window either side: its uncentred frames are the
             # track's centred frames start .. start + clip - 1
@@ -194,7 +216,8 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
                                axes=[0], out_of_bounds_policy="pad", fill_values=0)
                 crop = fn.audio_resample(pcm_float(src.gpu() if on_gpu else src), out_length=length)
             if gain:
-                crop = crop * dmath.pow(10.0, (g.gpu() if on_gpu else g) / 20.0)
-            f = spec.normalise(mel_db(crop, spec, spec.db_floor, center=False))
+                crop = crop * dmath.pow(10.0, dev(g) / 20.0)
+            db = mel_db(crop, spec, spec.db_floor - eq, center=False)
+            f = spec.normalise(dmath.max(db + dev(curve), spec.db_floor) if eq else db)
         feats.append(spec_augment(f, masks))
     return fn.stack(*feats)

@@ -58,6 +58,39 @@ def test_gain_is_one_uniform_db_shift_per_crop_within_the_range(train_shards, pl
     assert len({round(s, 3) for s in shifts}) == BATCH  # one draw per crop
 
 
+def test_eq_is_one_curve_over_mel_bands_per_crop_piecewise_linear_within_the_range(train_shards, plain):
+    """--eq-db E alone: every bin above the floor of a mel band moves by the same dB in all frames, and
+    the bands' shifts lie on a curve piecewise linear through 4 gains in [-E, E] at evenly spaced
+    bands (checked by fitting those hat functions, not the graph's own weights); one draw per crop."""
+    import numpy as np
+    crop_from, plain = plain
+    e, points = 6.0, 4
+    aug = _first_batch(train_shards[0], Augment(eq_db=e, eq_points=points), crop_from=crop_from)
+    assert aug.uid.tolist() == plain.uid.tolist()
+    at = np.linspace(0, SPEC.n_mels - 1, points)
+    m = np.arange(SPEC.n_mels)
+    hats = np.stack([np.interp(m, at, np.eye(points)[k]) for k in range(points)], 1)  # (mels, points)
+    fitted = []
+    for p, a in zip(_db(plain.x[:, 0]).double(), _db(aug.x[:, 0]).double()):
+        live = (p > SPEC.db_floor + e + 0.5) & (a > SPEC.db_floor + 0.5)
+        bands = live.float().mean(1) > 0.5  # bands with most frames clear of the floor either way
+        assert bands.sum() > SPEC.n_mels // 2
+        shift = np.full(SPEC.n_mels, np.nan)
+        for b in bands.nonzero().view(-1).tolist():
+            d = (a[b] - p[b])[live[b]]
+            assert d.max() - d.min() < 0.01, f"band {b}: not one shift over time: {d.min():.3f} .. {d.max():.3f} dB"
+            shift[b] = d.mean().item()
+        ok = ~np.isnan(shift)
+        gains, *_ = np.linalg.lstsq(hats[ok], shift[ok], rcond=None)
+        assert np.abs(hats[ok] @ gains - shift[ok]).max() < 0.01  # on the piecewise-linear curve
+        assert np.abs(gains).max() <= e + 0.01
+        fitted.append(gains)
+    fitted = np.array(fitted)
+    assert fitted.min() < -e / 3 and fitted.max() > e / 3  # both signs over the batch
+    assert len({tuple(np.round(g, 3)) for g in fitted}) == BATCH  # one draw per crop
+    assert (fitted.max(1) - fitted.min(1) > 1.0).mean() > 0.5  # a curve, not a flat gain
+
+
 def _runs(flags: torch.Tensor) -> list[int]:
     """Widths of the runs of True in a 1-D bool tensor."""
     widths, n = [], 0

@@ -147,14 +147,16 @@ def test_seed_decides_the_run(train_shards, reference, tmp_path):
 
 
 def test_augmentation_flags_train_through_train_py(train_shards, reference, tmp_path):
-    """--gain-db, --specaugment, --speed and --mixup (the soft-target loss) run end to end together, are recorded
+    """--gain-db, --specaugment, --speed, --eq-db and --mixup (the soft-target loss) run end to end together, are recorded
     and change the training figures of epoch 1 (whose warm-up schedule equals the reference's), with
     finite metrics. What each does to the features or the loss: test_augment.py."""
     run_dir = str(tmp_path / "aug")
-    p = train(train_shards[0], run_dir, "--gain-db", "6", "--specaugment", "--speed", "0.1", "--mixup", "0.4", epochs=1)
+    p = train(train_shards[0], run_dir, "--gain-db", "6", "--specaugment", "--speed", "0.1", "--eq-db", "6", "--mixup", "0.4",
+              epochs=1)
     assert p.returncode == 0, p.stderr[-2000:]
     m = json.load(open(os.path.join(run_dir, "metrics.json")))
-    assert (m["args"]["gain_db"], m["args"]["specaugment"], m["args"]["speed"], m["args"]["mixup"]) == (6.0, True, 0.1, 0.4)
+    assert (m["args"]["gain_db"], m["args"]["specaugment"], m["args"]["speed"], m["args"]["eq_db"], m["args"]["mixup"]) == \
+        (6.0, True, 0.1, 6.0, 0.4)
     h, ref = m["history"][0], history(reference)[0]
     assert all(torch.isfinite(torch.tensor([h[k] for k in KEYS])))
     assert abs(h["train_loss"] - ref["train_loss"]) > 1e-5, (h["train_loss"], ref["train_loss"])
@@ -166,6 +168,8 @@ def test_crops_must_divide_the_batch():
     assert p.returncode == 2 and "must be >= 1 and divide --batch-size 8" in p.stderr
     p = subprocess.run([sys.executable, TRAIN, "--speed", "0.7"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--speed 0.7: give a value in [0, 0.5)")
+    p = subprocess.run([sys.executable, TRAIN, "--eq-db", "-3"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--eq-db -3.0: give a value in [0, 40] dB")
 
 
 def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, reference, tmp_path):

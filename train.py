@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--speed {args.speed}: give a value in [0, 0.5)")
     if not 0.0 <= args.eq_db <= 40.0:
         p.error(f"--eq-db {args.eq_db}: give a value in [0, 40] dB")
+    if args.val_every < 1:
+        p.error(f"--val-every {args.val_every}: give a number of epochs >= 1")
     if args.compare_raw and not args.ema:
         p.error("--compare-raw compares the raw weights with --ema's average: give --ema DECAY")
     if args.manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", args.manifest_sha256):
@@ -104,6 +106,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--val-every", type=int, default=1, metavar="N",
+                   help="validate after every N-th epoch and after the last (best.pt is chosen among those); "
+                        "validation of whole tracks can cost as much as an epoch of training")
     g.add_argument("--batch-size", type=int, default=32, help="training crops per rank and step")
     g.add_argument("--eval-batch-size", type=int, default=8, help="whole tracks per rank and batch")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
@@ -246,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(start.epoch, args.epochs + 1):
         stats = train_one_epoch(trainer, epoch, step, saved_sums, watch)
         step, saved_sums = 0, None
-        val = evaluate(trainer.eval_net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
-        raw = (evaluate(trainer.net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
-               if args.compare_raw else None)
+        val = raw = None
+        if epoch % args.val_every == 0 or epoch == args.epochs:
+            val = evaluate(trainer.eval_net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
+            raw = (evaluate(trainer.net, trainer.val_loader, trainer.spec, env, trainer.amp, len(trainer.classes))
+                   if args.compare_raw else None)
         end_epoch(trainer, epoch, stats, val, raw)
 
     result = finish(trainer)
@@ -349,11 +356,13 @@ def train_one_epoch(trainer: Trainer, epoch: int, first_step: int, saved_sums: l
     return sums.reduce(env)
 
 
-def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult, raw: EvalResult | None = None) -> None:
+def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult | None,
+              raw: EvalResult | None = None) -> None:
     """Log the epoch, checkpoint it (last.pt; best.pt on a new best validation accuracy), plot curves.
+    `val` None: an epoch --val-every skips (its history entry has no val_* keys).
     `raw` (--compare-raw): the raw weights' validation beside the average's; best-raw.pt on its new best."""
     h = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
-         "val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc,
+         **({"val_loss": val.loss, "val_track_acc": val.track_acc, "val_segment_acc": val.segment_acc} if val else {}),
          "lr": trainer.scheduler.get_last_lr()[0], "samples_per_s": stats.samples_per_s, "data_wait": stats.data_wait,
          "epoch_seconds": stats.seconds}
     raw_improved = False
@@ -364,13 +373,14 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult, 
     if traffic:
         h["storage"] = traffic
     trainer.history.append(h)
-    trainer.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | val loss {val.loss:.4f} "
-                f"| val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows) | {h['samples_per_s']:.1f} samples/s "
+    trainer.log(f"epoch {epoch:3d} | loss {h['train_loss']:.4f} | train acc {h['train_acc']:.3f} | "
+                + (f"val loss {val.loss:.4f} | val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows)"
+                   if val else "not validated") + f" | {h['samples_per_s']:.1f} samples/s "
                 f"| data wait {100 * h['data_wait']:.1f}%" + (f" | raw weights: val acc {raw.track_acc:.3f}" if raw else "")
                 + (f" | {traffic_line(traffic)}" if traffic else ""))
     trainer.board.epoch(h)  # before the checkpoint: a resumed run purges what it logs again (training/tensorboard.py)
-    improved = val.track_acc > trainer.best
-    trainer.best = max(trainer.best, val.track_acc)
+    improved = val is not None and val.track_acc > trainer.best
+    trainer.best = max(trainer.best, val.track_acc) if val else trainer.best
     save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved, best_raw=raw_improved)
     if trainer.env.is_main:
         report.plot_curves(trainer.history, trainer.path("curves.png"))
@@ -445,7 +455,7 @@ def finish(trainer: Trainer) -> int:
                          run_report.environment(env.device))
         last = trainer.history[-1] if trainer.history else {}
         print(f"\n== {trainer.run_dir} ==")
-        print(f"best val acc {max((h['val_track_acc'] for h in trainer.history), default=float('nan')):.3f} "
+        print(f"best val acc {max((h['val_track_acc'] for h in trainer.history if 'val_track_acc' in h), default=float('nan')):.3f} "
               f"(epoch {metrics.get('best_epoch', '-')}), last train acc {last.get('train_acc', float('nan')):.3f}, "
               f"{last.get('samples_per_s', 0):.1f} samples/s, data wait {100 * last.get('data_wait', 0):.1f}%")
         if "test" in metrics:

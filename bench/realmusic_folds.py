@@ -49,7 +49,7 @@ from bench.harness import logger
 from bench.host import describe, host_info, today
 from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, check_against_run, paired_difference, plot_curves, pm,
                                      recording_accuracy, recording_of, run_dir_of, run_name, spread, steadiness,
-                                     train_missing, vs_default_cell)
+                                     train_missing, val_curve, vs_default_cell)
 from bench.tables import Col, text
 
 Group = tuple[str, str]  # (label, recording group)
@@ -135,7 +135,7 @@ def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dic
         check_against_run(f"{run_dir} ({which} epoch)", "val", got[which]["track_acc"],
                           h[epoch - 1]["val_track_acc" + suffix])
     return {"last": got["last"]["rows"], "selected": got["selected"]["rows"],
-            "curve": [e["val_track_acc" + suffix] for e in h], "epochs": len(h), "best_epoch": m["best_epoch" + suffix],
+            "curve": val_curve(h, "val_track_acc" + suffix), "epochs": len(h), "best_epoch": m["best_epoch" + suffix],
             "train_min": sum(e["epoch_seconds"] for e in h) / 60}
 
 
@@ -149,9 +149,12 @@ def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str
     selected = [r for f in folds for r in f["selected"]]
     n = [len(f["last"]) for f in folds]
     by_recording, n_recordings = recording_accuracy(last, recordings)
-    curve = [sum(a * k for a, k in zip(accs, n)) / sum(n) for accs in zip(*(f["curve"] for f in folds))]
-    return {"curve": curve, **{"curve_" + k: v for k, v in steadiness(curve).items()},
-            "mean_change_per_fold": statistics.fmean(steadiness(f["curve"])["mean_change"] for f in folds),
+    epochs = folds[0]["curve"][0]
+    if any(f["curve"][0] != epochs for f in folds):
+        raise SystemExit("the folds' runs validated different epochs (--val-every): their curves cannot be pooled")
+    curve = [sum(a * k for a, k in zip(accs, n)) / sum(n) for accs in zip(*(f["curve"][1] for f in folds))]
+    return {"curve": curve, "curve_epochs": epochs, **{"curve_" + k: v for k, v in steadiness(curve, epochs).items()},
+            "mean_change_per_fold": statistics.fmean(steadiness(f["curve"][1], epochs)["mean_change"] for f in folds),
             "last_excerpts": excerpt_accuracy(last), "last_recordings": by_recording,
             "selected_excerpts": excerpt_accuracy(selected), "recordings": n_recordings, "excerpts": len(last),
             "per_fold_last": [excerpt_accuracy(f["last"]) for f in folds],

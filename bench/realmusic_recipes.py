@@ -89,10 +89,19 @@ def model_of(recipe: str) -> str:
     return args[args.index("--model") + 1] if "--model" in args else "baseline"
 
 
-def steadiness(curve: list[float]) -> dict[str, float]:
-    """Mean absolute change between neighbouring epochs, and the largest change after epoch 5."""
-    d = [abs(b - a) for a, b in zip(curve, curve[1:])]
-    return {"mean_change": statistics.fmean(d) if d else 0.0, "max_change_after_5": max(d[4:], default=0.0)}
+def steadiness(curve: list[float], epochs: list[int] | None = None) -> dict[str, float]:
+    """Mean absolute change between neighbouring validated epochs (`epochs`, default 1, 2, ...; a run
+    with --val-every validates some), and the largest change from epoch 5 on."""
+    epochs = epochs or list(range(1, len(curve) + 1))
+    d = [(e, abs(b - a)) for e, a, b in zip(epochs, curve, curve[1:])]
+    return {"mean_change": statistics.fmean(x for _, x in d) if d else 0.0,
+            "max_change_after_5": max((x for e, x in d if e >= 5), default=0.0)}
+
+
+def val_curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(validated epochs, their `key` figure) from a run's history (--val-every skips epochs)."""
+    got = [(e["epoch"], e[key]) for e in history if key in e]
+    return [e for e, _ in got], [v for _, v in got]
 
 
 def flops_per_crop(model: str, n_classes: int, spec) -> float:
@@ -192,7 +201,7 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
         m = json.load(f)
     h = m["history"]
     suffix = "_raw" if raw else ""
-    curve = [e["val_track_acc" + suffix] for e in h]
+    epochs, curve = val_curve(h, "val_track_acc" + suffix)
     test = m["test" + suffix]
     ckpt = os.path.join(run_dir, "best-raw.pt" if raw else "best.pt")
     cached = os.path.join(cache, f"{os.path.basename(run_dir)}{suffix}-test.json")
@@ -201,7 +210,7 @@ def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: 
     rec_acc, n_rec = recording_accuracy(tracks["rows"], recordings)
     return {"best_val": max(curve), "best_epoch": m["best_epoch" + suffix], "test_track": test["track_acc"],
             "test_window": test["segment_acc"], "test_recording": rec_acc, "recordings": n_rec,
-            **steadiness(curve), "epochs": len(h), "val_curve": curve,
+            **steadiness(curve, epochs), "epochs": len(h), "val_curve": curve, "val_curve_epochs": epochs,
             "train_min": sum(e["epoch_seconds"] for e in h) / 60,
             "samples_per_s": statistics.median(e["samples_per_s"] for e in h),
             "run_dir": run_dir, "raw_columns": raw, "rows": tracks["rows"]}
@@ -286,7 +295,7 @@ def plot_curves(runs: list[dict], path: str, title: str, *, curve: str = "val_cu
     fig, axes = plt.subplots(1, len(seeds), figsize=(5 * len(seeds), 3.8), sharey=True, squeeze=False)
     for ax, seed in zip(axes[0], seeds):
         for r in (r for r in runs if r["seed"] == seed):
-            line, = ax.plot(range(1, len(r[curve]) + 1), r[curve], ".-", label=label(r))
+            line, = ax.plot(r.get(curve + "_epochs") or range(1, len(r[curve]) + 1), r[curve], ".-", label=label(r))
             if mark_selected:
                 ax.plot([r["best_epoch"]], [r["best_val"]], "o", ms=9, mfc="none", color=line.get_color())
         ax.set_title(f"seed {seed}")

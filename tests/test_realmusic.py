@@ -255,7 +255,7 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     metrics.json (the script checks), and recordings are counted by provenance group."""
     import subprocess
     import sys
-    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness, train_command
+    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness, train_command, val_curve
     from helpers import ROOT
     _, _, out, _ = built
     set_dir = tmp_path / "set"
@@ -310,6 +310,9 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
                         "speed": "ema999-speed", "eq": "ema999-eq", "resnet": "resnet-ema999"}
     assert steadiness([0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.9]) == pytest.approx(
         {"mean_change": 0.6 / 6, "max_change_after_5": 0.3})
+    # a --val-every run: changes between the validated epochs, the largest from epoch 5 on
+    assert steadiness([0.5, 0.7, 0.6, 0.9], [2, 4, 6, 7]) == pytest.approx({"mean_change": 0.6 / 3, "max_change_after_5": 0.3})
+    assert val_curve([{"epoch": 1}, {"epoch": 2, "v": 0.5}, {"epoch": 3, "v": 0.7}], "v") == ([2, 3], [0.5, 0.7])
 
 
 def test_folds_are_balanced_per_class_and_deterministic():

@@ -162,6 +162,26 @@ def test_augmentation_flags_train_through_train_py(train_shards, reference, tmp_
     assert abs(h["train_loss"] - ref["train_loss"]) > 1e-5, (h["train_loss"], ref["train_loss"])
 
 
+def test_val_every_validates_every_nth_and_the_last_epoch(train_shards, tmp_path):
+    """--val-every 2 over 3 epochs: epochs 2 and 3 validated (both weights with --compare-raw), epoch 1
+    logged as not validated and without val figures; best.pt and best-raw.pt chosen among validated
+    epochs; the report, curves and summary still made."""
+    run_dir = str(tmp_path / "sparse")
+    p = train(train_shards[0], run_dir, "--val-every", "2", "--ema", "0.9", "--compare-raw", epochs=3)
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = json.load(open(os.path.join(run_dir, "metrics.json")))
+    h = m["history"]
+    assert [e["epoch"] for e in h] == [1, 2, 3]
+    val_keys = {"val_loss", "val_track_acc", "val_segment_acc", "val_loss_raw", "val_track_acc_raw", "val_segment_acc_raw"}
+    assert not val_keys & set(h[0]) and all(val_keys <= set(e) for e in h[1:])
+    assert m["best_epoch"] in (2, 3) and m["best_epoch_raw"] in (2, 3)
+    assert max(h[1]["val_track_acc"], h[2]["val_track_acc"]) == h[m["best_epoch"] - 1]["val_track_acc"]
+    log = p.stdout + p.stderr
+    assert "epoch   1 | " in log and "not validated" in log.split("epoch   1 | ")[1].splitlines()[0]
+    assert "best val acc nan" not in log and "test acc" in log
+    assert os.path.getsize(os.path.join(run_dir, "curves.png")) > 0 and "–" in open(os.path.join(run_dir, "report.html")).read()
+
+
 def test_crops_must_divide_the_batch():
     p = subprocess.run([sys.executable, TRAIN, "--batch-size", "8", "--crops-per-track", "3"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
@@ -170,6 +190,8 @@ def test_crops_must_divide_the_batch():
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--speed 0.7: give a value in [0, 0.5)")
     p = subprocess.run([sys.executable, TRAIN, "--eq-db", "-3"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--eq-db -3.0: give a value in [0, 40] dB")
+    p = subprocess.run([sys.executable, TRAIN, "--val-every", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--val-every 0: give a number of epochs >= 1")
 
 
 def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, reference, tmp_path):

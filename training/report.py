@@ -20,12 +20,14 @@ def plot_curves(history: list[dict], path: str) -> None:
     plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    validated = [h for h in history if "val_track_acc" in h]  # --val-every skips epochs
+    vep = [h["epoch"] for h in validated]
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    ax[0].plot(vep, [h["val_loss"] for h in validated], "o-", label="val")
     ax[0].set_title("loss")
     ax[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train (crops)")
-    ax[1].plot(ep, [h["val_track_acc"] for h in history], "o-", label="val (tracks)")
-    ax[1].plot(ep, [h["val_segment_acc"] for h in history], "o--", label="val (windows)")
+    ax[1].plot(vep, [h["val_track_acc"] for h in validated], "o-", label="val (tracks)")
+    ax[1].plot(vep, [h["val_segment_acc"] for h in validated], "o--", label="val (windows)")
     raw = [(h["epoch"], h["val_track_acc_raw"]) for h in history if "val_track_acc_raw" in h]
     if raw:  # --compare-raw: what the EMA average bought
         ax[1].plot(*zip(*raw), "x:", label="val (tracks, raw weights)")

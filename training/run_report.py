@@ -85,7 +85,7 @@ def write(run_dir: str, metrics: dict, rows: list[dict] | None, manifest: Manife
     page = Page(f"Run report: {os.path.basename(os.path.abspath(run_dir))}")
     hist = metrics.get("history", [])
     test = metrics.get("test")
-    best = max((h["val_track_acc"] for h in hist), default=float("nan"))
+    best = max((h["val_track_acc"] for h in hist if "val_track_acc" in h), default=float("nan"))
     page.p(f"{len(hist)} epochs, best validation accuracy {best:.3f} (epoch {metrics.get('best_epoch', '-')})"
            + (f", test accuracy {test['track_acc']:.3f} on {test['tracks']} tracks (best checkpoint)" if test else "")
            + f"; {metrics.get('world_size')} rank(s) on {metrics.get('device')}, precision {metrics.get('precision')}.")
@@ -100,7 +100,7 @@ def write(run_dir: str, metrics: dict, rows: list[dict] | None, manifest: Manife
         page.image("curves.png", "loss, accuracy and throughput per epoch")
     page.table(["epoch", "train loss", "train acc", "val loss", "val acc (tracks)", "val acc (windows)", "lr",
                 "samples/s", "data wait %", "seconds"],
-               [[h["epoch"], h["train_loss"], h["train_acc"], h["val_loss"], h["val_track_acc"], h["val_segment_acc"],
+               [[h["epoch"], h["train_loss"], h["train_acc"], *(h.get(k, "–") for k in ("val_loss", "val_track_acc", "val_segment_acc")),
                  h["lr"], round(h["samples_per_s"], 1), round(100 * h["data_wait"], 2), round(h["epoch_seconds"], 1)]
                 for h in hist])
 

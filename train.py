@@ -119,7 +119,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                    help="validate, select best.pt and predict with an exponential moving average of the weights "
                         "(e.g. 0.999; updated every step); 0: off")
     g.add_argument("--compare-raw", action="store_true",
-                   help="with --ema: also validate the raw weights every epoch, keep their best as best-raw.pt and "
+                   help="with --ema: also validate the raw weights at every validation, keep their best as best-raw.pt and "
                         "test it, so one run shows what the average bought (the raw trajectory is a run without --ema)")
     g.add_argument("--amp", action="store_true", help="mixed precision: bf16 (CPU, recent GPUs) or fp16 + GradScaler")
     g.add_argument("--seed", type=int, default=0)
@@ -455,7 +455,8 @@ def finish(trainer: Trainer) -> int:
                          run_report.environment(env.device))
         last = trainer.history[-1] if trainer.history else {}
         print(f"\n== {trainer.run_dir} ==")
-        print(f"best val acc {max((h['val_track_acc'] for h in trainer.history if 'val_track_acc' in h), default=float('nan')):.3f} "
+        best_val = max((h["val_track_acc"] for h in trainer.history if "val_track_acc" in h), default=float("nan"))
+        print(f"best val acc {best_val:.3f} "
               f"(epoch {metrics.get('best_epoch', '-')}), last train acc {last.get('train_acc', float('nan')):.3f}, "
               f"{last.get('samples_per_s', 0):.1f} samples/s, data wait {100 * last.get('data_wait', 0):.1f}%")
         if "test" in metrics:

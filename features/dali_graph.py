@@ -185,7 +185,8 @@ def training_crops(audio, n, spec: FeatureSpec, on_gpu: bool, aug: Augment | Non
               fn.random.uniform(range=[-gain, gain]) if gain else None,
               draw_masks(aug) if aug else [],
               fn.random.uniform(range=[1.0 - speed, 1.0 + speed]) if speed else None,
-              eq_curve(fn.random.uniform(range=[-eq, eq], shape=[aug.eq_points]), spec.n_mels, aug.eq_points) if eq else None)
+              eq_curve(fn.random.uniform(range=[-eq, eq], shape=[aug.eq_points]), spec.n_mels, aug.eq_points)
+              if eq else None)
              for _ in range(crops)]  # (the eq draw last: runs without it draw exactly as before it existed)
     dev = (lambda node: node.gpu()) if on_gpu else (lambda node: node)
     # A gain of g dB on the audio adds g to every mel dB value before the floor; an equalisation

@@ -168,7 +168,7 @@ def test_train_step_never_waits_for_the_gpu(train_shards, tmp_path):
     host-device sync there (an .item(), a float(), a pageable copy, a boolean-mask index) raises."""
     _dali_loader()
     shards, _, _ = train_shards
-    for extra in ([], ["--mixup", "0.2", "--gain-db", "6", "--specaugment"]):
+    for extra in ([], ["--mixup", "0.2", "--gain-db", "6", "--specaugment", "--eq-db", "6"]):
         p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir",
                             str(tmp_path / f"r{len(extra)}"), "--epochs", "1", "--batch-size", "8", "--amp",
                             "--threads", "2", "--sync-every", "1000000", "--ckpt-every", "0", *extra],

@@ -380,7 +380,8 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult |
                 + (f" | {traffic_line(traffic)}" if traffic else ""))
     trainer.board.epoch(h)  # before the checkpoint: a resumed run purges what it logs again (training/tensorboard.py)
     improved = val is not None and val.track_acc > trainer.best
-    trainer.best = max(trainer.best, val.track_acc) if val else trainer.best
+    if improved:
+        trainer.best = val.track_acc
     save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved, best_raw=raw_improved)
     if trainer.env.is_main:
         report.plot_curves(trainer.history, trainer.path("curves.png"))
@@ -455,8 +456,7 @@ def finish(trainer: Trainer) -> int:
                          run_report.environment(env.device))
         last = trainer.history[-1] if trainer.history else {}
         print(f"\n== {trainer.run_dir} ==")
-        best_val = max((h["val_track_acc"] for h in trainer.history if "val_track_acc" in h), default=float("nan"))
-        print(f"best val acc {best_val:.3f} "
+        print(f"best val acc {report.best_val(trainer.history):.3f} "
               f"(epoch {metrics.get('best_epoch', '-')}), last train acc {last.get('train_acc', float('nan')):.3f}, "
               f"{last.get('samples_per_s', 0):.1f} samples/s, data wait {100 * last.get('data_wait', 0):.1f}%")
         if "test" in metrics:
@@ -465,9 +465,9 @@ def finish(trainer: Trainer) -> int:
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
         if "best_epoch_raw" in metrics:
-            best_raw = max(h.get("val_track_acc_raw", -1.0) for h in trainer.history)
             r = metrics.get("test_raw")
-            print(f"raw weights (no EMA): best val acc {best_raw:.3f} (epoch {metrics['best_epoch_raw']})"
+            print(f"raw weights (no EMA): best val acc {report.best_val(trainer.history, 'val_track_acc_raw'):.3f} "
+                  f"(epoch {metrics['best_epoch_raw']})"
                   + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0

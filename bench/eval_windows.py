@@ -26,7 +26,7 @@ from bench import RESULTS
 from bench.harness import logger
 from bench.host import describe, host_info, today
 from bench.realmusic_folds import excerpt_accuracy, fold_lists, shards_dir
-from bench.realmusic_recipes import RECIPES, check_against_run, recording_accuracy, recording_of, run_dir_of
+from bench.realmusic_recipes import RECIPES, check_against_run, eval_loader, recording_accuracy, recording_of, run_dir_of, top
 from bench.tables import Col, text
 
 log = logger("eval_windows")
@@ -39,12 +39,10 @@ def judge(checkpoint: str, shards: str, manifest, raw: bool, bf16: bool, hops: l
     import torch
     from features.windows import track_logits
     from inference.classifier import load_classifier
-    from loading.loader import DaliLoader
     from training.amp import Amp
     net, _classes, spec = load_classifier(checkpoint, raw=raw)
     amp = Amp.create(torch.device("cpu"), bf16)
-    loader = DaliLoader(shards, split, spec, 8, train=False, rank=0, world_size=1, device=torch.device("cpu"),
-                        num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
+    loader = eval_loader(shards, split, spec, manifest)
     source = {s.uid: s.source for s in manifest.samples}
     out: dict[float, list[dict[str, Any]]] = {h: [] for h in hops}
     with torch.no_grad():
@@ -65,7 +63,6 @@ def judge(checkpoint: str, shards: str, manifest, raw: bool, bf16: bool, hops: l
 def compare(rows: list[dict], first: list[dict]) -> dict[str, float]:
     """How a hop's verdicts differ from the first hop's on the same excerpts."""
     by = {r["source"]: r for r in first}
-    top = lambda p: max(range(len(p)), key=p.__getitem__)  # noqa: E731
     changes = [max(abs(a - b) for a, b in zip(r["probs"], by[r["source"]]["probs"])) for r in rows]
     return {"verdicts_changed": sum(top(r["probs"]) != top(by[r["source"]]["probs"]) for r in rows),
             "prob_change_max": max(changes), "prob_change_mean": statistics.fmean(changes)}

@@ -97,13 +97,14 @@ def run_config(name: str, seed: int, shards: str, runs: str, a: argparse.Namespa
         wall = float(f.read())
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
+    from training.report import best_val
     h = m["history"]
-    return {"config": name, "seed": seed, "args": args, "best_val": max(e["val_track_acc"] for e in h if "val_track_acc" in e),
+    return {"config": name, "seed": seed, "args": args, "best_val": best_val(h),
             "best_epoch": m["best_epoch"], "test_track": m["test"]["track_acc"],
             "test_window": m["test"]["segment_acc"], "last_train_acc": h[-1]["train_acc"], "wall_s": wall,
             "samples_per_s": statistics.median(e["samples_per_s"] for e in h),
             "run_dir": os.path.relpath(run_dir, ROOT),
-            **({"best_val_raw": max(e["val_track_acc_raw"] for e in h if "val_track_acc_raw" in e), "best_epoch_raw": m["best_epoch_raw"],
+            **({"best_val_raw": best_val(h, "val_track_acc_raw"), "best_epoch_raw": m["best_epoch_raw"],
                 "test_track_raw": m["test_raw"]["track_acc"]} if "test_raw" in m else {})}
 
 

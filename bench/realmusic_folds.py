@@ -49,7 +49,7 @@ from bench.harness import logger
 from bench.host import describe, host_info, today
 from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, check_against_run, paired_difference, plot_curves, pm,
                                      recording_accuracy, recording_of, run_dir_of, run_name, spread, steadiness,
-                                     train_missing, val_curve, vs_default_cell)
+                                     top, train_missing, vs_default_cell)
 from bench.tables import Col, text
 
 Group = tuple[str, str]  # (label, recording group)
@@ -121,6 +121,7 @@ def fold_shards(set_dir: str, list_path: str) -> None:
 
 def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dict[str, Any]:
     """A fold run's held-out predictions at its last and its selected epoch, and its history's figures."""
+    from training.report import val_curve
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
     suffix = "_raw" if raw else ""
@@ -140,7 +141,7 @@ def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dic
 
 
 def excerpt_accuracy(rows: list[dict]) -> float:
-    return sum(max(range(len(r["probs"])), key=r["probs"].__getitem__) == r["label"] for r in rows) / len(rows)
+    return sum(top(r["probs"]) == r["label"] for r in rows) / len(rows)
 
 
 def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str, Any]:

@@ -98,11 +98,6 @@ def steadiness(curve: list[float], epochs: list[int] | None = None) -> dict[str,
             "max_change_after_5": max((x for e, x in d if e >= 5), default=0.0)}
 
 
-def val_curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """(validated epochs, their `key` figure) from a run's history (--val-every skips epochs)."""
-    got = [(e["epoch"], e[key]) for e in history if key in e]
-    return [e for e, _ in got], [v for _, v in got]
-
 
 def flops_per_crop(model: str, n_classes: int, spec) -> float:
     """Training FLOPs (forward + backward) of one crop of spec.clip_seconds, in GFLOP."""
@@ -129,14 +124,12 @@ def split_predictions(checkpoint_path: str, shards: str, manifest, bf16: bool, s
     so; and the excerpt accuracy of that pass."""
     import torch
     from inference.classifier import load_classifier
-    from loading.loader import DaliLoader
     from training.amp import Amp
     from training.distributed import DistEnv
     from training.evaluate import TrackLog, evaluate
     net, classes, spec = load_classifier(checkpoint_path, raw=raw)
     env = DistEnv(0, 1, 0, torch.device("cpu"))
-    loader = DaliLoader(shards, split, spec, 8, train=False, rank=0, world_size=1, device=env.device,
-                        num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
+    loader = eval_loader(shards, split, spec, manifest)
     log_ = TrackLog()
     result = evaluate(net, loader, spec, env, Amp.create(env.device, bf16), len(classes), tracks=log_)
     source = {s.uid: s.source for s in manifest.samples}
@@ -145,6 +138,19 @@ def split_predictions(checkpoint_path: str, shards: str, manifest, bf16: bool, s
         p = torch.softmax(torch.as_tensor(r["logits"], dtype=torch.float64), 0).tolist()
         rows.append({"source": source[int(r["uid"])], "label": int(r["label"]), "probs": p})
     return rows, result.track_acc
+
+
+def eval_loader(shards: str, split: str, spec, manifest):
+    """One CPU process's loader of `split`'s whole excerpts, in order (a bench's evaluation pass)."""
+    import torch
+    from loading.loader import DaliLoader
+    return DaliLoader(shards, split, spec, 8, train=False, rank=0, world_size=1, device=torch.device("cpu"),
+                      num_threads=os.cpu_count() or 1, manifest=manifest, log=log)
+
+
+def top(probs: list[float]) -> int:
+    """The predicted class: the index of the largest probability."""
+    return max(range(len(probs)), key=probs.__getitem__)
 
 
 def check_against_run(where: str, split: str, again: float, logged: float) -> None:
@@ -176,7 +182,7 @@ def recording_accuracy(rows: list[dict], recordings: dict[str, tuple[str, str]])
         labels = {m["label"] for m in members}
         assert len(labels) == 1, f"a recording with two labels: {members[0]['source']}"
         mean = [statistics.fmean(m["probs"][c] for m in members) for c in range(len(members[0]["probs"]))]
-        right += max(range(len(mean)), key=mean.__getitem__) == labels.pop()
+        right += top(mean) == labels.pop()
     return right / len(groups), len(groups)
 
 
@@ -199,6 +205,7 @@ def run_dir_of(runs: str, recipe: str, seed: int, fold: int | None = None) -> tu
 def read_run(run_dir: str, raw: bool, shards: str, manifest, recordings, cache: str) -> dict[str, Any]:
     with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
         m = json.load(f)
+    from training.report import val_curve
     h = m["history"]
     suffix = "_raw" if raw else ""
     epochs, curve = val_curve(h, "val_track_acc" + suffix)

@@ -255,7 +255,8 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     metrics.json (the script checks), and recordings are counted by provenance group."""
     import subprocess
     import sys
-    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness, train_command, val_curve
+    from bench.realmusic_recipes import RAW_TWIN, paired_difference, recording_accuracy, steadiness, train_command
+    from training.report import val_curve
     from helpers import ROOT
     _, _, out, _ = built
     set_dir = tmp_path / "set"

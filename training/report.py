@@ -15,22 +15,32 @@ def write_json(path: str, obj: Any) -> None:
     atomic_write(path, json_bytes(obj, indent=1, default=float))
 
 
+def val_curve(history: list[dict], key: str = "val_track_acc") -> tuple[list[int], list[float]]:
+    """(validated epochs, their `key` figure) from a run's history: epochs --val-every skips have no
+    val figures."""
+    got = [(h["epoch"], h[key]) for h in history if key in h]
+    return [e for e, _ in got], [v for _, v in got]
+
+
+def best_val(history: list[dict], key: str = "val_track_acc") -> float:
+    """The best `key` figure over the validated epochs (nan if none was)."""
+    return max(val_curve(history, key)[1], default=float("nan"))
+
+
 def plot_curves(history: list[dict], path: str) -> None:
     """Learning curves (loss, accuracy) and throughput per epoch."""
     plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-    validated = [h for h in history if "val_track_acc" in h]  # --val-every skips epochs
-    vep = [h["epoch"] for h in validated]
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    ax[0].plot(vep, [h["val_loss"] for h in validated], "o-", label="val")
+    ax[0].plot(*val_curve(history, "val_loss"), "o-", label="val")
     ax[0].set_title("loss")
     ax[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train (crops)")
-    ax[1].plot(vep, [h["val_track_acc"] for h in validated], "o-", label="val (tracks)")
-    ax[1].plot(vep, [h["val_segment_acc"] for h in validated], "o--", label="val (windows)")
-    raw = [(h["epoch"], h["val_track_acc_raw"]) for h in history if "val_track_acc_raw" in h]
-    if raw:  # --compare-raw: what the EMA average bought
-        ax[1].plot(*zip(*raw), "x:", label="val (tracks, raw weights)")
+    ax[1].plot(*val_curve(history), "o-", label="val (tracks)")
+    ax[1].plot(*val_curve(history, "val_segment_acc"), "o--", label="val (windows)")
+    raw = val_curve(history, "val_track_acc_raw")
+    if raw[0]:  # --compare-raw: what the EMA average bought
+        ax[1].plot(*raw, "x:", label="val (tracks, raw weights)")
     ax[1].set_ylim(0, 1.02)
     ax[1].set_title("accuracy")
     ax[2].bar(ep, [h["samples_per_s"] for h in history], color="tab:green")

@@ -22,6 +22,7 @@ from analysis.pca import PCA, Standardiser
 from analysis.plots import pyplot, save_figure, scatter_by_class
 from core.shards import Manifest
 from core.spec import FeatureSpec
+from training.report import best_val
 
 MOST_WRONG = 10
 
@@ -85,14 +86,14 @@ def write(run_dir: str, metrics: dict, rows: list[dict] | None, manifest: Manife
     page = Page(f"Run report: {os.path.basename(os.path.abspath(run_dir))}")
     hist = metrics.get("history", [])
     test = metrics.get("test")
-    best = max((h["val_track_acc"] for h in hist if "val_track_acc" in h), default=float("nan"))
+    best = best_val(hist)
     page.p(f"{len(hist)} epochs, best validation accuracy {best:.3f} (epoch {metrics.get('best_epoch', '-')})"
            + (f", test accuracy {test['track_acc']:.3f} on {test['tracks']} tracks (best checkpoint)" if test else "")
            + f"; {metrics.get('world_size')} rank(s) on {metrics.get('device')}, precision {metrics.get('precision')}.")
     raw = metrics.get("test_raw")
     if "best_epoch_raw" in metrics:  # --compare-raw
-        best_raw = max(h.get("val_track_acc_raw", -1.0) for h in hist)
-        page.p(f"Raw weights (without the EMA average): best validation accuracy {best_raw:.3f} (epoch "
+        page.p("Raw weights (without the EMA average): best validation accuracy "
+               f"{best_val(hist, 'val_track_acc_raw'):.3f} (epoch "
                f"{metrics['best_epoch_raw']})" + (f", test accuracy {raw['track_acc']:.3f}." if raw else "."))
 
     page.h2("Curves")

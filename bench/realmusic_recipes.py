@@ -66,6 +66,8 @@ RECIPES: dict[str, list[str]] = {
     "ema999-eq": ["--ema", "0.999", "--compare-raw", "--eq-db", "6"],
     "resnet": ["--model", "resnet"],
     "resnet-ema999": ["--model", "resnet", "--ema", "0.999", "--compare-raw"],
+    "bandnorm": ["--model", "baseline-bandnorm"],
+    "bandnorm-ema999": ["--model", "baseline-bandnorm", "--ema", "0.999", "--compare-raw"],
 }
 
 

@@ -28,11 +28,22 @@ class PooledCNN(nn.Module):
         return self.head(h)
 
 
+class BandNorm(nn.Module):
+    """Subtracts each mel band's mean over the crop's frames (cepstral mean normalisation on a log
+    scale). A fixed gain per band (a recording's mix, mastering, microphone) is a constant offset in
+    log-mel, so the output does not depend on it: the net has to use how bands change over time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=-1, keepdim=True)
+
+
 class BaselineCNN(PooledCNN):
     """The original project's net: 4 conv blocks (64/128/256/512, BatchNorm, max-pool)."""
 
-    def __init__(self, n_classes: int, channels: tuple[int, ...] = (64, 128, 256, 512), dropout: float = 0.3):
-        layers: list[nn.Module] = [nn.BatchNorm2d(1)]
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (64, 128, 256, 512), dropout: float = 0.3,
+                 band_norm: bool = False):
+        layers: list[nn.Module] = [BandNorm()] if band_norm else []
+        layers.append(nn.BatchNorm2d(1))
         c_in = 1
         for c in channels:
             layers += _conv_bn(c_in, c) + [nn.MaxPool2d(2)]
@@ -90,7 +101,14 @@ class TinyCNN(BaselineCNN):
         super().__init__(n_classes, channels=(8, 16, 32, 32), dropout=0.1)
 
 
-MODELS = {"baseline": BaselineCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN, "tiny": TinyCNN}
+class BandNormCNN(BaselineCNN):
+    """The baseline behind BandNorm: blind to any fixed equalisation of the input."""
+
+    def __init__(self, n_classes: int):
+        super().__init__(n_classes, band_norm=True)
+
+
+MODELS = {"baseline": BaselineCNN, "baseline-bandnorm": BandNormCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN, "tiny": TinyCNN}
 
 
 def build_model(name: str, n_classes: int) -> nn.Module:

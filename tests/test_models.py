@@ -25,3 +25,20 @@ def test_models_take_crops_and_any_window_length(name):
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg", 10)
+
+
+def test_bandnorm_is_blind_to_a_fixed_gain_per_band():
+    """A recording's fixed equalisation is an offset per mel band in log-mel: baseline-bandnorm's
+    output must not move when one is added, the baseline's must."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 128, 130)
+    offset = torch.linspace(-12, 12, 128).view(1, 1, 128, 1) + 3.0  # dB per band, tilted and shifted
+    outs = {}
+    for name in ("baseline-bandnorm", "baseline"):
+        m = build_model(name, 5).eval()
+        with torch.no_grad():
+            outs[name] = (m(x), m(x + offset))
+    a, b = outs["baseline-bandnorm"]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    a, b = outs["baseline"]
+    assert (a - b).abs().max() > 1e-2

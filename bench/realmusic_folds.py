@@ -48,7 +48,7 @@ from bench import RESULTS
 from bench.harness import logger
 from bench.host import describe, host_info, today
 from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, check_against_run, paired_difference, plot_curves, pm,
-                                     recording_accuracy, recording_of, run_dir_of, run_name, spread, steadiness,
+                                     recording_accuracy, recording_of, recording_verdicts, run_dir_of, run_name, spread, steadiness,
                                      top, train_missing, vs_default_cell)
 from bench.tables import Col, text
 
@@ -163,6 +163,21 @@ def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str
             "train_min_per_fold": statistics.fmean(f["train_min"] for f in folds), "rows": last}
 
 
+def missed_recordings(per_seed: list[dict], recordings: dict[str, tuple[str, str]], classes: list[str]) -> list[dict]:
+    """The recordings that at least half of the tabulated runs (recipe x seed, last epoch) got wrong,
+    most-missed first: what no recipe tried has learnt, and how they were called."""
+    missed: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in per_seed:
+        for rec, (label, pred) in recording_verdicts(r["rows"], recordings).items():
+            if pred != label:
+                missed[rec].append(classes[pred])
+    n = len(per_seed)
+    out = [{"package": rec[0], "group": rec[1], "missed_by": len(called), "of": n,
+            "called": max(set(called), key=called.count)}
+           for rec, called in missed.items() if 2 * len(called) >= n]
+    return sorted(out, key=lambda m: (-m["missed_by"], m["package"], m["group"]))
+
+
 COLUMNS = [
     Col("recipe", text("recipe")),
     Col("last epoch, excerpts", lambda r: pm(r["last_excerpts"])),
@@ -246,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             mine = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == row["recipe"]}
             row["vs_default"] = paired_difference(mine, base, recordings)
 
+    hard = missed_recordings(per_seed, recordings, manifest_of(shards[0]).classes) if per_seed else []
+    if hard:
+        log(f"missed by at least half of the {len(per_seed)} runs: " + "; ".join(
+            f"{m['package']} {m['group']} ({m['missed_by']}, called {m['called']})" for m in hard))
+
     from bench.tables import publish
     from training.report import write_json
     host, date = host_info(), today()
@@ -253,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.join(a.out, f"realmusic-folds{a.folds}-{host['kind']}-{date}")
     write_json(stem + ".json", {"benchmark": "realmusic_folds", "date": date, "host": host, "folds": a.folds,
                                 "fold_seed": a.fold_seed, "runs_folder": a.runs, "extra_args": a.extra,
-                                "summary": summary,
+                                "summary": summary, "missed_recordings": hard,
                                 "runs": [{k: v for k, v in r.items() if k != "rows"} for r in per_seed]})
     if per_seed:
         plot_curves(per_seed, stem + ".png", f"real-music set, {a.folds} folds: held-out accuracy by epoch", curve="curve",

@@ -175,18 +175,24 @@ def cached_predictions(cached: str, checkpoint_path: str, *args: Any, **kwargs: 
     return {"rows": rows, "track_acc": acc}
 
 
-def recording_accuracy(rows: list[dict], recordings: dict[str, tuple[str, str]]) -> tuple[float, int]:
-    """Accuracy over recordings (argmax of the mean excerpt probabilities) and their number."""
+def recording_verdicts(rows: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Recording -> (label, predicted class), the prediction the argmax of its excerpts' mean probabilities."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[recordings[r["source"]]].append(r)
-    right = 0
-    for members in groups.values():
+    out = {}
+    for rec, members in groups.items():
         labels = {m["label"] for m in members}
         assert len(labels) == 1, f"a recording with two labels: {members[0]['source']}"
         mean = [statistics.fmean(m["probs"][c] for m in members) for c in range(len(members[0]["probs"]))]
-        right += top(mean) == labels.pop()
-    return right / len(groups), len(groups)
+        out[rec] = (labels.pop(), top(mean))
+    return out
+
+
+def recording_accuracy(rows: list[dict], recordings: dict[str, tuple[str, str]]) -> tuple[float, int]:
+    """Accuracy over recordings (argmax of the mean excerpt probabilities) and their number."""
+    v = recording_verdicts(rows, recordings)
+    return sum(label == pred for label, pred in v.values()) / len(v), len(v)
 
 
 def run_name(recipe: str, seed: int, fold: int | None = None) -> str:

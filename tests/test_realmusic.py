@@ -372,6 +372,7 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
         assert r["per_fold_last"] == pytest.approx(last)
         assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
         assert r["curve"][-1] == pytest.approx(r["last_excerpts"]) and len(r["curve"]) == 2
+    assert all(2 * m["missed_by"] >= m["of"] == 2 for m in doc["missed_recordings"])
     vs = doc["summary"][1]["vs_default"]
     assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
@@ -391,6 +392,28 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "nothing: no provenance.csv there" in p.stderr.strip().splitlines()[-1]
     assert "Traceback" not in p.stderr
+
+
+def test_missed_recordings_lists_what_most_runs_got_wrong():
+    """A recording is listed when at least half of the runs called it wrong (judged by its excerpts'
+    mean probabilities), with the class most of them called it."""
+    from bench.realmusic_folds import missed_recordings
+    rec = {"a1": ("p", "a"), "a2": ("p", "a"), "b1": ("q", "b"), "c1": ("q", "c")}
+
+    def run(a_probs, b_right):
+        return {"rows": [{"source": "a1", "label": 0, "probs": a_probs[0]}, {"source": "a2", "label": 0, "probs": a_probs[1]},
+                         {"source": "b1", "label": 1, "probs": [0.1, 0.9] if b_right else [0.9, 0.1]},
+                         {"source": "c1", "label": 1, "probs": [0.2, 0.8]}]}
+    wrong_a = ([0.2, 0.8], [0.3, 0.7])
+    right_a = ([0.2, 0.8], [0.9, 0.1])  # one excerpt wrong, but the mean is right: not missed
+    runs = [run(wrong_a, False), run(wrong_a, True), run(right_a, False)]
+    assert missed_recordings(runs, rec, ["p", "q"]) == [
+        {"package": "p", "group": "a", "missed_by": 2, "of": 3, "called": "q"},
+        {"package": "q", "group": "b", "missed_by": 2, "of": 3, "called": "p"}]
+    assert missed_recordings(runs[1:], rec, ["p", "q"]) == [  # 1 of 2 is half: listed
+        {"package": "p", "group": "a", "missed_by": 1, "of": 2, "called": "q"},
+        {"package": "q", "group": "b", "missed_by": 1, "of": 2, "called": "p"}]
+    assert missed_recordings([run(right_a, True)] * 2 + runs[:1], rec, ["p", "q"]) == []
 
 
 def test_hard_set_figures_come_from_the_recipes_configs(tmp_path):

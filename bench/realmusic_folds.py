@@ -28,6 +28,9 @@ Against `default`: the paired difference of the last-epoch excerpt accuracy on t
 averaged over the seeds both ran, with a 95% bootstrap interval over recordings. Per recipe: mean ±
 sample sd over seeds, the per-fold spread, training minutes per fold. Output: table on stdout, JSON
 under --out. Predictions are cached in SET/RUNS/folds-K/.val-predictions/.
+--ensembles default+resnet,...: recipes whose held-out probabilities are averaged excerpt by excerpt,
+scored the same way (last epoch, paired difference against the default) as a lead for a recipe that
+trains several models. The JSON also lists the recordings at least half of the tabulated runs missed.
 """
 from __future__ import annotations
 
@@ -178,6 +181,38 @@ def missed_recordings(per_seed: list[dict], recordings: dict[str, tuple[str, str
     return sorted(out, key=lambda m: (-m["missed_by"], m["package"], m["group"]))
 
 
+def average_rows(members: list[list[dict]]) -> list[dict]:
+    """One run's rows from several runs' rows on the same excerpts: their class probabilities averaged."""
+    by_source = [{r["source"]: r for r in rows} for rows in members]
+    if any(set(b) != set(by_source[0]) for b in by_source):
+        raise SystemExit("an ensemble's members held out different excerpts: they cannot be averaged")
+    return [dict(r, probs=[statistics.fmean(b[r["source"]]["probs"][c] for b in by_source)
+                           for c in range(len(r["probs"]))]) for r in members[0]]
+
+
+def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: dict[str, tuple[str, str]]) -> list[dict]:
+    """Each ensemble (recipes whose held-out last-epoch probabilities are averaged), per seed all its
+    members ran: pooled accuracies and the paired difference against the default."""
+    rows_of = {(r["recipe"], r["seed"]): r["rows"] for r in per_seed}
+    base = {seed: rows for (recipe, seed), rows in rows_of.items() if recipe == "default"}
+    out = []
+    for members in specs:
+        seeds = sorted(seed for (recipe, seed) in rows_of if recipe == members[0]
+                       and all((m, seed) in rows_of for m in members))
+        if not seeds:
+            log(f"ensemble {'+'.join(members)}: no seed that all its members ran")
+            continue
+        avg = {seed: average_rows([rows_of[(m, seed)] for m in members]) for seed in seeds}
+        row = {"ensemble": "+".join(members), "seeds": seeds,
+               "last_excerpts": statistics.fmean(excerpt_accuracy(avg[s]) for s in seeds),
+               "last_recordings": statistics.fmean(recording_accuracy(avg[s], recordings)[0] for s in seeds),
+               "vs_default": paired_difference(avg, base, recordings) if base else None}
+        log(f"ensemble {row['ensemble']}: last epoch {row['last_excerpts']:.3f} of excerpts, "
+            f"{row['last_recordings']:.3f} of recordings; vs default {vs_default_cell(row)}")
+        out.append(row)
+    return out
+
+
 COLUMNS = [
     Col("recipe", text("recipe")),
     Col("last epoch, excerpts", lambda r: pm(r["last_excerpts"])),
@@ -202,12 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", action="store_true", help="shard the folds and train missing runs (nice 19)")
     ap.add_argument("--runs", default="runs", help="the runs' folder inside --set (folds-K/ inside it)")
     ap.add_argument("--extra", default="", help="train.py arguments for every run trained here (recorded)")
+    ap.add_argument("--ensembles", default="",
+                    help="comma-separated ensembles of tabulated recipes joined by '+' (e.g. default+resnet): "
+                         "their held-out probabilities averaged and scored against the default")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
     names = [r.strip() for r in a.recipes.split(",") if r.strip()]
     unknown = [r for r in names if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    ensembles = [e.split("+") for e in a.ensembles.split(",") if e.strip()]
+    outside = sorted({m for e in ensembles for m in e} - set(names))
+    if outside or any(len(e) < 2 for e in ensembles):
+        ap.error(f"--ensembles: each needs two or more of the --recipes being tabulated ({', '.join(outside) or a.ensembles})")
     if a.folds < 2:
         ap.error("--folds must be at least 2")
     if not os.path.exists(os.path.join(a.set, "provenance.csv")):
@@ -261,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             mine = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == row["recipe"]}
             row["vs_default"] = paired_difference(mine, base, recordings)
 
+    ensemble_rows = score_ensembles(ensembles, per_seed, recordings)
     hard = missed_recordings(per_seed, recordings, manifest_of(shards[0]).classes) if per_seed else []
     if hard:
         log(f"missed by at least half of the {len(per_seed)} runs: " + "; ".join(
@@ -273,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.join(a.out, f"realmusic-folds{a.folds}-{host['kind']}-{date}")
     write_json(stem + ".json", {"benchmark": "realmusic_folds", "date": date, "host": host, "folds": a.folds,
                                 "fold_seed": a.fold_seed, "runs_folder": a.runs, "extra_args": a.extra,
-                                "summary": summary, "missed_recordings": hard,
+                                "summary": summary, "ensembles": ensemble_rows, "missed_recordings": hard,
                                 "runs": [{k: v for k, v in r.items() if k != "rows"} for r in per_seed]})
     if per_seed:
         plot_curves(per_seed, stem + ".png", f"real-music set, {a.folds} folds: held-out accuracy by epoch", curve="curve",

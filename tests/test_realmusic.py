@@ -341,8 +341,8 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     shutil.copytree(out, set_dir)
     extra = "--model tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
     p = subprocess.run([sys.executable, "-m", "bench.realmusic_folds", "--set", str(set_dir), "--folds", "2", "--train",
-                        "--extra", extra, "--out", str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+                        "--extra", extra, "--ensembles", "default+ema999", "--out", str(tmp_path / "res")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     prov = {r["path"]: r for r in _rows(set_dir / "provenance.csv")}
     lists = [_rows(set_dir / "folds-2" / f"fold-{i}" / "list.csv") for i in range(2)]
@@ -373,6 +373,19 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
         assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
         assert r["curve"][-1] == pytest.approx(r["last_excerpts"]) and len(r["curve"]) == 2
     assert all(2 * m["missed_by"] >= m["of"] == 2 for m in doc["missed_recordings"])
+    # the ensemble: the raw and EMA weights' held-out probabilities averaged excerpt by excerpt
+    cache = set_dir / "runs" / "folds-2" / ".val-predictions"
+    right = total = 0
+    for i in range(2):
+        raw, ema = (json.load(open(cache / f"ema999-f{i}-s0{sfx}-last.json"))["rows"] for sfx in ("_raw", ""))
+        ema_of = {r["source"]: r["probs"] for r in ema}
+        for r in raw:
+            mean = [(a + b) / 2 for a, b in zip(r["probs"], ema_of[r["source"]])]
+            right += mean.index(max(mean)) == r["label"]
+            total += 1
+    (ens,) = doc["ensembles"]
+    assert ens["ensemble"] == "default+ema999" and total == len(dev)
+    assert ens["last_excerpts"] == pytest.approx(right / total) and ens["vs_default"]["seeds"] == [0]
     vs = doc["summary"][1]["vs_default"]
     assert vs["diff"] == pytest.approx(runs["ema999"]["last_excerpts"] - runs["default"]["last_excerpts"])
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
@@ -392,6 +405,12 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "nothing: no provenance.csv there" in p.stderr.strip().splitlines()[-1]
     assert "Traceback" not in p.stderr
+    p = subprocess.run([sys.executable, "-m", "bench.realmusic_folds", "--set", str(set_dir), "--folds", "2",
+                        "--ensembles", "default+resnet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--ensembles: each needs two or more of the --recipes being tabulated (resnet)" in p.stderr
+    from bench.realmusic_folds import average_rows
+    with pytest.raises(SystemExit, match="held out different excerpts"):
+        average_rows([[{"source": "a", "label": 0, "probs": [1.0, 0.0]}], [{"source": "b", "label": 0, "probs": [1.0, 0.0]}]])
 
 
 def test_missed_recordings_lists_what_most_runs_got_wrong():

@@ -49,6 +49,8 @@ CONFIGS: dict[str, list[str]] = {
     # the short-chunk resnet with the default's crops and batch; --compare-raw gives its plain run too
     "resnet-c4-ema": ["--model", "resnet", "--batch-size", "32", "--crops-per-track", "4", "--ema", "0.999",
                       "--compare-raw"],
+    "bandnorm-c4-ema": ["--model", "baseline-bandnorm", "--batch-size", "32", "--crops-per-track", "4", "--ema",
+                        "0.999", "--compare-raw"],
     "resnet-aug": ["--model", "resnet", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",
                    "--gain-db", "6", "--mixup", "0.2"],
     "resnet-c4-aug": ["--model", "resnet", "--batch-size", "32", "--crops-per-track", "4", "--specaugment",

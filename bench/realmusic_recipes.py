@@ -83,7 +83,8 @@ RAW_TWIN: dict[str, str] = {plain: ema for ema, a in RECIPES.items() if "--compa
 # recipe -> (bench.hard_set config, read its raw-weight columns?)
 HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False),
         "specaug-gain": ("baseline-c4-ema-specaug-gain", True), "ema999-specaug-gain": ("baseline-c4-ema-specaug-gain", False),
-        "resnet": ("resnet-c4-ema", True), "resnet-ema999": ("resnet-c4-ema", False)}
+        "resnet": ("resnet-c4-ema", True), "resnet-ema999": ("resnet-c4-ema", False),
+        "bandnorm": ("bandnorm-c4-ema", True), "bandnorm-ema999": ("bandnorm-c4-ema", False)}
 log = logger("realmusic_recipes")
 
 

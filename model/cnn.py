@@ -1,4 +1,5 @@
-"""Model zoo: the original project's 4-block CNN, a residual version of it and a short-chunk residual CNN.
+"""Model zoo: the original project's 4-block CNN (also behind a per-band normalisation), a residual
+version of it and a short-chunk residual CNN.
 
 Both end in global pooling over time and frequency, so they accept any number of frames: the
 same weights classify 3 s training crops and windows cut from whole songs.

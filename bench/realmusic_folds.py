@@ -28,7 +28,8 @@ Against `default`: the paired difference of the last-epoch excerpt accuracy on t
 averaged over the seeds both ran, with a 95% bootstrap interval over recordings. Per recipe: mean ±
 sample sd over seeds, the per-fold spread, training minutes per fold. Output: table on stdout, JSON
 under --out. Predictions are cached in SET/RUNS/folds-K/.val-predictions/.
---ensembles default+resnet,...: recipes whose held-out probabilities are averaged excerpt by excerpt,
+--ensembles default+resnet,...: recipes whose held-out probabilities are averaged excerpt by excerpt
+(per seed; `default@0+default@1+default@2` averages given seeds, the control for a mixed ensemble),
 scored the same way (last epoch, paired difference against the default) as a lead for a recipe that
 trains several models. The JSON also lists the recordings at least half of the tabulated runs missed.
 """
@@ -192,17 +193,25 @@ def average_rows(members: list[list[dict]]) -> list[dict]:
 
 def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: dict[str, tuple[str, str]]) -> list[dict]:
     """Each ensemble (recipes whose held-out last-epoch probabilities are averaged), per seed all its
-    members ran: pooled accuracies and the paired difference against the default."""
+    members ran, or once where every member names its seed (`default@1`: seeds of one recipe averaged,
+    compared with the default at the first member's seed): pooled accuracies and the paired
+    difference against the default."""
     rows_of = {(r["recipe"], r["seed"]): r["rows"] for r in per_seed}
     base = {seed: rows for (recipe, seed), rows in rows_of.items() if recipe == "default"}
     out = []
     for members in specs:
-        seeds = sorted(seed for (recipe, seed) in rows_of if recipe == members[0]
-                       and all((m, seed) in rows_of for m in members))
-        if not seeds:
-            log(f"ensemble {'+'.join(members)}: no seed that all its members ran")
+        pinned = [m.partition("@") for m in members]
+        if all(at for _, at, _ in pinned):
+            keys = [(name, int(seed)) for name, _, seed in pinned]
+            runs = {keys[0][1]: keys} if all(k in rows_of for k in keys) else {}
+        else:
+            runs = {seed: [(m, seed) for m in members] for (recipe, seed) in rows_of if recipe == members[0]
+                    and all((m, seed) in rows_of for m in members)}
+        if not runs:
+            log(f"ensemble {'+'.join(members)}: not all its members ran (for any one seed)")
             continue
-        avg = {seed: average_rows([rows_of[(m, seed)] for m in members]) for seed in seeds}
+        seeds = sorted(runs)
+        avg = {seed: average_rows([rows_of[k] for k in runs[seed]]) for seed in seeds}
         row = {"ensemble": "+".join(members), "seeds": seeds,
                "last_excerpts": statistics.fmean(excerpt_accuracy(avg[s]) for s in seeds),
                "last_recordings": statistics.fmean(recording_accuracy(avg[s], recordings)[0] for s in seeds),
@@ -238,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs", help="the runs' folder inside --set (folds-K/ inside it)")
     ap.add_argument("--extra", default="", help="train.py arguments for every run trained here (recorded)")
     ap.add_argument("--ensembles", default="",
-                    help="comma-separated ensembles of tabulated recipes joined by '+' (e.g. default+resnet): "
-                         "their held-out probabilities averaged and scored against the default")
+                    help="comma-separated ensembles of tabulated recipes joined by '+' (e.g. default+resnet, per "
+                         "seed; default@0+default@1: given seeds): held-out probabilities averaged, scored against the default")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
     names = [r.strip() for r in a.recipes.split(",") if r.strip()]
@@ -247,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     ensembles = [e.split("+") for e in a.ensembles.split(",") if e.strip()]
-    outside = sorted({m for e in ensembles for m in e} - set(names))
-    if outside or any(len(e) < 2 for e in ensembles):
+    outside = sorted({m.partition("@")[0] for e in ensembles for m in e} - set(names))
+    bad_seed = [m for e in ensembles for m in e if "@" in m and not m.partition("@")[2].isdigit()]
+    if outside or bad_seed or any(len(e) < 2 for e in ensembles):
         ap.error(f"--ensembles: each needs two or more of the --recipes being tabulated ({', '.join(outside) or a.ensembles})")
     if a.folds < 2:
         ap.error("--folds must be at least 2")

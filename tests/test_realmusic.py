@@ -435,6 +435,29 @@ def test_missed_recordings_lists_what_most_runs_got_wrong():
     assert missed_recordings([run(right_a, True)] * 2 + runs[:1], rec, ["p", "q"]) == []
 
 
+def test_ensembles_average_recipes_per_seed_or_given_seeds(capsys):
+    """default+b averages the two recipes' probabilities at each seed both ran; default@0+default@1
+    averages seeds of one recipe once, compared with the default at seed 0."""
+    from bench.realmusic_folds import score_ensembles
+    rec = {"x": ("p", "x"), "y": ("p", "y")}
+
+    def run(recipe, seed, px, py):  # probabilities of class 0 for excerpts x and y (both labelled 0)
+        return {"recipe": recipe, "seed": seed, "rows": [{"source": "x", "label": 0, "probs": [px, 1 - px]},
+                                                         {"source": "y", "label": 0, "probs": [py, 1 - py]}]}
+    per_seed = [run("default", 0, 0.9, 0.3), run("default", 1, 0.2, 0.2), run("b", 0, 0.4, 0.9)]
+    got = score_ensembles([["default", "b"], ["default@0", "default@1"], ["default@0", "b@1"]], per_seed, rec)
+    assert [g["ensemble"] for g in got] == ["default+b", "default@0+default@1"]  # b@1 never ran: not scored
+    mixed, seeds = got
+    # default+b at seed 0: x (0.9+0.4)/2 and y (0.3+0.9)/2 both right; the default alone gets x only
+    assert mixed["seeds"] == [0] and mixed["last_excerpts"] == 1.0 and mixed["vs_default"]["diff"] == 0.5
+    # the default's seeds 0 and 1: x (0.9+0.2)/2 right, y (0.3+0.2)/2 wrong; against seed 0 alone
+    assert seeds["seeds"] == [0] and seeds["last_excerpts"] == 0.5 and seeds["vs_default"]["diff"] == 0
+    from bench.realmusic_folds import main
+    with pytest.raises(SystemExit) as e:
+        main(["--set", "unused", "--recipes", "default,ema999", "--ensembles", "default@x+ema999"])
+    assert e.value.code == 2 and "--ensembles: each needs two or more" in capsys.readouterr().err
+
+
 def test_hard_set_figures_come_from_the_recipes_configs(tmp_path):
     """A recipe's hard-set row is its bench.hard_set config's, raw columns for a plain recipe read
     from its --ema --compare-raw twin's runs, gathered over several JSONs."""

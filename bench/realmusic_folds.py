@@ -257,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
     ensembles = [e.split("+") for e in a.ensembles.split(",") if e.strip()]
     outside = sorted({m.partition("@")[0] for e in ensembles for m in e} - set(names))
-    bad_seed = [m for e in ensembles for m in e if "@" in m and not m.partition("@")[2].isdigit()]
-    if outside or bad_seed or any(len(e) < 2 for e in ensembles):
+    if outside or any(len(e) < 2 for e in ensembles):
         ap.error(f"--ensembles: each needs two or more of the --recipes being tabulated ({', '.join(outside) or a.ensembles})")
+    bad_seed = [m for e in ensembles for m in e if "@" in m and not m.partition("@")[2].isdigit()]
+    half_pinned = ["+".join(e) for e in ensembles if len({"@" in m for m in e}) > 1]
+    if bad_seed or half_pinned:
+        ap.error(f"--ensembles: a seed is recipe@N, given for every member or none ({', '.join(bad_seed + half_pinned)})")
     if a.folds < 2:
         ap.error("--folds must be at least 2")
     if not os.path.exists(os.path.join(a.set, "provenance.csv")):

@@ -102,7 +102,6 @@ def steadiness(curve: list[float], epochs: list[int] | None = None) -> dict[str,
             "max_change_after_5": max((x for e, x in d if e >= 5), default=0.0)}
 
 
-
 def flops_per_crop(model: str, n_classes: int, spec) -> float:
     """Training FLOPs (forward + backward) of one crop of spec.clip_seconds, in GFLOP."""
     import torch

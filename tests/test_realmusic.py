@@ -453,9 +453,11 @@ def test_ensembles_average_recipes_per_seed_or_given_seeds(capsys):
     # the default's seeds 0 and 1: x (0.9+0.2)/2 right, y (0.3+0.2)/2 wrong; against seed 0 alone
     assert seeds["seeds"] == [0] and seeds["last_excerpts"] == 0.5 and seeds["vs_default"]["diff"] == 0
     from bench.realmusic_folds import main
-    with pytest.raises(SystemExit) as e:
-        main(["--set", "unused", "--recipes", "default,ema999", "--ensembles", "default@x+ema999"])
-    assert e.value.code == 2 and "--ensembles: each needs two or more" in capsys.readouterr().err
+    for spec, said in (("default@x+ema999@0", "(default@x)"), ("default@0+ema999", "(default@0+ema999)")):
+        with pytest.raises(SystemExit) as e:
+            main(["--set", "unused", "--recipes", "default,ema999", "--ensembles", spec])
+        assert e.value.code == 2
+        assert f"--ensembles: a seed is recipe@N, given for every member or none {said}" in capsys.readouterr().err
 
 
 def test_hard_set_figures_come_from_the_recipes_configs(tmp_path):

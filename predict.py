@@ -1,6 +1,7 @@
 """Print the genre of songs: any length, any common format (WAV, FLAC, OGG, MP3, ...).
 
     python predict.py song.mp3 [more.wav dir/ ...] [--checkpoint runs/X/best.pt] [--top 3] [--json]
+    python predict.py song.mp3 --checkpoint a/best.pt --checkpoint b/best.pt   # an ensemble
     python predict.py song.mp3 --timeline [--hop 1.5] [--plot-dir DIR]   # genre over time
 
 Collection mode (--out; predict_collection.py): every track of a shard folder or of an audio
@@ -13,6 +14,8 @@ folder through the sharded DALI path, on every rank, into one file; resumable:
 The song is decoded and resampled exactly as make_shards does, turned into log-mels with the
 checkpoint's FeatureSpec (torchaudio; DALI is not needed), cut into windows that cover the whole
 song, and the windows' logits are averaged. Exit code 2 if any file or the checkpoint fails.
+Several --checkpoint make an ensemble (inference.ensemble: the members' log-probabilities
+averaged); they must share classes and feature parameters.
 
 A file is checked as make_shards checks it (features.audio.validate, the one place): a clip
 shorter than --min-seconds (default: make_shards' default, 1 s) is refused, as training never saw
@@ -58,7 +61,7 @@ DIGITS = 4   # probabilities shown: 4 decimals (the collection mode writes 6)
 class Predictor:
     """One model load, then any number of songs."""
 
-    def __init__(self, ckpt_path: str, device: str = "cpu"):
+    def __init__(self, ckpt_path: str | list[str], device: str = "cpu"):
         import torch
 
         from inference.classifier import load_classifier
@@ -156,7 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="audio files or folders (with --out: one folder, sharded first)")
-    p.add_argument("--checkpoint", default=None, help="default: the newest runs/*/best.pt")
+    p.add_argument("--checkpoint", action="append", default=None,
+                   help="default: the newest runs/*/best.pt; give it again for an ensemble of the checkpoints")
     p.add_argument("--top", type=int, default=3, help="probabilities to show per file")
     p.add_argument("--version", action="version", version=f"ParallelTunes {version()}")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -221,8 +225,8 @@ def _collection_args(g) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ckpt = args.checkpoint or default_checkpoint()
-    if ckpt is None:
+    ckpt = args.checkpoint or [c for c in [default_checkpoint()] if c]
+    if not ckpt:
         print("predict: error: no checkpoint given and none found in runs/*/best.pt (train first)", file=sys.stderr)
         return 2
     if args.out is not None or args.shards is not None:
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     return predict_files(args, ckpt)
 
 
-def predict_files(args: argparse.Namespace, ckpt: str) -> int:
+def predict_files(args: argparse.Namespace, ckpt: list[str]) -> int:
     """The single-file mode: each file decoded and predicted here, one line (or one JSON document)."""
     from core.checkpoint import CheckpointError
     from features.audio import AudioError
@@ -261,7 +265,7 @@ def predict_files(args: argparse.Namespace, ckpt: str) -> int:
     if args.json:
         for r in results:
             r["probabilities"] = dict(list(r["probabilities"].items())[: args.top])
-        json.dump({"checkpoint": ckpt, "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
+        json.dump({"checkpoint": ckpt[0] if len(ckpt) == 1 else ckpt, "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
         print()
     return 2 if failed else 0
 

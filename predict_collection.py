@@ -237,7 +237,7 @@ class Job:
     out: str
     fmt: str
     shard_dir: str                       # the shard folder read (--shards, or the one made for a folder)
-    checkpoint: str
+    checkpoint: list[str]                # one, or an ensemble's members
     source_root: str | None
     timeline_hop: float | None
     batch_size: int | None
@@ -263,7 +263,7 @@ def _source(root: str | None, source: str) -> str:
     return os.path.normpath(os.path.join(root, source)) if root else source
 
 
-def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
+def prepare(args: argparse.Namespace, ckpt: list[str], *, may_shard: bool) -> Job:
     """Check the request and resolve the shard folder (sharding a plain folder first when
     `may_shard`); raise CollectionError naming the file or folder."""
     from core.checkpoint import CheckpointError
@@ -308,8 +308,9 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
               timeline_hop=hop, batch_size=args.batch_size, threads=args.threads, cpu=args.cpu, eager=args.eager, amp=args.amp,
               folder=folder, min_seconds=args.min_seconds, max_seconds=args.max_seconds or None, allow_unverified=args.allow_unverified,
               manifest_sha256=args.manifest_sha256)
-    job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": sha256_file(ckpt), "classes": classes,
-                    "timeline_hop": hop}
+    shas = [sha256_file(c) for c in ckpt]  # one string for one checkpoint, as before ensembles
+    job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": shas[0] if len(shas) == 1 else shas,
+                    "classes": classes, "timeline_hop": hop}
     check_state_folders(job)
     check_resumable(job)  # before any sharding: a refused rerun costs nothing
     if not args.shards and may_shard:
@@ -328,7 +329,7 @@ def prepare(args: argparse.Namespace, ckpt: str, *, may_shard: bool) -> Job:
             print(f"predict: {line}", file=sys.stderr)
     if manifest.spec.sample_rate != spec.sample_rate:
         raise CollectionError(
-            f"{manifest.path}: shards hold audio at {manifest.spec.sample_rate} Hz, the checkpoint {ckpt} expects "
+            f"{manifest.path}: shards hold audio at {manifest.spec.sample_rate} Hz, the checkpoint {ckpt[0]} expects "
             f"{spec.sample_rate} Hz; reshard with make_shards.py --sample-rate {spec.sample_rate}")
     return job
 
@@ -652,7 +653,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
     total_s = sum(r["seconds"] for r in records)
     summary = {
         "out": paths.out, "summary": paths.summary, "format_written": job.fmt, "out_sha256": sha256_file(paths.out),
-        "identity": job.identity, "checkpoint": job.checkpoint,
+        "identity": job.identity, "checkpoint": job.checkpoint[0] if len(job.checkpoint) == 1 else job.checkpoint,
         "shards": None if job.folder else redact(job.shard_dir), "folder": job.folder,
         "min_seconds": job.min_seconds if job.folder else None,
         "max_seconds": job.max_seconds if job.folder else None,
@@ -702,7 +703,7 @@ def summary_text(s: dict, classes: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------- main
 
-def run(args: argparse.Namespace, ckpt: str) -> int:
+def run(args: argparse.Namespace, ckpt: list[str]) -> int:
     """predict.py --out / --shards, with predict.py's parsed arguments."""
     from training import distributed
 
@@ -773,7 +774,9 @@ def _cleanup(job: Job) -> None:
 
 def rank_args(job: Job) -> list[str]:
     """predict.py's arguments for the launched ranks: the same job, on the resolved shard folder."""
-    args = ["--shards", job.shard_dir, "--out", job.out, "--checkpoint", job.checkpoint, "--format", job.fmt]
+    args = ["--shards", job.shard_dir, "--out", job.out, "--format", job.fmt]
+    for c in job.checkpoint:
+        args += ["--checkpoint", c]
     if job.batch_size:
         args += ["--batch-size", str(job.batch_size)]
     if job.source_root:

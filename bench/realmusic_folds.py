@@ -183,12 +183,13 @@ def missed_recordings(per_seed: list[dict], recordings: dict[str, tuple[str, str
 
 
 def average_rows(members: list[list[dict]]) -> list[dict]:
-    """One run's rows from several runs' rows on the same excerpts: their class probabilities averaged."""
+    """One run's rows from several runs' rows on the same excerpts: their class probabilities combined
+    by predict.py's ensemble rule (inference.ensemble.combine_probabilities)."""
+    from inference.ensemble import combine_probabilities
     by_source = [{r["source"]: r for r in rows} for rows in members]
     if any(set(b) != set(by_source[0]) for b in by_source):
         raise SystemExit("an ensemble's members held out different excerpts: they cannot be averaged")
-    return [dict(r, probs=[statistics.fmean(b[r["source"]]["probs"][c] for b in by_source)
-                           for c in range(len(r["probs"]))]) for r in members[0]]
+    return [dict(r, probs=combine_probabilities([b[r["source"]]["probs"] for b in by_source])) for r in members[0]]
 
 
 def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: dict[str, tuple[str, str]]) -> list[dict]:

@@ -1,19 +1,45 @@
-"""A trained classifier from a checkpoint, ready for inference (predict.py and the collection mode)."""
+"""A trained classifier from a checkpoint, or an ensemble from several, ready for inference
+(predict.py and the collection mode)."""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from core.checkpoint import CheckpointError, load, load_model_weights
 from core.spec import FeatureSpec
 from model import build_model
 
 
-def load_classifier(ckpt_path: str, device: str = "cpu", raw: bool = False):
+def load_classifier(ckpt_paths: str | Sequence[str], device: str = "cpu", raw: bool = False):
     """(model in eval mode on `device`, classes, FeatureSpec) from a checkpoint; CheckpointError in one line.
-    raw: the trained weights even where the run kept an EMA average (the average is the default)."""
-    state = load(ckpt_path, map_location=device)
+    Several checkpoints make one inference.ensemble.Ensemble; they must agree on classes (in order) and
+    feature parameters. raw: the trained weights even where a run kept an EMA average (the default)."""
+    paths = [ckpt_paths] if isinstance(ckpt_paths, str) else list(ckpt_paths)
+    if not paths:
+        raise CheckpointError("no checkpoint given")
+    members, classes, spec = [], None, None
+    for path in paths:
+        model, c, s = _load_one(path, device, raw)
+        if classes is not None and c != classes:
+            raise CheckpointError(f"{path}: classes {c} differ from {paths[0]}'s {classes}; an ensemble's "
+                                  f"members must be trained on the same classes")
+        if spec is not None and s != spec:
+            diff = next(k for k, v in s.to_dict().items() if spec.to_dict().get(k) != v)
+            raise CheckpointError(f"{path}: feature parameter {diff} is {s.to_dict()[diff]!r}, {paths[0]}'s is "
+                                  f"{spec.to_dict().get(diff)!r}; an ensemble's members must share the features")
+        members.append(model)
+        classes, spec = c, s
+    if len(members) == 1:
+        return members[0], classes, spec
+    from inference.ensemble import Ensemble
+    return Ensemble(members).eval().to(device), classes, spec
+
+
+def _load_one(path: str, device: str, raw: bool):
+    state = load(path, map_location=device)
     classes, spec = state["classes"], FeatureSpec.from_dict(state["feature_spec"])
     try:
         model = build_model(state["model_name"], len(classes))
     except ValueError as e:
-        raise CheckpointError(f"{ckpt_path}: {e}") from None
-    load_model_weights(model, state, ckpt_path, for_inference=not raw)  # the EMA's weights when the run kept one
+        raise CheckpointError(f"{path}: {e}") from None
+    load_model_weights(model, state, path, for_inference=not raw)  # the EMA's weights when the run kept one
     return model.eval().to(device), classes, spec

@@ -186,7 +186,7 @@ def test_launched_ranks_keep_the_folders_max_seconds(tmp_path):
     from predict_collection import Job, rank_args
     for given, want in ((30.0, 30.0), (None, 0.0)):
         job = Job(out=str(tmp_path / "p.jsonl"), fmt="jsonl", shard_dir=str(tmp_path / "p.jsonl.shards"),
-                  checkpoint="c.pt", source_root=None, timeline_hop=None, batch_size=None, threads=None, cpu=True,
+                  checkpoint=["c.pt"], source_root=None, timeline_hop=None, batch_size=None, threads=None, cpu=True,
                   eager=False, amp=False, folder=str(tmp_path), min_seconds=2.0, max_seconds=given)
         args = predict.parse_args(rank_args(job))
         assert (args.min_seconds, args.max_seconds, args.max_seconds or None) == (2.0, want, given)

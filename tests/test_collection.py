@@ -376,3 +376,42 @@ def test_train_refuses_unlabeled_shards_in_one_line(shards, capsys):
     assert train.main(["--shards", shards]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unlabeled collection" in err[0] and "predict.py --shards" in err[0], err
+
+
+def test_an_ensemble_in_collection_mode_equals_the_single_file_ensemble(shards, collection, ckpt, single, tmp_path):
+    """Two --checkpoint through the sharded path: each track's probabilities are the single-file path's
+    ensemble (and the members' combined); the identity names both, so a rerun with one is refused."""
+    import predict
+    from inference.ensemble import combine_probabilities
+    src, _ = collection
+    torch.manual_seed(1)
+    other = str(tmp_path / "other.pt")
+    checkpoint.save(other, {"model_name": "tiny", "model": build_model("tiny", 3).state_dict(), "classes": CLASSES,
+                            "feature_spec": SPEC.to_dict()})
+    pr, pr_other = predict.Predictor([ckpt, other]), predict.Predictor(other)
+    ens = {}
+    for path in single:
+        from features.audio import decode
+        feats = pr.logmel.long(torch.from_numpy(decode(path, RATE).samples))[None]
+        with torch.inference_mode():
+            ens[path] = torch.softmax(pr._logits(feats, None)[0].mean(0), 0)
+            other_p = torch.softmax(pr_other._logits(feats, None)[0].mean(0), 0)
+        combined = combine_probabilities([single[path].tolist(), other_p.tolist()])
+        assert max(abs(a - b) for a, b in zip(ens[path].tolist(), combined)) < 1e-5
+    out = tmp_path / "ens.jsonl"
+    p = _run([PREDICT, "--shards", shards, "--out", str(out), "--checkpoint", ckpt, "--checkpoint", other,
+              "--source-root", src])
+    assert p.returncode == 0, p.stderr
+    _check_parity(_lines(out), ens)
+    s = json.load(open(str(out)[:-6] + ".summary.json"))
+    assert s["checkpoint"] == [ckpt, other] and len(s["identity"]["checkpoint_sha256"]) == 2
+    again = _run([PREDICT, "--shards", shards, "--out", str(out), "--checkpoint", ckpt, "--source-root", src])
+    assert again.returncode == 2 and "written with another checkpoint" in again.stderr, again.stderr
+
+
+def test_launched_ranks_get_every_member_of_an_ensemble(tmp_path):
+    import predict
+    from predict_collection import Job, rank_args
+    job = Job(out=str(tmp_path / "p.jsonl"), fmt="jsonl", shard_dir=str(tmp_path / "s"), checkpoint=["a.pt", "b.pt"],
+              source_root=None, timeline_hop=None, batch_size=None, threads=None, cpu=True, eager=False, amp=False)
+    assert predict.parse_args(rank_args(job)).checkpoint == ["a.pt", "b.pt"]

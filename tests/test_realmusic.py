@@ -3,6 +3,7 @@ files: no package is downloaded here (that part is bench/realmusic_debian.py, ru
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 
@@ -373,14 +374,15 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
         assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
         assert r["curve"][-1] == pytest.approx(r["last_excerpts"]) and len(r["curve"]) == 2
     assert all(2 * m["missed_by"] >= m["of"] == 2 for m in doc["missed_recordings"])
-    # the ensemble: the raw and EMA weights' held-out probabilities averaged excerpt by excerpt
+    # the ensemble: the raw and EMA weights' held-out probabilities combined excerpt by excerpt (the
+    # normalised geometric mean, predict.py's rule)
     cache = set_dir / "runs" / "folds-2" / ".val-predictions"
     right = total = 0
     for i in range(2):
         raw, ema = (json.load(open(cache / f"ema999-f{i}-s0{sfx}-last.json"))["rows"] for sfx in ("_raw", ""))
         ema_of = {r["source"]: r["probs"] for r in ema}
         for r in raw:
-            mean = [(a + b) / 2 for a, b in zip(r["probs"], ema_of[r["source"]])]
+            mean = [math.sqrt(a * b) for a, b in zip(r["probs"], ema_of[r["source"]])]
             right += mean.index(max(mean)) == r["label"]
             total += 1
     (ens,) = doc["ensembles"]
@@ -435,9 +437,9 @@ def test_missed_recordings_lists_what_most_runs_got_wrong():
     assert missed_recordings([run(right_a, True)] * 2 + runs[:1], rec, ["p", "q"]) == []
 
 
-def test_ensembles_average_recipes_per_seed_or_given_seeds(capsys):
-    """default+b averages the two recipes' probabilities at each seed both ran; default@0+default@1
-    averages seeds of one recipe once, compared with the default at seed 0."""
+def test_ensembles_combine_recipes_per_seed_or_given_seeds(capsys):
+    """default+b combines the two recipes' probabilities at each seed both ran; default@0+default@1
+    combines seeds of one recipe once, compared with the default at seed 0."""
     from bench.realmusic_folds import score_ensembles
     rec = {"x": ("p", "x"), "y": ("p", "y")}
 
@@ -448,9 +450,10 @@ def test_ensembles_average_recipes_per_seed_or_given_seeds(capsys):
     got = score_ensembles([["default", "b"], ["default@0", "default@1"], ["default@0", "b@1"]], per_seed, rec)
     assert [g["ensemble"] for g in got] == ["default+b", "default@0+default@1"]  # b@1 never ran: not scored
     mixed, seeds = got
-    # default+b at seed 0: x (0.9+0.4)/2 and y (0.3+0.9)/2 both right; the default alone gets x only
+    # default+b at seed 0 (geometric means): x √(0.9·0.4) > √(0.1·0.6) and y √(0.3·0.9) > √(0.7·0.1) both
+    # right; the default alone gets x only
     assert mixed["seeds"] == [0] and mixed["last_excerpts"] == 1.0 and mixed["vs_default"]["diff"] == 0.5
-    # the default's seeds 0 and 1: x (0.9+0.2)/2 right, y (0.3+0.2)/2 wrong; against seed 0 alone
+    # the default's seeds 0 and 1: x √(0.9·0.2) > √(0.1·0.8) right, y √(0.3·0.2) < √(0.7·0.8) wrong
     assert seeds["seeds"] == [0] and seeds["last_excerpts"] == 0.5 and seeds["vs_default"]["diff"] == 0
     from bench.realmusic_folds import main
     for spec, said in (("default@x+ema999@0", "(default@x)"), ("default@0+ema999", "(default@0+ema999)")):

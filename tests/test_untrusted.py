@@ -384,7 +384,7 @@ def test_launched_ranks_get_the_trust_options(tmp_path):
     reach them, or the ranks would refuse (or not pin) the folder the launcher accepted."""
     import predict
     from predict_collection import Job, rank_args
-    job = Job(out=str(tmp_path / "p.jsonl"), fmt="jsonl", shard_dir="http://h.example/s", checkpoint="c.pt",
+    job = Job(out=str(tmp_path / "p.jsonl"), fmt="jsonl", shard_dir="http://h.example/s", checkpoint=["c.pt"],
               source_root=None, timeline_hop=None, batch_size=None, threads=None, cpu=True, eager=False, amp=False,
               allow_unverified=True, manifest_sha256="ab" * 32)
     args = predict.parse_args(rank_args(job))

@@ -19,7 +19,9 @@ How it works:
   classes, timeline hop). A torn last line (a kill mid-write) is cut off when the rank reopens it.
 - Merge: after the ranks meet, rank 0 takes every track of the manifest from the parts (or from a
   finished OUT), refuses to write if one is missing, writes OUT atomically in uid (= source path)
-  order, then OUT-stem.summary.json and OUT-stem.genres.png, and removes the parts.
+  order, then OUT-stem.summary.json and OUT-stem.genres.png, and removes the parts. Labeled shards
+  (make_shards without --unlabeled) also get each split's track accuracy in the summary.
+- Ensembles: several --checkpoint are one model (inference.ensemble); the header names them all.
 - Resume: a rerun with the same --out predicts only the tracks in neither the parts nor a finished
   OUT (tracks are matched by source path, so a re-sharded folder with new files resumes too); tars
   whose tracks are all done are not read at all. Other options than the first run's (checkpoint,
@@ -663,6 +665,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
         "clips_per_s": round(stats["seconds"] / CLIP_UNIT_S / stats["wall_s"], 3) if stats["wall_s"] > 0 else None,
         "world_size": stats["world_size"], "device": stats["device"],
         "genres": {g: genres.get(g, 0) for g in classes},
+        "accuracy": None if manifest.unlabeled else split_accuracy(records),
         "duplicates": dups, "torn_bytes_dropped": stats["torn_bytes"] + torn,
         "rejects": {"count": len(rejects), "by_reason": dict(Counter(r["reason"] for r in rejects)), "files": rejects},
     }
@@ -670,6 +673,17 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
     plot_genres(summary, classes, paths.png)
     shutil.rmtree(paths.parts, ignore_errors=True)
     return summary
+
+
+def split_accuracy(records: list[dict]) -> dict[str, dict]:
+    """Labeled shards: per split, the tracks whose predicted genre is their label (a checkpoint's or an
+    ensemble's track-level accuracy, judged as training's evaluation judges a track)."""
+    out: dict[str, dict] = {}
+    for r in records:
+        a = out.setdefault(r["split"], {"tracks": 0, "correct": 0})
+        a["tracks"] += 1
+        a["correct"] += r["genre"] == r["label"]
+    return {k: {**a, "accuracy": round(a["correct"] / a["tracks"], 6)} for k, a in sorted(out.items())}
 
 
 def plot_genres(summary: dict, classes: list[str], path: str) -> None:
@@ -695,6 +709,9 @@ def summary_text(s: dict, classes: list[str]) -> str:
     for c in sorted(classes, key=lambda c: -s["genres"][c]):
         k = s["genres"][c]
         lines.append(f"  {c:<{width}} {k:6d} {100 * k / max(s['tracks'], 1):5.1f}%  {'#' * round(30 * k / top)}")
+    if s.get("accuracy"):
+        lines.append("accuracy: " + ", ".join(f"{k} {a['accuracy']:.3f} ({a['correct']}/{a['tracks']})"
+                                              for k, a in s["accuracy"].items()))
     rej = s["rejects"]
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rej["by_reason"].items()))
     lines.append(f"rejects: {rej['count']}" + (f" ({reasons}; listed in {s['summary']})" if rej["count"] else ""))

@@ -250,3 +250,34 @@ def test_checkpoint_fields_are_bounded_and_version_1_is_upgraded(tmp_path, capsy
     state = checkpoint.load(old)
     assert state["version"] == 2 and state["upgraded_from"] == 1
     assert state["args"] == {"crops_per_track": 1, "batch_size": 4} and state["rank_states"][0]["loader"] is None
+
+
+def test_collection_mode_on_labeled_shards_reports_the_runs_accuracy_also_for_an_ensemble(trained_run, train_shards,
+                                                                                           tmp_path):
+    """predict.py --shards on the run's own (labeled) shards: each split's track accuracy in the summary,
+    the test split's within one track of train.py's evaluation (bf16 there, fp32 here); with best.pt and
+    last.pt as an ensemble, the same tracks judged, the identity naming both."""
+    import predict
+    run_dir, _ = trained_run
+    shards, _, m = train_shards
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    n = {split: sum(s["split"] == split for s in m["samples"]) for split in ("train", "val", "test")}
+    for name, ckpts in (("one", ["best.pt"]), ("two", ["best.pt", "last.pt"])):
+        out = tmp_path / f"{name}.jsonl"
+        argv = ["--shards", shards, "--out", str(out)]
+        for c in ckpts:
+            argv += ["--checkpoint", os.path.join(run_dir, c)]
+        p = run_main(predict.main, argv)
+        assert p.returncode == 0, p.stderr
+        s = json.load(open(tmp_path / f"{name}.summary.json"))
+        acc = s["accuracy"]
+        assert {k: a["tracks"] for k, a in acc.items()} == n
+        records = [json.loads(line) for line in open(out)]
+        for k, a in acc.items():
+            right = sum(r["genre"] == r["label"] for r in records if r["split"] == k)
+            assert a["correct"] == right and a["accuracy"] == pytest.approx(right / n[k], abs=1e-6)
+        assert f"test {acc['test']['accuracy']:.3f} ({acc['test']['correct']}/{n['test']})" in p.stdout
+        if name == "one":
+            assert abs(acc["test"]["accuracy"] - metrics["test"]["track_acc"]) <= 1 / n["test"] + 1e-9
+        else:
+            assert len(s["identity"]["checkpoint_sha256"]) == 2

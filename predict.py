@@ -265,7 +265,8 @@ def predict_files(args: argparse.Namespace, ckpt: list[str]) -> int:
     if args.json:
         for r in results:
             r["probabilities"] = dict(list(r["probabilities"].items())[: args.top])
-        json.dump({"checkpoint": ckpt[0] if len(ckpt) == 1 else ckpt, "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
+        named = ckpt[0] if len(ckpt) == 1 else ckpt  # one checkpoint: the field as before ensembles
+        json.dump({"checkpoint": named, "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
         print()
     return 2 if failed else 0
 

@@ -31,7 +31,7 @@ under --out. Predictions are cached in SET/RUNS/folds-K/.val-predictions/.
 --ensembles default+resnet,...: recipes whose held-out probabilities are averaged excerpt by excerpt
 (per seed; `default@0+default@1+default@2` averages given seeds, the control for a mixed ensemble),
 scored the same way (last epoch, paired difference against the default) as a lead for a recipe that
-trains several models. The JSON also lists the recordings at least half of the tabulated runs missed.
+trains several models; `--versus default@0+default@1+default@2` also scores each against that control. The JSON also lists the recordings at least half of the tabulated runs missed.
 """
 from __future__ import annotations
 
@@ -192,14 +192,18 @@ def average_rows(members: list[list[dict]]) -> list[dict]:
     return [dict(r, probs=combine_probabilities([b[r["source"]]["probs"] for b in by_source])) for r in members[0]]
 
 
-def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: dict[str, tuple[str, str]]) -> list[dict]:
-    """Each ensemble (recipes whose held-out last-epoch probabilities are averaged), per seed all its
-    members ran, or once where every member names its seed (`default@1`: seeds of one recipe averaged,
+def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: dict[str, tuple[str, str]],
+                    versus: str | None = None) -> list[dict]:
+    """Each ensemble (recipes whose held-out last-epoch probabilities are combined), per seed all its
+    members ran, or once where every member names its seed (`default@1`: seeds of one recipe combined,
     compared with the default at the first member's seed): pooled accuracies and the paired
-    difference against the default."""
+    difference against the default. `versus`: one of the specs with pinned seeds (the control, e.g.
+    default@0+default@1+default@2); every other ensemble also gets the paired difference against it,
+    at each of its own seeds."""
     rows_of = {(r["recipe"], r["seed"]): r["rows"] for r in per_seed}
     base = {seed: rows for (recipe, seed), rows in rows_of.items() if recipe == "default"}
     out = []
+    reference = None
     for members in specs:
         pinned = [m.partition("@") for m in members]
         if all(at for _, at, _ in pinned):
@@ -219,8 +223,17 @@ def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: di
                "vs_default": paired_difference(avg, base, recordings) if base else None}
         log(f"ensemble {row['ensemble']}: last epoch {row['last_excerpts']:.3f} of excerpts, "
             f"{row['last_recordings']:.3f} of recordings; vs default {vs_default_cell(row)}")
-        out.append(row)
-    return out
+        if row["ensemble"] == versus:
+            reference = avg[seeds[0]]
+        out.append((row, avg))
+    for row, avg in out:
+        if reference is not None and row["ensemble"] != versus:
+            row["vs_reference"] = {"reference": versus, **paired_difference(avg, dict.fromkeys(avg, reference),
+                                                                               recordings)}
+            log(f"ensemble {row['ensemble']} vs {versus}: {vs_default_cell({'vs_default': row['vs_reference']})}")
+    if versus and reference is None:
+        log(f"--versus {versus}: not all its members ran; no ensemble compared with it")
+    return [row for row, _ in out]
 
 
 COLUMNS = [
@@ -249,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", default="", help="train.py arguments for every run trained here (recorded)")
     ap.add_argument("--ensembles", default="",
                     help="comma-separated ensembles of tabulated recipes joined by '+' (e.g. default+resnet, per "
-                         "seed; default@0+default@1: given seeds): held-out probabilities averaged, scored against the default")
+                         "seed; default@0+default@1: given seeds): held-out probabilities combined, scored against the default")
+    ap.add_argument("--versus", default=None, metavar="ENSEMBLE",
+                    help="one of --ensembles with every member's seed given (the control, e.g. "
+                         "default@0+default@1+default@2): the others are also scored against it")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
     names = [r.strip() for r in a.recipes.split(",") if r.strip()]
@@ -264,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     half_pinned = ["+".join(e) for e in ensembles if len({"@" in m for m in e}) > 1]
     if bad_seed or half_pinned:
         ap.error(f"--ensembles: a seed is recipe@N, given for every member or none ({', '.join(bad_seed + half_pinned)})")
+    if a.versus is not None and (a.versus.split("+") not in ensembles or "@" not in a.versus):
+        ap.error(f"--versus {a.versus}: give one of the --ensembles, with every member's seed (recipe@N)")
     if a.folds < 2:
         ap.error("--folds must be at least 2")
     if not os.path.exists(os.path.join(a.set, "provenance.csv")):
@@ -317,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             mine = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == row["recipe"]}
             row["vs_default"] = paired_difference(mine, base, recordings)
 
-    ensemble_rows = score_ensembles(ensembles, per_seed, recordings)
+    ensemble_rows = score_ensembles(ensembles, per_seed, recordings, a.versus)
     hard = missed_recordings(per_seed, recordings, manifest_of(shards[0]).classes) if per_seed else []
     if hard:
         log(f"missed by at least half of the {len(per_seed)} runs: " + "; ".join(

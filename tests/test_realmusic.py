@@ -455,7 +455,18 @@ def test_ensembles_combine_recipes_per_seed_or_given_seeds(capsys):
     assert mixed["seeds"] == [0] and mixed["last_excerpts"] == 1.0 and mixed["vs_default"]["diff"] == 0.5
     # the default's seeds 0 and 1: x √(0.9·0.2) > √(0.1·0.8) right, y √(0.3·0.2) < √(0.7·0.8) wrong
     assert seeds["seeds"] == [0] and seeds["last_excerpts"] == 0.5 and seeds["vs_default"]["diff"] == 0
+    assert "vs_reference" not in mixed
+    # --versus: against the control (the two default seeds combined: x right, y wrong) default+b is +0.5
+    mixed, seeds = score_ensembles([["default", "b"], ["default@0", "default@1"]], per_seed, rec,
+                                   versus="default@0+default@1")
+    assert mixed["vs_reference"]["reference"] == "default@0+default@1" and mixed["vs_reference"]["diff"] == 0.5
+    assert "vs_reference" not in seeds
     from bench.realmusic_folds import main
+    with pytest.raises(SystemExit) as e:
+        main(["--set", "unused", "--recipes", "default,ema999", "--ensembles", "default+ema999",
+              "--versus", "default+ema999"])
+    assert e.value.code == 2 and "--versus default+ema999: give one of the --ensembles, with every member's seed" \
+        in capsys.readouterr().err
     for spec, said in (("default@x+ema999@0", "(default@x)"), ("default@0+ema999", "(default@0+ema999)")):
         with pytest.raises(SystemExit) as e:
             main(["--set", "unused", "--recipes", "default,ema999", "--ensembles", spec])

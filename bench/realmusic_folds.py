@@ -28,10 +28,12 @@ Against `default`: the paired difference of the last-epoch excerpt accuracy on t
 averaged over the seeds both ran, with a 95% bootstrap interval over recordings. Per recipe: mean ±
 sample sd over seeds, the per-fold spread, training minutes per fold. Output: table on stdout, JSON
 under --out. Predictions are cached in SET/RUNS/folds-K/.val-predictions/.
---ensembles default+resnet,...: recipes whose held-out probabilities are averaged excerpt by excerpt
-(per seed; `default@0+default@1+default@2` averages given seeds, the control for a mixed ensemble),
-scored the same way (last epoch, paired difference against the default) as a lead for a recipe that
-trains several models; `--versus default@0+default@1+default@2` also scores each against that control. The JSON also lists the recordings at least half of the tabulated runs missed.
+--ensembles default+resnet,...: recipes whose held-out probabilities are combined excerpt by excerpt
+by predict.py's ensemble rule (per seed; `default@0+default@1+default@2` combines given seeds, the
+control for a mixed ensemble), scored the same way (last epoch, paired difference against the
+default) as a lead for a recipe that trains several models; `--versus default@0+default@1+default@2`
+also scores each against that control. The JSON also lists the recordings at least half of the
+tabulated runs missed.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from typing import Any
 from bench import RESULTS
 from bench.harness import logger
 from bench.host import describe, host_info, today
-from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, check_against_run, paired_difference, plot_curves, pm,
+from bench.realmusic_recipes import (RAW_TWIN, RECIPES, cached_predictions, check_against_run, interval_cell, paired_difference, plot_curves, pm,
                                      recording_accuracy, recording_of, recording_verdicts, run_dir_of, run_name, spread, steadiness,
                                      top, train_missing, vs_default_cell)
 from bench.tables import Col, text
@@ -230,7 +232,7 @@ def score_ensembles(specs: list[list[str]], per_seed: list[dict], recordings: di
         if reference is not None and row["ensemble"] != versus:
             row["vs_reference"] = {"reference": versus, **paired_difference(avg, dict.fromkeys(avg, reference),
                                                                                recordings)}
-            log(f"ensemble {row['ensemble']} vs {versus}: {vs_default_cell({'vs_default': row['vs_reference']})}")
+            log(f"ensemble {row['ensemble']} vs {versus}: {interval_cell(row['vs_reference'])}")
     if versus and reference is None:
         log(f"--versus {versus}: not all its members ran; no ensemble compared with it")
     return [row for row, _ in out]
@@ -262,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", default="", help="train.py arguments for every run trained here (recorded)")
     ap.add_argument("--ensembles", default="",
                     help="comma-separated ensembles of tabulated recipes joined by '+' (e.g. default+resnet, per "
-                         "seed; default@0+default@1: given seeds): held-out probabilities combined, scored against the default")
+                         "seed; default@0+default@1: given seeds): held-out probabilities combined, scored "
+                         "against the default")
     ap.add_argument("--versus", default=None, metavar="ENSEMBLE",
                     help="one of --ensembles with every member's seed given (the control, e.g. "
                          "default@0+default@1+default@2): the others are also scored against it")

@@ -328,9 +328,13 @@ def pm(s: dict) -> str:
     return f"{s['mean']:.3f} ± {s['sd']:.3f} (n={s['n']})"
 
 
-def vs_default_cell(r: dict) -> str:
-    d = r.get("vs_default")
+def interval_cell(d: dict | None) -> str:
+    """A paired difference with its interval, e.g. +0.012 [-0.030, +0.051]; '–' when there is none."""
     return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d else "–"
+
+
+def vs_default_cell(r: dict) -> str:
+    return interval_cell(r.get("vs_default"))
 
 
 COLUMNS = [

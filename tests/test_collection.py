@@ -382,6 +382,7 @@ def test_an_ensemble_in_collection_mode_equals_the_single_file_ensemble(shards, 
     """Two --checkpoint through the sharded path: each track's probabilities are the single-file path's
     ensemble (and the members' combined); the identity names both, so a rerun with one is refused."""
     import predict
+    from features.audio import decode
     from inference.ensemble import combine_probabilities
     src, _ = collection
     torch.manual_seed(1)
@@ -391,7 +392,6 @@ def test_an_ensemble_in_collection_mode_equals_the_single_file_ensemble(shards, 
     pr, pr_other = predict.Predictor([ckpt, other]), predict.Predictor(other)
     ens = {}
     for path in single:
-        from features.audio import decode
         feats = pr.logmel.long(torch.from_numpy(decode(path, RATE).samples))[None]
         with torch.inference_mode():
             ens[path] = torch.softmax(pr._logits(feats, None)[0].mean(0), 0)

@@ -32,7 +32,7 @@ import re
 import sys
 
 from core import version  # light: imports neither torch nor DALI
-from core.text import printable
+from core.text import one_or_list, printable
 
 
 def default_checkpoint() -> str | None:
@@ -265,8 +265,7 @@ def predict_files(args: argparse.Namespace, ckpt: list[str]) -> int:
     if args.json:
         for r in results:
             r["probabilities"] = dict(list(r["probabilities"].items())[: args.top])
-        named = ckpt[0] if len(ckpt) == 1 else ckpt  # one checkpoint: the field as before ensembles
-        json.dump({"checkpoint": named, "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
+        json.dump({"checkpoint": one_or_list(ckpt), "results": results}, sys.stdout, indent=1)  # ASCII: escapes any odd name
         print()
     return 2 if failed else 0
 

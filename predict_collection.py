@@ -44,7 +44,7 @@ from typing import Any
 
 from core.faults import fault_point
 from core.shards import sha256_file
-from core.text import csv_cell, csv_value, json_bytes, json_text, printable
+from core.text import csv_cell, csv_value, json_bytes, json_text, one_or_list, printable
 from storage.store import StorageError, is_remote, redact
 
 DIGITS = 6             # probabilities in the output: 6 decimals (predict.py's single-file mode prints 4)
@@ -310,8 +310,7 @@ def prepare(args: argparse.Namespace, ckpt: list[str], *, may_shard: bool) -> Jo
               timeline_hop=hop, batch_size=args.batch_size, threads=args.threads, cpu=args.cpu, eager=args.eager, amp=args.amp,
               folder=folder, min_seconds=args.min_seconds, max_seconds=args.max_seconds or None, allow_unverified=args.allow_unverified,
               manifest_sha256=args.manifest_sha256)
-    shas = [sha256_file(c) for c in ckpt]  # one string for one checkpoint, as before ensembles
-    job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": shas[0] if len(shas) == 1 else shas,
+    job.identity = {"format": HEADER, "version": 1, "checkpoint_sha256": one_or_list([sha256_file(c) for c in ckpt]),
                     "classes": classes, "timeline_hop": hop}
     check_state_folders(job)
     check_resumable(job)  # before any sharding: a refused rerun costs nothing
@@ -655,7 +654,7 @@ def merge(job: Job, classes: list[str], stats: dict) -> dict:
     total_s = sum(r["seconds"] for r in records)
     summary = {
         "out": paths.out, "summary": paths.summary, "format_written": job.fmt, "out_sha256": sha256_file(paths.out),
-        "identity": job.identity, "checkpoint": job.checkpoint[0] if len(job.checkpoint) == 1 else job.checkpoint,
+        "identity": job.identity, "checkpoint": one_or_list(job.checkpoint),
         "shards": None if job.folder else redact(job.shard_dir), "folder": job.folder,
         "min_seconds": job.min_seconds if job.folder else None,
         "max_seconds": job.max_seconds if job.folder else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -41,3 +42,8 @@ def csv_cell(value: Any) -> Any:
 
 def csv_value(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
+
+
+def one_or_list(values: Sequence[str]) -> str | list[str]:
+    """An output field per checkpoint: one checkpoint's value alone (as before ensembles), several as a list."""
+    return values[0] if len(values) == 1 else list(values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.checkpoint import CheckpointError, load, load_model_weights
+from core.shards import sha256_file
 from core.spec import FeatureSpec
 from model import build_model
 
@@ -16,6 +17,7 @@ def load_classifier(ckpt_paths: str | Sequence[str], device: str = "cpu", raw: b
     paths = [ckpt_paths] if isinstance(ckpt_paths, str) else list(ckpt_paths)
     if not paths:
         raise CheckpointError("no checkpoint given")
+    _refuse_repeated(paths)
     members, classes, spec = [], None, None
     for path in paths:
         model, c, s = _load_one(path, device, raw)
@@ -32,6 +34,22 @@ def load_classifier(ckpt_paths: str | Sequence[str], device: str = "cpu", raw: b
         return members[0], classes, spec
     from inference.ensemble import Ensemble
     return Ensemble(members).eval().to(device), classes, spec
+
+
+def _refuse_repeated(paths: list[str]) -> None:
+    """A member given twice (the same bytes, under any name) would double its vote at twice the cost."""
+    if len(paths) < 2:
+        return
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            digest = sha256_file(path)
+        except OSError:
+            continue  # load() names what is wrong with it
+        if digest in seen:
+            same = "given twice" if path == seen[digest] else f"the same bytes as {seen[digest]}"
+            raise CheckpointError(f"{path}: {same}; an ensemble's members must be different checkpoints")
+        seen[digest] = path
 
 
 def _load_one(path: str, device: str, raw: bool):

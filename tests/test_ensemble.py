@@ -81,3 +81,19 @@ def test_members_that_cannot_be_combined_are_refused_in_one_line(tmp_path):
         p = run_main(predict.main, [song, "--checkpoint", a, "--checkpoint", bad])
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"predict: error: {want}"], p.stderr
         assert p.stdout == ""
+
+
+def test_a_member_given_twice_is_refused_in_one_line(tmp_path):
+    """The same checkpoint twice (by name or as a copy) would double its vote at twice the cost."""
+    import shutil
+
+    import predict
+    a = _ckpt(tmp_path / "a.pt", 0)
+    copy = str(tmp_path / "copy.pt")
+    shutil.copyfile(a, copy)
+    song = write(str(tmp_path / "song.wav"), sine(440, 3, SPEC.sample_rate), SPEC.sample_rate)
+    for second, why in ((a, "given twice"), (copy, f"the same bytes as {a}")):
+        p = run_main(predict.main, [song, "--checkpoint", a, "--checkpoint", second])
+        assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+            f"predict: error: {second}: {why}; an ensemble's members must be different checkpoints"], p.stderr
+        assert p.stdout == ""

@@ -14,7 +14,7 @@ folder through the sharded DALI path, on every rank, into one file; resumable:
 The song is decoded and resampled exactly as make_shards does, turned into log-mels with the
 checkpoint's FeatureSpec (torchaudio; DALI is not needed), cut into windows that cover the whole
 song, and the windows' logits are averaged. Exit code 2 if any file or the checkpoint fails.
-Several --checkpoint make an ensemble (inference.ensemble: the members' log-probabilities
+Several --checkpoint make an ensemble (model/ensemble.py: the members' log-probabilities
 averaged); they must share classes and feature parameters.
 
 A file is checked as make_shards checks it (features.audio.validate, the one place): a clip

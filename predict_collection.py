@@ -21,7 +21,7 @@ How it works:
   finished OUT), refuses to write if one is missing, writes OUT atomically in uid (= source path)
   order, then OUT-stem.summary.json and OUT-stem.genres.png, and removes the parts. Labeled shards
   (make_shards without --unlabeled) also get each split's track accuracy in the summary.
-- Ensembles: several --checkpoint are one model (inference.ensemble); the header names them all.
+- Ensembles: several --checkpoint are one model (model/ensemble.py); the header names them all.
 - Resume: a rerun with the same --out predicts only the tracks in neither the parts nor a finished
   OUT (tracks are matched by source path, so a re-sharded folder with new files resumes too); tars
   whose tracks are all done are not read at all. Other options than the first run's (checkpoint,

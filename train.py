@@ -28,7 +28,7 @@ from core.faults import fault_point
 from core.shards import Manifest
 from core.spec import Augment, FeatureSpec
 from loading.loader import DaliLoader  # (DALI itself loads when a loader is made)
-from model import MODELS, build_model, count_parameters
+from model import build_model, count_parameters, member_names
 from storage.folder import read_manifest, trust_warnings
 from storage.store import StorageError, redact
 from training import distributed, report, run_report
@@ -99,10 +99,12 @@ def _data_args(g) -> None:
 
 def _training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="baseline", choices=sorted(MODELS),
+    g.add_argument("--model", default="baseline", type=_model_name, metavar="NAME[+NAME...]",
                    help="baseline: the original 4-block CNN (default: best validation accuracy on synth --hard); "
+                        "baseline-bandnorm: the same behind a per-band normalisation; "
                         "resnet: short-chunk residual CNN, 2.5x faster on CPU; rescnn: residual baseline; "
-                        "tiny: 15 k parameters, for smoke tests")
+                        "tiny: 15 k parameters, for smoke tests. Several joined by '+' train an ensemble in one run "
+                        "(each member its own loss on the same batches; one checkpoint that predicts with all)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)
@@ -148,6 +150,14 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ckpt-every", type=int, default=200, help="also checkpoint every N steps within an epoch (0: off)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="TensorBoard event files in the run folder, one point per epoch (tensorboard --logdir runs)")
+
+
+def _model_name(name: str) -> str:
+    try:
+        member_names(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def saved_args(args: argparse.Namespace) -> dict:

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from core.checkpoint import CheckpointError, load, load_model_weights
 from core.shards import sha256_file
 from core.spec import FeatureSpec
-from model import build_model
+from model import Ensemble, build_model
 
 
 def load_classifier(ckpt_paths: str | Sequence[str], device: str = "cpu", raw: bool = False):
     """(model in eval mode on `device`, classes, FeatureSpec) from a checkpoint; CheckpointError in one line.
-    Several checkpoints make one inference.ensemble.Ensemble; they must agree on classes (in order) and
+    Several checkpoints make one model.Ensemble; they must agree on classes (in order) and
     feature parameters. raw: the trained weights even where a run kept an EMA average (the default)."""
     paths = [ckpt_paths] if isinstance(ckpt_paths, str) else list(ckpt_paths)
     if not paths:
@@ -32,7 +32,6 @@ def load_classifier(ckpt_paths: str | Sequence[str], device: str = "cpu", raw: b
         classes, spec = c, s
     if len(members) == 1:
         return members[0], classes, spec
-    from inference.ensemble import Ensemble
     return Ensemble(members).eval().to(device), classes, spec
 
 

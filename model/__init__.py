@@ -1,4 +1,5 @@
-"""CNN classifiers for (batch, 1, mels, frames) log-mel input."""
-from model.cnn import MODELS, build_model, count_parameters
+"""CNN classifiers for (batch, 1, mels, frames) log-mel input, alone or as an ensemble."""
+from model.cnn import MODELS, build_model, count_parameters, member_names
+from model.ensemble import Ensemble
 
-__all__ = ["MODELS", "build_model", "count_parameters"]
+__all__ = ["MODELS", "Ensemble", "build_model", "count_parameters", "member_names"]

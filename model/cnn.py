@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.ensemble import SEP, Ensemble
+
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
@@ -112,10 +114,23 @@ class BandNormCNN(BaselineCNN):
 MODELS = {"baseline": BaselineCNN, "baseline-bandnorm": BandNormCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN, "tiny": TinyCNN}
 
 
+def member_names(name: str) -> list[str]:
+    """The architectures a model name holds: one, or an ensemble's members joined by '+'; ValueError
+    naming the unknown one."""
+    names = name.split(SEP)
+    for n in names:
+        if n not in MODELS:
+            what = f"unknown model '{n}'" + (f" in '{name}'" if len(names) > 1 else "")
+            raise ValueError(f"{what} (choose from {', '.join(MODELS)}, or several joined by '{SEP}')")
+    return names
+
+
 def build_model(name: str, n_classes: int) -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"unknown model '{name}' (choose from {', '.join(MODELS)})")
-    return MODELS[name](n_classes)
+    """A model by name; 'a+b+...' builds an Ensemble of those members (model/ensemble.py)."""
+    names = member_names(name)
+    if len(names) == 1:
+        return MODELS[name](n_classes)
+    return Ensemble([MODELS[n](n_classes) for n in names])
 
 
 def count_parameters(m: nn.Module) -> int:

@@ -1,8 +1,11 @@
-"""Ensembles (inference.ensemble): several checkpoints predicting as one model.
+"""Ensembles (model/ensemble.py): several checkpoints predicting as one model, or one run training
+several members (`train.py --model a+b`).
 
 The rule (members' log-probabilities averaged) is checked against its definition, against how a
 track is scored (windows' logits averaged), and through predict.py as a user runs it; members that
-cannot be combined are refused in one line. The collection mode's ensemble is in test_collection.py.
+cannot be combined are refused in one line. Training: each member's update is the one it would get
+alone, and a run's checkpoint predicts as its members joined. The collection mode's ensemble is in
+test_collection.py.
 """
 import json
 import math
@@ -14,8 +17,8 @@ from audio_files import sine, write
 from helpers import run_main
 from core import checkpoint
 from core.spec import FeatureSpec
-from inference.ensemble import Ensemble, combine_probabilities
-from model import build_model
+from inference.ensemble import combine_probabilities
+from model import Ensemble, build_model
 
 SPEC = FeatureSpec(clip_seconds=2.0)
 CLASSES = ["a", "b", "c"]
@@ -26,6 +29,38 @@ def _ckpt(path, seed: int, model: str = "tiny", classes=CLASSES, spec=SPEC) -> s
     checkpoint.save(str(path), {"model_name": model, "model": build_model(model, len(classes)).state_dict(),
                                 "classes": classes, "feature_spec": spec.to_dict()})
     return str(path)
+
+
+def test_ensemble_model_names_build_members_and_refuse_unknown_ones():
+    m = build_model("tiny+baseline", 3)
+    assert isinstance(m, Ensemble) and [type(x).__name__ for x in m.members] == ["TinyCNN", "BaselineCNN"]
+    assert not isinstance(build_model("tiny", 3), Ensemble)
+    with pytest.raises(ValueError, match=r"^unknown model 'nope' in 'tiny\+nope' \(choose from baseline, .*joined by '\+'\)$"):
+        build_model("tiny+nope", 3)
+    with pytest.raises(ValueError, match=r"^unknown model '' in 'tiny\+'"):
+        build_model("tiny+", 3)
+
+
+def test_training_mode_gives_each_member_its_own_loss_and_update():
+    """One train_step of tiny+baseline moves member 0 exactly as a step of member 0 alone would (SGD;
+    the ensemble's loss is the members' mean, so at half the learning rate); the step's logits for
+    train accuracy are the ensemble's (its members' mean log-probabilities)."""
+    from training.amp import Amp
+    from training.step import train_step
+    torch.manual_seed(0)
+    ens = build_model("tiny+baseline", 3).train()
+    solo = build_model("tiny", 3).train()
+    solo.load_state_dict(ens.members[0].state_dict())
+    x, y, w = torch.randn(4, 1, SPEC.n_mels, 40), torch.tensor([0, 1, 2, 1]), torch.ones(4)
+    amp = Amp.create(torch.device("cpu"), False)
+    torch.manual_seed(1)  # the same dropout mask for member 0 in both: it runs first
+    r = train_step(ens, x, y, w, torch.optim.SGD(ens.parameters(), lr=1.0), amp, n_classes=3, label_smoothing=0.1)
+    torch.manual_seed(1)
+    r0 = train_step(solo, x, y, w, torch.optim.SGD(solo.parameters(), lr=0.5), amp, n_classes=3, label_smoothing=0.1)
+    for (name, a), b in zip(ens.members[0].state_dict().items(), solo.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert r.logits.shape == (4, 3) and bool((r.logits < 0).all())  # the members' mean log-probabilities
+    assert float(r.loss.detach()) != pytest.approx(float(r0.loss.detach()), abs=1e-4)  # member 1's loss counts too
 
 
 def test_combine_is_the_normalised_geometric_mean():
@@ -97,3 +132,35 @@ def test_a_member_given_twice_is_refused_in_one_line(tmp_path):
         assert p.returncode == 2 and p.stderr.strip().splitlines() == [
             f"predict: error: {second}: {why}; an ensemble's members must be different checkpoints"], p.stderr
         assert p.stdout == ""
+
+
+def test_a_run_trains_an_ensemble_whose_checkpoint_predicts_as_its_members_joined(train_shards, tmp_path):
+    """train.py --model tiny+tiny: one run, one checkpoint; predict.py on it gives what its two members,
+    saved as checkpoints of their own and given as two --checkpoint, give."""
+    import subprocess
+    import sys
+
+    import predict
+    from helpers import ROOT
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "train.py", "--shards", train_shards[0], "--run-dir", str(run), "--epochs", "1",
+                        "--batch-size", "4", "--crops-per-track", "1", "--clip-seconds", "2", "--model", "tiny+tiny",
+                        "--no-tensorboard"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "model tiny+tiny:" in p.stdout
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert state["model_name"] == "tiny+tiny"
+    members = []
+    for i in range(2):
+        w = {k.split(".", 2)[2]: v for k, v in state["model"].items() if k.startswith(f"members.{i}.")}
+        members.append(str(tmp_path / f"m{i}.pt"))
+        checkpoint.save(members[-1], {"model_name": "tiny", "model": w, "classes": state["classes"],
+                                      "feature_spec": state["feature_spec"]})
+    assert any(not torch.equal(a, b) for a, b in zip(*(torch.load(m, weights_only=True)["model"].values()
+                                                       for m in members)))  # two inits, not one model twice
+    song = write(str(tmp_path / "song.wav"), sine(330, 5, SPEC.sample_rate), SPEC.sample_rate)
+    one = predict.Predictor(str(run / "best.pt")).predict_file(song)["probabilities"]
+    joined = predict.Predictor(members).predict_file(song)["probabilities"]
+    assert max(abs(one[c] - joined[c]) for c in one) < 1e-5
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["track_acc"] <= 1.0

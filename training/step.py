@@ -18,7 +18,7 @@ from training.mixup import mixup
 class StepResult:
     loss: torch.Tensor        # () weighted mean loss of the step, on the device
     per_sample: torch.Tensor  # (B,) cross-entropy of each row (against the mixed target with mixup)
-    logits: torch.Tensor      # (B, classes)
+    logits: torch.Tensor      # (B, classes); an ensemble's: its members' mean log-softmax
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
@@ -32,7 +32,12 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weight:
         x, target = mixup(x, y, n_classes, mixup_alpha)
     with amp.autocast():
         logits = model(x)
-    per_sample = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
+    if logits.dim() == 3:  # an ensemble's members (model/ensemble.py): each its own loss, so each learns alone
+        per_sample = torch.stack([F.cross_entropy(m.float(), target, reduction="none", label_smoothing=label_smoothing)
+                                  for m in logits]).mean(0)
+        logits = logits.float().log_softmax(-1).mean(0)
+    else:
+        per_sample = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
     loss = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
     amp.step(loss, optimizer)
     return StepResult(loss, per_sample, logits)

@@ -28,7 +28,7 @@ from core.faults import fault_point
 from core.shards import Manifest
 from core.spec import Augment, FeatureSpec
 from loading.loader import DaliLoader  # (DALI itself loads when a loader is made)
-from model import build_model, count_parameters, member_names
+from model import Ensemble, build_model, count_parameters, member_names
 from storage.folder import read_manifest, trust_warnings
 from storage.store import StorageError, redact
 from training import distributed, report, run_report
@@ -451,6 +451,8 @@ def finish(trainer: Trainer) -> int:
                            "confusion": test.confusion.tolist()}
         if env.is_main:
             report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
+        if isinstance(trainer.model, Ensemble):
+            metrics["test_members"] = member_tests(trainer)
     raw_state = trainer.saver.load_best(trainer.model, raw=True) if args.compare_raw else None  # after the test above
     if raw_state is not None:
         metrics["best_epoch_raw"] = raw_state["epoch"]
@@ -474,6 +476,8 @@ def finish(trainer: Trainer) -> int:
             print(f"test acc {m['track_acc']:.3f} on {m['tracks']} tracks (windows {m['segment_acc']:.3f})")
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
+        if "test_members" in metrics:
+            print("each member alone: " + ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in metrics["test_members"]))
         if "best_epoch_raw" in metrics:
             r = metrics.get("test_raw")
             print(f"raw weights (no EMA): best val acc {report.best_val(trainer.history, 'val_track_acc_raw'):.3f} "
@@ -481,6 +485,15 @@ def finish(trainer: Trainer) -> int:
                   + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
+
+
+def member_tests(trainer: Trainer) -> list[dict]:
+    """An ensemble's members judged alone on the test split (best.pt's weights): what combining them bought."""
+    out = []
+    for name, member in zip(member_names(trainer.args.model), trainer.model.members):
+        r = evaluate(member, trainer.loader("test"), trainer.spec, trainer.env, trainer.amp, len(trainer.classes))
+        out.append({"model": name, "track_acc": r.track_acc, "segment_acc": r.segment_acc, "tracks": r.tracks})
+    return out
 
 
 def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:

@@ -163,4 +163,6 @@ def test_a_run_trains_an_ensemble_whose_checkpoint_predicts_as_its_members_joine
     joined = predict.Predictor(members).predict_file(song)["probabilities"]
     assert max(abs(one[c] - joined[c]) for c in one) < 1e-5
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["track_acc"] <= 1.0
+    alone = metrics["test_members"]  # each member judged alone on the test split, as its own checkpoint would be
+    assert [m["model"] for m in alone] == ["tiny", "tiny"] and all(m["tracks"] == metrics["test"]["tracks"] for m in alone)
+    assert "each member alone: tiny %.3f, tiny %.3f" % (alone[0]["track_acc"], alone[1]["track_acc"]) in p.stdout

@@ -7,9 +7,10 @@ logits averaged, then softmax), so an ensemble is a model like any other for eve
 timeline and the collection mode's batching.
 
 In training mode, forward returns every member's logits stacked, (members, batch, classes), and
-training/step.py gives each member its own cross-entropy: the members learn as separately trained
-runs on the same batches would (the ensembles measured in bench/NOTES.md were trained that way), and
-one run shares the data path, the schedule, the checkpoints and the reports among them.
+training/step.py gives each member its own cross-entropy: each member's update is the one it would get
+training alone on the same batches (the members do not learn to complement each other), and one run
+shares the data path, the schedule, the checkpoints and the reports among them. bench/NOTES.md's
+ensemble tables combine separately trained runs; a trio run is measured as its own recipe.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.hard_set                       # the README's table: every config below
     .venv/bin/python -m bench.hard_set --configs baseline,rescnn-c4 --seeds 0,1
     .venv/bin/python -m bench.hard_set --configs tiny --per-class 3 --seconds 4 --epochs 1 --nproc 1  # smoke
+    .venv/bin/python -m bench.hard_set --configs baseline-c4-ema,bandnorm-c4-ema,resnet-c4-ema --seeds 0,1,2 \
+        --ensembles baseline-c4-ema+bandnorm-c4-ema+resnet-c4-ema
 
 Generates (once, into bench/.cache/) --per-class 30 clips of --seconds 30 per genre with
 `synth.py --hard --seed 0`, shards them with a stratified 70/15/15 whole-track split (220/40/40
@@ -12,6 +14,11 @@ model-selection metric), test track and window accuracy of the best checkpoint, 
 accuracy and wall time. Output: markdown table on stdout, JSON under
 bench/results/hard-<host>-<date>.json, runs under bench/.cache/hard-runs/<config>-s<seed>/ (a
 finished run there is reused; delete it to retrain; other data sizes get their own folders).
+
+--ensembles A+B+...: for each seed where every member config's run finished, their best.pt joined
+as predict.py joins several --checkpoint (model/ensemble.py), judged on val and test (one CPU
+process, bf16 as the runs; cached beside the runs until a member's best.pt changes); members that
+are not among --configs are trained too.
 
 40 tracks per split: one track is 0.025, so differences under ~0.1 are within noise; use several
 --seeds (model init and crops; the split stays fixed) before trusting a small gap.
@@ -29,7 +36,7 @@ import time
 from bench import CACHE, RESULTS, ROOT
 from bench.harness import logger
 from bench.host import describe, host_info, today
-from bench.tables import Col, num, publish, text
+from bench.tables import Col, markdown, num, publish, text
 
 # name -> train.py arguments (besides --shards/--run-dir/--seed/--nproc/--amp)
 CONFIGS: dict[str, list[str]] = {
@@ -59,7 +66,8 @@ CONFIGS: dict[str, list[str]] = {
     "resnet-c4-aug": ["--model", "resnet", "--batch-size", "32", "--crops-per-track", "4", "--specaugment",
                       "--gain-db", "6", "--mixup", "0.2"],
 }
-SMOKE_CONFIGS = {"tiny": ["--model", "tiny", "--batch-size", "8", "--crops-per-track", "1"]}  # not in the default set
+SMOKE_CONFIGS = {"tiny": ["--model", "tiny", "--batch-size", "8", "--crops-per-track", "1"],  # not in the default set
+                 "tiny-b4": ["--model", "tiny", "--batch-size", "4", "--crops-per-track", "1"]}
 log = logger("hard_set")
 
 
@@ -116,6 +124,32 @@ def run_config(name: str, seed: int, shards: str, runs: str, a: argparse.Namespa
                 "test_track_raw": m["test_raw"]["track_acc"]} if "test_raw" in m else {})}
 
 
+def run_ensemble(members: list[str], seed: int, rows: list[dict], shards: str, runs: str) -> dict | None:
+    """The members' best.pt joined, judged on val and test; None unless every member's run finished."""
+    from bench.realmusic_recipes import split_predictions
+    from core.atomic import atomic_write
+    from storage.folder import read_manifest
+    got = {r["config"]: r for r in rows if r["seed"] == seed and "error" not in r}
+    if any(m not in got for m in members):
+        return None
+    ckpts = [os.path.join(runs, f"{m}-s{seed}", "best.pt") for m in members]
+    stamp = [os.path.getmtime(c) for c in ckpts]
+    cached = os.path.join(runs, f"ensemble-{'+'.join(members)}-s{seed}.json")
+    if os.path.exists(cached):
+        with open(cached, encoding="utf-8") as f:
+            out = json.load(f)
+        if out.pop("stamp", None) == stamp:
+            return out
+    log(f"{'+'.join(members)} seed {seed}: judging the joined best.pt on val and test")
+    manifest = read_manifest(shards)
+    acc = {split: split_predictions(ckpts, shards, manifest, bf16=True, split=split)[1] for split in ("val", "test")}
+    out = {"config": "+".join(members), "seed": seed, "members": members, "val_track": acc["val"],
+           "test_track": acc["test"], "members_val": [got[m]["best_val"] for m in members],
+           "members_test": [got[m]["test_track"] for m in members]}
+    atomic_write(cached, json.dumps({**out, "stamp": stamp}).encode())
+    return out
+
+
 COLUMNS = [
     Col("config", text("config")), Col("seed", text("seed")),
     Col("best val acc (tracks)", lambda r: f"{r['best_val']:.3f} (epoch {r['best_epoch']})"),
@@ -125,6 +159,12 @@ COLUMNS = [
     Col("last train acc", num("last_train_acc", ".3f")), Col("samples/s", num("samples_per_s", ".1f")),
     Col("wall s", num("wall_s", ".0f")),
 ]
+ENSEMBLE_COLUMNS = [
+    Col("ensemble (best.pt of each)", text("config")), Col("seed", text("seed")),
+    Col("val acc (tracks)", num("val_track", ".3f")), Col("test acc (tracks)", num("test_track", ".3f")),
+    Col("members: val", lambda r: ", ".join(f"{v:.3f}" for v in r["members_val"])),
+    Col("members: test", lambda r: ", ".join(f"{v:.3f}" for v in r["members_test"])),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help="comma-separated: " + ", ".join(CONFIGS) + " (and " + ", ".join(SMOKE_CONFIGS) + ")")
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--ensembles", default="", metavar="A+B[,C+D]",
+                    help="configs joined by '+': their runs' best.pt judged as one model, per seed")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--per-class", type=int, default=30, help="generated clips per genre (default 30)")
     ap.add_argument("--seconds", type=float, default=30.0, help="length of each generated clip (default 30)")
@@ -142,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
     names = [c.strip() for c in a.configs.split(",") if c.strip()]
+    ensembles = [e.split("+") for e in a.ensembles.split(",") if e.strip()]
+    if any(len(e) < 2 or len(set(e)) < len(e) for e in ensembles):
+        ap.error(f"--ensembles {a.ensembles}: each needs two or more different configs joined by '+'")
+    names += [m for e in ensembles for m in e if m not in names]
     unknown = [c for c in names if c not in CONFIGS and c not in SMOKE_CONFIGS]
     if unknown:
         ap.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join([*CONFIGS, *SMOKE_CONFIGS])}")
@@ -150,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         split = "/".join(str(s["count"]) for s in json.load(f)["splits"].values())
     rows = [run_config(c, int(s), shards, runs, a) for c in names for s in a.seeds.split(",")]
     rows = [r for r in rows if r is not None]
+    joined = [run_ensemble(e, int(s), rows, shards, runs) for e in ensembles for s in a.seeds.split(",")]
+    joined = [r for r in joined if r is not None]
 
     from training.report import write_json  # atomic; imported here to keep the top level light
     host, date = host_info(), today()
@@ -157,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.join(a.out, f"hard-{host['kind']}-{date}")
     write_json(stem + ".json", {"benchmark": "hard_set", "date": date, "host": host, "epochs": a.epochs,
                                 "nproc": a.nproc, "per_class": a.per_class, "seconds": a.seconds, "split": split,
-                                "rows": rows})
+                                "rows": rows, "ensembles": joined})
     publish(f"synth --hard ({split} tracks), {a.epochs} epochs, {a.nproc} ranks, --amp; host {describe(host)}, {date}",
             rows, COLUMNS, "best_val", stem=stem, keep=2)
+    if joined:
+        print()
+        print(markdown(joined, ENSEMBLE_COLUMNS, "test_track", 2))
     return 0 if all("error" not in r for r in rows) else 1
 
 

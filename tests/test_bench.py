@@ -172,17 +172,27 @@ def test_dali_parity(bench_data, tmp_path):
 
 
 def test_hard_set(tmp_path):
-    args = ["--configs", "tiny", "--per-class", "3", "--seconds", "4", "--epochs", "1", "--nproc", "1",
-            "--run-timeout", "150", "--cache", str(tmp_path / "cache")]
-    p = run("bench.hard_set", *args, "--out", str(tmp_path / "a"), timeout=200)
+    """Two smoke configs, one joined as an ensemble (its member not in --configs is trained too)."""
+    args = ["--configs", "tiny", "--ensembles", "tiny+tiny-b4", "--per-class", "3", "--seconds", "4", "--epochs", "1",
+            "--nproc", "1", "--run-timeout", "150", "--cache", str(tmp_path / "cache")]
+    p = run("bench.hard_set", *args, "--out", str(tmp_path / "a"), timeout=300)
     rep = only_json(str(tmp_path / "a"), "hard-*.json")
     assert rep["split"] == "10/10/10" and rep["epochs"] == 1  # stratified 70/15/15 of 3 tracks per genre
-    (r,) = rep["rows"]
-    assert r["config"] == "tiny" and r["best_epoch"] == 1 and r["wall_s"] > 0
+    r, r4 = rep["rows"]
+    assert (r["config"], r4["config"]) == ("tiny", "tiny-b4") and r["best_epoch"] == 1 and r["wall_s"] > 0
     assert all(0 <= r[k] <= 1 for k in ("best_val", "test_track", "test_window", "last_train_acc"))
     assert "| tiny | 0 | " in p.stdout
-    run("bench.hard_set", *args, "--reuse-only", "--out", str(tmp_path / "b"), timeout=60)  # tabulates, trains nothing
-    assert only_json(str(tmp_path / "b"), "hard-*.json")["rows"] == rep["rows"]
+    (e,) = rep["ensembles"]
+    assert e["config"] == "tiny+tiny-b4" and e["members_test"] == [r["test_track"], r4["test_track"]]
+    assert 0 <= e["val_track"] <= 1 and 0 <= e["test_track"] <= 1 and "judging the joined best.pt" in p.stderr
+    assert "| tiny+tiny-b4 | 0 | " in p.stdout
+    q = run("bench.hard_set", *args, "--reuse-only", "--out", str(tmp_path / "b"), timeout=60)  # trains nothing
+    again = only_json(str(tmp_path / "b"), "hard-*.json")
+    assert again["rows"] == rep["rows"] and again["ensembles"] == rep["ensembles"]
+    assert "judging" not in q.stderr  # the ensemble's verdicts are cached with its members' best.pt
+    bad = subprocess.run([sys.executable, "-m", "bench.hard_set", "--ensembles", "tiny", "--reuse-only"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--ensembles tiny: each needs two or more different configs joined by '+'" in bad.stderr
 
 
 def test_gpu_smoke(tmp_path):

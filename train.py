@@ -28,7 +28,7 @@ from core.faults import fault_point
 from core.shards import Manifest
 from core.spec import Augment, FeatureSpec
 from loading.loader import DaliLoader  # (DALI itself loads when a loader is made)
-from model import Ensemble, build_model, count_parameters, member_names
+from model import build_model, count_parameters, member_names
 from storage.folder import read_manifest, trust_warnings
 from storage.store import StorageError, redact
 from training import distributed, report, run_report
@@ -379,6 +379,8 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult |
     if raw is not None:
         raw_improved = raw.track_acc > max((e.get("val_track_acc_raw", -1.0) for e in trainer.history), default=-1.0)
         h.update(val_loss_raw=raw.loss, val_track_acc_raw=raw.track_acc, val_segment_acc_raw=raw.segment_acc)
+    if val is not None and val.members is not None:  # an ensemble: what each member scores alone
+        h["val_track_acc_members"] = val.members
     traffic = epoch_traffic(trainer, stats.seconds)
     if traffic:
         h["storage"] = traffic
@@ -387,6 +389,7 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult |
                 + (f"val loss {val.loss:.4f} | val acc {val.track_acc:.3f} (tracks) {val.segment_acc:.3f} (windows)"
                    if val else "not validated") + f" | {h['samples_per_s']:.1f} samples/s "
                 f"| data wait {100 * h['data_wait']:.1f}%" + (f" | raw weights: val acc {raw.track_acc:.3f}" if raw else "")
+                + (" | members alone: " + " ".join(f"{a:.3f}" for a in val.members) if val and val.members else "")
                 + (f" | {traffic_line(traffic)}" if traffic else ""))
     trainer.board.epoch(h)  # before the checkpoint: a resumed run purges what it logs again (training/tensorboard.py)
     improved = val is not None and val.track_acc > trainer.best
@@ -394,7 +397,7 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult |
         trainer.best = val.track_acc
     save_checkpoint(trainer, epoch, trainer.steps, [0.0] * 5, best=improved, best_raw=raw_improved)
     if trainer.env.is_main:
-        report.plot_curves(trainer.history, trainer.path("curves.png"))
+        report.plot_curves(trainer.history, trainer.path("curves.png"), member_names(trainer.args.model))
     distributed.barrier(trainer.env)
 
 
@@ -451,8 +454,9 @@ def finish(trainer: Trainer) -> int:
                            "confusion": test.confusion.tolist()}
         if env.is_main:
             report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
-        if isinstance(trainer.model, Ensemble):
-            metrics["test_members"] = member_tests(trainer)
+        if test.members is not None:  # an ensemble: each member judged alone in the same pass
+            metrics["test_members"] = [{"model": name, "track_acc": acc}
+                                       for name, acc in zip(member_names(args.model), test.members)]
     raw_state = trainer.saver.load_best(trainer.model, raw=True) if args.compare_raw else None  # after the test above
     if raw_state is not None:
         metrics["best_epoch_raw"] = raw_state["epoch"]
@@ -485,15 +489,6 @@ def finish(trainer: Trainer) -> int:
                   + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
-
-
-def member_tests(trainer: Trainer) -> list[dict]:
-    """An ensemble's members judged alone on the test split (best.pt's weights): what combining them bought."""
-    out = []
-    for name, member in zip(member_names(trainer.args.model), trainer.model.members):
-        r = evaluate(member, trainer.loader("test"), trainer.spec, trainer.env, trainer.amp, len(trainer.classes))
-        out.append({"model": name, "track_acc": r.track_acc, "segment_acc": r.segment_acc, "tracks": r.tracks})
-    return out
 
 
 def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:

@@ -27,8 +27,8 @@ def best_val(history: list[dict], key: str = "val_track_acc") -> float:
     return max(val_curve(history, key)[1], default=float("nan"))
 
 
-def plot_curves(history: list[dict], path: str) -> None:
-    """Learning curves (loss, accuracy) and throughput per epoch."""
+def plot_curves(history: list[dict], path: str, members: list[str] | None = None) -> None:
+    """Learning curves (loss, accuracy) and throughput per epoch; `members`: an ensemble's member names."""
     plt = pyplot()
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
@@ -41,6 +41,10 @@ def plot_curves(history: list[dict], path: str) -> None:
     raw = val_curve(history, "val_track_acc_raw")
     if raw[0]:  # --compare-raw: what the EMA average bought
         ax[1].plot(*raw, "x:", label="val (tracks, raw weights)")
+    alone = [(h["epoch"], h["val_track_acc_members"]) for h in history if "val_track_acc_members" in h]
+    for i in range(len(alone[0][1]) if alone else 0):  # an ensemble: each member alone, for comparison
+        name = members[i] if members and i < len(members) else f"member {i + 1}"
+        ax[1].plot([e for e, _ in alone], [m[i] for _, m in alone], ".:", alpha=0.6, label=f"val, {name} alone")
     ax[1].set_ylim(0, 1.02)
     ax[1].set_title("accuracy")
     ax[2].bar(ep, [h["samples_per_s"] for h in history], color="tab:green")

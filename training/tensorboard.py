@@ -55,6 +55,8 @@ EVENTS = "events.out.tfevents.*"  # the writer's file names
 def scalars(h: dict) -> dict[str, float]:
     """One history entry as {tag: value}; bytes as MB, a rank without cache lookups (hit rate None) left out."""
     out = {tag: float(h[key]) for tag, key in SCALARS.items() if h.get(key) is not None}
+    for i, v in enumerate(h.get("val_track_acc_members") or []):  # an ensemble: each member alone
+        out[f"accuracy/val_tracks_member{i + 1}"] = float(v)
     traffic = h.get("storage")
     if traffic:
         for tag, key in STORAGE.items():

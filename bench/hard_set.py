@@ -58,7 +58,9 @@ CONFIGS: dict[str, list[str]] = {
                       "--compare-raw"],
     "bandnorm-c4-ema": ["--model", "baseline-bandnorm", "--batch-size", "32", "--crops-per-track", "4", "--ema",
                         "0.999", "--compare-raw"],
-    # the real-music set's best ensemble (bench/NOTES.md), trained in one run
+    # the real-music set's best ensembles (bench/NOTES.md), trained in one run
+    "pair-c4-ema": ["--model", "baseline-bandnorm+resnet", "--batch-size", "32", "--crops-per-track", "4",
+                    "--ema", "0.999", "--compare-raw"],
     "trio-c4-ema": ["--model", "baseline+baseline-bandnorm+resnet", "--batch-size", "32", "--crops-per-track", "4",
                     "--ema", "0.999", "--compare-raw"],
     "resnet-aug": ["--model", "resnet", "--batch-size", "16", "--crops-per-track", "1", "--specaugment",

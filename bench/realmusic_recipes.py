@@ -68,7 +68,9 @@ RECIPES: dict[str, list[str]] = {
     "resnet-ema999": ["--model", "resnet", "--ema", "0.999", "--compare-raw"],
     "bandnorm": ["--model", "baseline-bandnorm"],
     "bandnorm-ema999": ["--model", "baseline-bandnorm", "--ema", "0.999", "--compare-raw"],
-    # default + bandnorm + resnet trained in one run (model/ensemble.py), each member its own loss
+    # ensembles trained in one run (model/ensemble.py), each member its own loss: bandnorm + resnet, and
+    # the default with them
+    "pair-ema999": ["--model", "baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
     "trio-ema999": ["--model", "baseline+baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
 }
 

@@ -143,7 +143,10 @@ def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dic
                           h[epoch - 1]["val_track_acc" + suffix])
     return {"last": got["last"]["rows"], "selected": got["selected"]["rows"],
             "curve": val_curve(h, "val_track_acc" + suffix), "epochs": len(h), "best_epoch": m["best_epoch" + suffix],
-            "train_min": sum(e["epoch_seconds"] for e in h) / 60}
+            "train_min": sum(e["epoch_seconds"] for e in h) / 60,
+            # a one-run ensemble (train.py --model a+b): each member alone at the last epoch, from the run's
+            # own validation (the averaged weights'; none for the raw columns)
+            "members_last": None if raw else h[-1].get("val_track_acc_members")}
 
 
 def excerpt_accuracy(rows: list[dict]) -> float:
@@ -160,13 +163,17 @@ def score(folds: list[dict], recordings: dict[str, tuple[str, str]]) -> dict[str
     if any(f["curve"][0] != epochs for f in folds):
         raise SystemExit("the folds' runs validated different epochs (--val-every): their curves cannot be pooled")
     curve = [sum(a * k for a, k in zip(accs, n)) / sum(n) for accs in zip(*(f["curve"][1] for f in folds))]
+    alone = [f["members_last"] for f in folds]
+    members = (None if None in alone else
+               [sum(a * k for a, k in zip(accs, n)) / sum(n) for accs in zip(*alone)])
     return {"curve": curve, "curve_epochs": epochs, **{"curve_" + k: v for k, v in steadiness(curve, epochs).items()},
             "mean_change_per_fold": statistics.fmean(steadiness(f["curve"][1], epochs)["mean_change"] for f in folds),
             "last_excerpts": excerpt_accuracy(last), "last_recordings": by_recording,
             "selected_excerpts": excerpt_accuracy(selected), "recordings": n_recordings, "excerpts": len(last),
             "per_fold_last": [excerpt_accuracy(f["last"]) for f in folds],
             "best_epochs": [f["best_epoch"] for f in folds],
-            "train_min_per_fold": statistics.fmean(f["train_min"] for f in folds), "rows": last}
+            "train_min_per_fold": statistics.fmean(f["train_min"] for f in folds), "rows": last,
+            "members_last_excerpts": members}
 
 
 def missed_recordings(per_seed: list[dict], recordings: dict[str, tuple[str, str]], classes: list[str]) -> list[dict]:
@@ -322,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                    "raw_columns": where[0][1], **score(folds, recordings)}
             log(f"{recipe} s{seed}: last epoch {row['last_excerpts']:.3f} of {row['excerpts']} excerpts, "
                 f"{row['last_recordings']:.3f} of {row['recordings']} recordings; selected epoch "
-                f"{row['selected_excerpts']:.3f}; per fold {', '.join(f'{v:.2f}' for v in row['per_fold_last'])}")
+                f"{row['selected_excerpts']:.3f}; per fold {', '.join(f'{v:.2f}' for v in row['per_fold_last'])}"
+                + (f"; members alone (the run's validation) {', '.join(f'{v:.3f}' for v in row['members_last_excerpts'])}"
+                   if row["members_last_excerpts"] else ""))
             per_seed.append(row)
             got.append(row)
         if got:
@@ -331,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                                ("last_excerpts", "last_recordings", "selected_excerpts", "curve_mean_change",
                                 "curve_max_change_after_5", "mean_change_per_fold")},
                             "per_fold_last": [statistics.fmean(v) for v in zip(*(r["per_fold_last"] for r in got))],
+                            **({"members_last_excerpts": [spread(list(v)) for v in zip(*(r["members_last_excerpts"]
+                                                                                         for r in got))]}
+                               if all(r["members_last_excerpts"] for r in got) else {}),
                             "train_min_per_fold": statistics.fmean(r["train_min_per_fold"] for r in got)})
     base = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == "default"}
     for row in summary:

@@ -264,7 +264,8 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     shutil.copytree(out, set_dir)
     make_shards(None, str(set_dir / "shards"), list_file=str(set_dir / "list.csv"), split="list", workers=1,
                 min_shards=1, progress=False)
-    extra = "--model tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
+    # the runs are one-run ensembles of two tiny models, so the members' figures are read too
+    extra = "--model tiny+tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
     p = subprocess.run([sys.executable, "-m", "bench.realmusic_recipes", "--set", str(set_dir), "--train", "--seeds", "0",
                         "--extra", extra, "--out", str(tmp_path / "res")], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
@@ -330,7 +331,7 @@ def test_folds_are_balanced_per_class_and_deterministic():
 
 def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path):
     """bench.realmusic_folds --train on the generated set, 2 folds: one --ema --compare-raw run per fold
-    gives default and ema999; every train/val excerpt is predicted once by the model of the fold that
+    gives default and ema999 (each run a one-run ensemble of two tiny models, whose members are reported); every train/val excerpt is predicted once by the model of the fold that
     held its recording out, test excerpts never; the last epoch's pooled accuracy agrees with the runs'
     own validation (fp32)."""
     import subprocess
@@ -340,7 +341,8 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     _, _, out, _ = built
     set_dir = tmp_path / "set"
     shutil.copytree(out, set_dir)
-    extra = "--model tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
+    # the runs are one-run ensembles of two tiny models, so the members' figures are read too
+    extra = "--model tiny+tiny --epochs 2 --clip-seconds 1 --batch-size 4 --crops-per-track 1 --no-tensorboard --threads 1"
     p = subprocess.run([sys.executable, "-m", "bench.realmusic_folds", "--set", str(set_dir), "--folds", "2", "--train",
                         "--extra", extra, "--ensembles", "default+ema999", "--out", str(tmp_path / "res")], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
@@ -373,6 +375,12 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
         assert r["per_fold_last"] == pytest.approx(last)
         assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
         assert r["curve"][-1] == pytest.approx(r["last_excerpts"]) and len(r["curve"]) == 2
+    alone = [json.load(open(set_dir / "runs" / "folds-2" / f"ema999-f{i}-s0" / "metrics.json"))["history"][-1]
+             ["val_track_acc_members"] for i in range(2)]
+    assert runs["ema999"]["members_last_excerpts"] == pytest.approx(
+        [(a * len(held[0]) + b * len(held[1])) / len(dev) for a, b in zip(*alone)])
+    assert runs["default"]["members_last_excerpts"] is None  # the raw pass does not judge the members
+    assert "members alone (the run's validation)" in p.stderr
     assert all(2 * m["missed_by"] >= m["of"] == 2 for m in doc["missed_recordings"])
     # the ensemble: the raw and EMA weights' held-out probabilities combined excerpt by excerpt (the
     # normalised geometric mean, predict.py's rule)

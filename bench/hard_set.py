@@ -128,28 +128,22 @@ def run_config(name: str, seed: int, shards: str, runs: str, a: argparse.Namespa
 
 def run_ensemble(members: list[str], seed: int, rows: list[dict], shards: str, runs: str) -> dict | None:
     """The members' best.pt joined, judged on val and test; None unless every member's run finished."""
-    from bench.realmusic_recipes import split_predictions
-    from core.atomic import atomic_write
+    from bench.realmusic_recipes import cached_predictions, fresh
     from storage.folder import read_manifest
     got = {r["config"]: r for r in rows if r["seed"] == seed and "error" not in r}
     if any(m not in got for m in members):
         return None
+    name = "+".join(members)
     ckpts = [os.path.join(runs, f"{m}-s{seed}", "best.pt") for m in members]
-    stamp = [os.path.getmtime(c) for c in ckpts]
-    cached = os.path.join(runs, f"ensemble-{'+'.join(members)}-s{seed}.json")
-    if os.path.exists(cached):
-        with open(cached, encoding="utf-8") as f:
-            out = json.load(f)
-        if out.pop("stamp", None) == stamp:
-            return out
-    log(f"{'+'.join(members)} seed {seed}: judging the joined best.pt on val and test")
+    cached = {split: os.path.join(runs, f"ensemble-{name}-s{seed}-{split}.json") for split in ("val", "test")}
+    if not all(fresh(c, ckpts) for c in cached.values()):
+        log(f"{name} seed {seed}: judging the joined best.pt on val and test")
     manifest = read_manifest(shards)
-    acc = {split: split_predictions(ckpts, shards, manifest, bf16=True, split=split)[1] for split in ("val", "test")}
-    out = {"config": "+".join(members), "seed": seed, "members": members, "val_track": acc["val"],
-           "test_track": acc["test"], "members_val": [got[m]["best_val"] for m in members],
-           "members_test": [got[m]["test_track"] for m in members]}
-    atomic_write(cached, json.dumps({**out, "stamp": stamp}).encode())
-    return out
+    acc = {split: cached_predictions(c, ckpts, shards, manifest, bf16=True, split=split)["track_acc"]
+           for split, c in cached.items()}
+    return {"config": name, "seed": seed, "members": members, "val_track": acc["val"], "test_track": acc["test"],
+            "members_val": [got[m]["best_val"] for m in members],
+            "members_test": [got[m]["test_track"] for m in members]}
 
 
 COLUMNS = [

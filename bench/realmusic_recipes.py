@@ -168,9 +168,16 @@ def check_against_run(where: str, split: str, again: float, logged: float) -> No
         log(f"warning: {where}: {split} accuracy {again:.4f} on evaluating again, {logged:.4f} in metrics.json")
 
 
-def cached_predictions(cached: str, checkpoint_path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """split_predictions' {"rows", "track_acc"}, kept in `cached` (JSON) until the checkpoint changes."""
-    if os.path.exists(cached) and os.path.getmtime(cached) > os.path.getmtime(checkpoint_path):
+def fresh(cached: str, checkpoint_path: str | list[str]) -> bool:
+    """Whether `cached` was written after the checkpoint (every checkpoint of an ensemble) last changed."""
+    paths = [checkpoint_path] if isinstance(checkpoint_path, str) else checkpoint_path
+    return os.path.exists(cached) and os.path.getmtime(cached) > max(os.path.getmtime(p) for p in paths)
+
+
+def cached_predictions(cached: str, checkpoint_path: str | list[str], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """split_predictions' {"rows", "track_acc"}, kept in `cached` (JSON) until the checkpoint (or any
+    of an ensemble's) changes."""
+    if fresh(cached, checkpoint_path):
         with open(cached, encoding="utf-8") as f:
             return json.load(f)
     rows, acc = split_predictions(checkpoint_path, *args, **kwargs)

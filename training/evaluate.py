@@ -39,6 +39,12 @@ class EvalResult:
         return out
 
 
+def plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP and/or torch.compile wrapper (whose submodules hooks attach to)."""
+    plain = getattr(model, "module", model)      # DDP
+    return getattr(plain, "_orig_mod", plain)    # torch.compile
+
+
 @dataclass
 class TrackLog:
     """Per-track results an evaluation pass can keep for the run report, at no extra pass: each
@@ -50,9 +56,7 @@ class TrackLog:
     @contextlib.contextmanager
     def capture(self, model: torch.nn.Module):
         """Record the inputs of the model's classifier head (PooledCNN.head) while the block runs."""
-        plain = getattr(model, "module", model)        # DDP
-        plain = getattr(plain, "_orig_mod", plain)     # torch.compile
-        head = getattr(plain, "head", None)
+        head = getattr(plain_module(model), "head", None)
         self._seen: list[torch.Tensor] = []
         if head is None:
             yield
@@ -85,8 +89,7 @@ class TrackLog:
 def member_outputs(model: torch.nn.Module):
     """An ensemble's members' outputs (one list per member, a tensor per model call) while the block
     runs, through forward hooks, so the ensemble's own pass also judges each member; None otherwise."""
-    plain = getattr(model, "module", model)     # DDP
-    plain = getattr(plain, "_orig_mod", plain)  # torch.compile
+    plain = plain_module(model)
     if not isinstance(plain, Ensemble):
         yield None
         return

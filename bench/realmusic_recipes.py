@@ -70,6 +70,7 @@ RECIPES: dict[str, list[str]] = {
     "bandnorm-ema999": ["--model", "baseline-bandnorm", "--ema", "0.999", "--compare-raw"],
     # ensembles trained in one run (model/ensemble.py), each member its own loss: bandnorm + resnet, and
     # the default with them
+    "pair": ["--model", "baseline-bandnorm+resnet"],
     "pair-ema999": ["--model", "baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
     "trio-ema999": ["--model", "baseline+baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
 }
@@ -88,7 +89,8 @@ RAW_TWIN: dict[str, str] = {plain: ema for ema, a in RECIPES.items() if "--compa
 HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False),
         "specaug-gain": ("baseline-c4-ema-specaug-gain", True), "ema999-specaug-gain": ("baseline-c4-ema-specaug-gain", False),
         "resnet": ("resnet-c4-ema", True), "resnet-ema999": ("resnet-c4-ema", False),
-        "bandnorm": ("bandnorm-c4-ema", True), "bandnorm-ema999": ("bandnorm-c4-ema", False)}
+        "bandnorm": ("bandnorm-c4-ema", True), "bandnorm-ema999": ("bandnorm-c4-ema", False),
+        "pair": ("pair-c4-ema", True), "pair-ema999": ("pair-c4-ema", False)}
 log = logger("realmusic_recipes")
 
 

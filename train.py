@@ -28,7 +28,7 @@ from core.faults import fault_point
 from core.shards import Manifest
 from core.spec import Augment, FeatureSpec
 from loading.loader import DaliLoader  # (DALI itself loads when a loader is made)
-from model import build_model, count_parameters, member_names
+from model import DEFAULT_MODEL, build_model, count_parameters, member_names
 from storage.folder import read_manifest, trust_warnings
 from storage.store import StorageError, redact
 from training import distributed, report, run_report
@@ -99,12 +99,13 @@ def _data_args(g) -> None:
 
 def _training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="baseline", type=_model_name, metavar="NAME[+NAME...]",
-                   help="baseline: the original 4-block CNN (default: best validation accuracy on synth --hard); "
-                        "baseline-bandnorm: the same behind a per-band normalisation; "
-                        "resnet: short-chunk residual CNN, 2.5x faster on CPU; rescnn: residual baseline; "
-                        "tiny: 15 k parameters, for smoke tests. Several joined by '+' train an ensemble in one run "
-                        "(each member its own loss on the same batches; one checkpoint that predicts with all)")
+    g.add_argument("--model", default=DEFAULT_MODEL, type=_model_name, metavar="NAME[+NAME...]",
+                   help="baseline: the original 4-block CNN; baseline-bandnorm: the same behind a per-band "
+                        "normalisation; resnet: short-chunk residual CNN, 2.5x faster on CPU; rescnn: residual "
+                        "baseline; tiny: 15 k parameters, for smoke tests. Several joined by '+' train an ensemble "
+                        "in one run (each member its own loss on the same batches; one checkpoint that predicts "
+                        f"with all). Default {DEFAULT_MODEL}: the most accurate on real music per training FLOP "
+                        "(README, section 3)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)

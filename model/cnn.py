@@ -112,6 +112,8 @@ class BandNormCNN(BaselineCNN):
 
 
 MODELS = {"baseline": BaselineCNN, "baseline-bandnorm": BandNormCNN, "resnet": ShortChunkResNet, "rescnn": ResidualCNN, "tiny": TinyCNN}
+# train.py's default: two members that err differently, chosen on the real-music folds (bench/NOTES.md)
+DEFAULT_MODEL = "baseline-bandnorm+resnet"
 
 
 def member_names(name: str) -> list[str]:

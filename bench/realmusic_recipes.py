@@ -100,7 +100,7 @@ log = logger("realmusic_recipes")
 
 def model_of(recipe: str) -> str:
     args = RECIPES[recipe]
-    return args[args.index("--model") + 1] if "--model" in args else "baseline"
+    return args[args.index("--model") + 1]  # every recipe names its model
 
 
 def steadiness(curve: list[float], epochs: list[int] | None = None) -> dict[str, float]:

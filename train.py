@@ -104,8 +104,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
                         "normalisation; resnet: short-chunk residual CNN, 2.5x faster on CPU; rescnn: residual "
                         "baseline; tiny: 15 k parameters, for smoke tests. Several joined by '+' train an ensemble "
                         "in one run (each member its own loss on the same batches; one checkpoint that predicts "
-                        f"with all). Default {DEFAULT_MODEL}: +0.09 over baseline on real music by cross-validation, "
-                        "at 1.28x its training FLOPs (README, section 3)")
+                        f"with all). Default {DEFAULT_MODEL}; for real recordings baseline-bandnorm+resnet: +0.09 "
+                        "over baseline by cross-validation at 1.28x its training FLOPs (README, section 3)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)

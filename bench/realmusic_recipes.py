@@ -54,8 +54,7 @@ from bench.tables import Col, num, publish, text
 
 # recipe -> train.py arguments on top of its defaults (4 crops, 30 epochs, fp32, no EMA or augmentation).
 # "default" names the recipe every comparison here is drawn against, as the results files do: the baseline
-# CNN, train.py's default until 2026-12-07 (now baseline-bandnorm+resnet, the "pair"). Recipes pin --model so
-# each keeps meaning what was measured.
+# CNN, train.py's default. Recipes pin --model so each keeps meaning what was measured if that default moves.
 BASELINE = ["--model", "baseline"]
 RECIPES: dict[str, list[str]] = {
     "default": [*BASELINE],
@@ -73,7 +72,7 @@ RECIPES: dict[str, list[str]] = {
     "bandnorm": ["--model", "baseline-bandnorm"],
     "bandnorm-ema999": ["--model", "baseline-bandnorm", "--ema", "0.999", "--compare-raw"],
     # ensembles trained in one run (model/ensemble.py), each member its own loss: bandnorm + resnet (the
-    # default since 2026-12-07), and the baseline with them
+    # real-music recipe), and the baseline with them
     "pair": ["--model", "baseline-bandnorm+resnet"],
     "pair-ema999": ["--model", "baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
     "trio-ema999": ["--model", "baseline+baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],

@@ -187,7 +187,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU", "|", _
   stage scaling 40 0 "$PY" -m bench.scaling --clips "$clips" --warmup "$warm" --steps "$steps" --repeats 2 --method-timeout $(( 25 * SCALE )) \
     "${common[@]}"
   stage train-resnet 60 0 "$PY" -m bench.train_throughput --model resnet --batch 32 --tag resnet-b32 "${tp[@]}"
-  # the default model (the real-music pair, trained in one run): what its crops/s costs against the baseline's
+  # the real-music recipe (bandnorm + resnet, trained in one run): what its crops/s costs against the baseline's
   stage train-pair 60 0 "$PY" -m bench.train_throughput --model baseline-bandnorm+resnet --batch 32 \
     --tag pair-b32 "${tp[@]}"
 

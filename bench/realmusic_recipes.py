@@ -76,6 +76,8 @@ RECIPES: dict[str, list[str]] = {
     "pair": ["--model", "baseline-bandnorm+resnet"],
     "pair-ema999": ["--model", "baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
     "trio-ema999": ["--model", "baseline+baseline-bandnorm+resnet", "--ema", "0.999", "--compare-raw"],
+    "base-bandnorm": ["--model", "baseline+baseline-bandnorm"],
+    "base-bandnorm-ema999": ["--model", "baseline+baseline-bandnorm", "--ema", "0.999", "--compare-raw"],
 }
 
 
@@ -93,7 +95,8 @@ HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", Fals
         "specaug-gain": ("baseline-c4-ema-specaug-gain", True), "ema999-specaug-gain": ("baseline-c4-ema-specaug-gain", False),
         "resnet": ("resnet-c4-ema", True), "resnet-ema999": ("resnet-c4-ema", False),
         "bandnorm": ("bandnorm-c4-ema", True), "bandnorm-ema999": ("bandnorm-c4-ema", False),
-        "pair": ("pair-c4-ema", True), "pair-ema999": ("pair-c4-ema", False)}
+        "pair": ("pair-c4-ema", True), "pair-ema999": ("pair-c4-ema", False),
+        "base-bandnorm": ("base-bandnorm-c4-ema", True), "base-bandnorm-ema999": ("base-bandnorm-c4-ema", False)}
 log = logger("realmusic_recipes")
 
 

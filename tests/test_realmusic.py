@@ -312,7 +312,7 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     assert "--resume" not in train_command("mixup", 1, str(tmp_path / "new"), "S", [])
     assert RAW_TWIN == {"default": "ema999", "specaug-gain": "ema999-specaug-gain", "mixup": "ema999-mixup",
                         "speed": "ema999-speed", "eq": "ema999-eq", "resnet": "resnet-ema999",
-                        "bandnorm": "bandnorm-ema999", "pair": "pair-ema999"}
+                        "bandnorm": "bandnorm-ema999", "pair": "pair-ema999", "base-bandnorm": "base-bandnorm-ema999"}
     assert steadiness([0.5, 0.7, 0.6, 0.6, 0.6, 0.6, 0.9]) == pytest.approx(
         {"mean_change": 0.6 / 6, "max_change_after_5": 0.3})
     # a --val-every run: changes between the validated epochs, the largest from epoch 5 on

@@ -90,13 +90,14 @@ def _without_ema(args: list[str]) -> list[str]:
 # trajectory of a run without --ema (tested in tests/test_train_resume.py), so one run gives both
 RAW_TWIN: dict[str, str] = {plain: ema for ema, a in RECIPES.items() if "--compare-raw" in a
                             for plain, b in RECIPES.items() if b == _without_ema(a)}
+# plain recipe -> the bench.hard_set config (--ema --compare-raw) that ran it: its raw-weight columns are
+# the plain recipe's, its EMA columns the twin's
+_HARD_CONFIG = {"default": "baseline-c4-ema", "specaug-gain": "baseline-c4-ema-specaug-gain",
+                "resnet": "resnet-c4-ema", "bandnorm": "bandnorm-c4-ema", "pair": "pair-c4-ema",
+                "base-bandnorm": "base-bandnorm-c4-ema"}
 # recipe -> (bench.hard_set config, read its raw-weight columns?)
-HARD = {"default": ("baseline-c4-ema", True), "ema999": ("baseline-c4-ema", False),
-        "specaug-gain": ("baseline-c4-ema-specaug-gain", True), "ema999-specaug-gain": ("baseline-c4-ema-specaug-gain", False),
-        "resnet": ("resnet-c4-ema", True), "resnet-ema999": ("resnet-c4-ema", False),
-        "bandnorm": ("bandnorm-c4-ema", True), "bandnorm-ema999": ("bandnorm-c4-ema", False),
-        "pair": ("pair-c4-ema", True), "pair-ema999": ("pair-c4-ema", False),
-        "base-bandnorm": ("base-bandnorm-c4-ema", True), "base-bandnorm-ema999": ("base-bandnorm-c4-ema", False)}
+HARD = {**{plain: (c, True) for plain, c in _HARD_CONFIG.items()},
+        **{RAW_TWIN[plain]: (c, False) for plain, c in _HARD_CONFIG.items()}}
 log = logger("realmusic_recipes")
 
 

@@ -380,6 +380,8 @@ def end_epoch(trainer: Trainer, epoch: int, stats: EpochStats, val: EvalResult |
     if raw is not None:
         raw_improved = raw.track_acc > max((e.get("val_track_acc_raw", -1.0) for e in trainer.history), default=-1.0)
         h.update(val_loss_raw=raw.loss, val_track_acc_raw=raw.track_acc, val_segment_acc_raw=raw.segment_acc)
+        if raw.members is not None:
+            h["val_track_acc_raw_members"] = raw.members
     if val is not None and val.members is not None:  # an ensemble: what each member scores alone
         h["val_track_acc_members"] = val.members
     traffic = epoch_traffic(trainer, stats.seconds)
@@ -465,6 +467,9 @@ def finish(trainer: Trainer) -> int:
             raw = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes))
             metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
                                    "tracks": raw.tracks}
+            if raw.members is not None:
+                metrics["test_raw"]["members"] = [{"model": name, "track_acc": acc}
+                                                  for name, acc in zip(member_names(args.model), raw.members)]
     if env.is_main:
         if trainer.history:
             trainer.board.test(metrics, trainer.history[-1]["epoch"])
@@ -487,7 +492,9 @@ def finish(trainer: Trainer) -> int:
             r = metrics.get("test_raw")
             print(f"raw weights (no EMA): best val acc {report.best_val(trainer.history, 'val_track_acc_raw'):.3f} "
                   f"(epoch {metrics['best_epoch_raw']})"
-                  + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else ""))
+                  + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else "")
+                  + (", members alone " + ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in r["members"])
+                     if r and "members" in r else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
 

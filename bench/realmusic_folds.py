@@ -145,8 +145,8 @@ def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dic
             "curve": val_curve(h, "val_track_acc" + suffix), "epochs": len(h), "best_epoch": m["best_epoch" + suffix],
             "train_min": sum(e["epoch_seconds"] for e in h) / 60,
             # a one-run ensemble (train.py --model a+b): each member alone at the last epoch, from the run's
-            # own validation (the averaged weights'; none for the raw columns)
-            "members_last": None if raw else h[-1].get("val_track_acc_members")}
+            # own validation (the raw weights' for the raw columns)
+            "members_last": h[-1].get("val_track_acc_raw_members" if raw else "val_track_acc_members")}
 
 
 def excerpt_accuracy(rows: list[dict]) -> float:

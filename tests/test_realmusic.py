@@ -277,6 +277,10 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     m = json.load(open(set_dir / "runs" / "ema999-s0" / "metrics.json"))
     assert runs["ema999"]["test_track"] == m["test"]["track_acc"] and runs["default"]["test_track"] == m["test_raw"]["track_acc"]
     assert runs["default"]["mean_change"] == pytest.approx(steadiness([e["val_track_acc_raw"] for e in m["history"]])["mean_change"])
+    # the raw pass judges an ensemble's members too, on test and every validation
+    assert [r["model"] for r in m["test_raw"]["members"]] == ["tiny", "tiny"]
+    assert all(0 <= r["track_acc"] <= 1 for r in m["test_raw"]["members"])
+    assert all(len(e["val_track_acc_raw_members"]) == 2 for e in m["history"])
     groups = {(r["package"], r["group"]) for r in _rows(set_dir / "provenance.csv") if r["split"] == "test"}
     assert runs["ema999"]["recordings"] == len(groups) and 0 <= runs["ema999"]["test_recording"] <= 1
     assert [s["recipe"] for s in doc["summary"]] == ["default", "ema999"] and doc["summary"][0]["gflops"] > 0
@@ -376,11 +380,11 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
         assert r["per_fold_last"] == pytest.approx(last)
         assert r["last_excerpts"] == pytest.approx((last[0] * len(held[0]) + last[1] * len(held[1])) / len(dev))
         assert r["curve"][-1] == pytest.approx(r["last_excerpts"]) and len(r["curve"]) == 2
-    alone = [json.load(open(set_dir / "runs" / "folds-2" / f"ema999-f{i}-s0" / "metrics.json"))["history"][-1]
-             ["val_track_acc_members"] for i in range(2)]
-    assert runs["ema999"]["members_last_excerpts"] == pytest.approx(
-        [(a * len(held[0]) + b * len(held[1])) / len(dev) for a, b in zip(*alone)])
-    assert runs["default"]["members_last_excerpts"] is None  # the raw pass does not judge the members
+    for recipe, key in (("ema999", "val_track_acc_members"), ("default", "val_track_acc_raw_members")):
+        alone = [json.load(open(set_dir / "runs" / "folds-2" / f"ema999-f{i}-s0" / "metrics.json"))["history"][-1][key]
+                 for i in range(2)]  # the raw weights' members are judged in the raw pass
+        assert runs[recipe]["members_last_excerpts"] == pytest.approx(
+            [(a * len(held[0]) + b * len(held[1])) / len(dev) for a, b in zip(*alone)])
     assert "members alone (the run's validation)" in p.stderr
     assert all(2 * m["missed_by"] >= m["of"] == 2 for m in doc["missed_recordings"])
     # the ensemble: the raw and EMA weights' held-out probabilities combined excerpt by excerpt (the

@@ -467,9 +467,9 @@ def finish(trainer: Trainer) -> int:
             raw = evaluate(trainer.net, trainer.loader("test"), trainer.spec, env, trainer.amp, len(trainer.classes))
             metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
                                    "tracks": raw.tracks}
-            if raw.members is not None:
-                metrics["test_raw"]["members"] = [{"model": name, "track_acc": acc}
-                                                  for name, acc in zip(member_names(args.model), raw.members)]
+            if raw.members is not None:  # as "test_members" beside "test"
+                metrics["test_raw_members"] = [{"model": name, "track_acc": acc}
+                                               for name, acc in zip(member_names(args.model), raw.members)]
     if env.is_main:
         if trainer.history:
             trainer.board.test(metrics, trainer.history[-1]["epoch"])
@@ -493,8 +493,8 @@ def finish(trainer: Trainer) -> int:
             print(f"raw weights (no EMA): best val acc {report.best_val(trainer.history, 'val_track_acc_raw'):.3f} "
                   f"(epoch {metrics['best_epoch_raw']})"
                   + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else "")
-                  + (", members alone " + ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in r["members"])
-                     if r and "members" in r else ""))
+                  + (", members alone " + ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in metrics["test_raw_members"])
+                     if "test_raw_members" in metrics else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
 

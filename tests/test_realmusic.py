@@ -278,9 +278,11 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     assert runs["ema999"]["test_track"] == m["test"]["track_acc"] and runs["default"]["test_track"] == m["test_raw"]["track_acc"]
     assert runs["default"]["mean_change"] == pytest.approx(steadiness([e["val_track_acc_raw"] for e in m["history"]])["mean_change"])
     # the raw pass judges an ensemble's members too, on test and every validation
-    assert [r["model"] for r in m["test_raw"]["members"]] == ["tiny", "tiny"]
-    assert all(0 <= r["track_acc"] <= 1 for r in m["test_raw"]["members"])
+    assert [r["model"] for r in m["test_raw_members"]] == ["tiny", "tiny"]
+    assert all(0 <= r["track_acc"] <= 1 for r in m["test_raw_members"])
     assert all(len(e["val_track_acc_raw_members"]) == 2 for e in m["history"])
+    raw_line = "members alone " + ", ".join(f"tiny {r['track_acc']:.3f}" for r in m["test_raw_members"])
+    assert raw_line in (set_dir / "runs" / "ema999-s0.log").read_text()  # train.py's closing summary
     groups = {(r["package"], r["group"]) for r in _rows(set_dir / "provenance.csv") if r["split"] == "test"}
     assert runs["ema999"]["recordings"] == len(groups) and 0 <= runs["ema999"]["test_recording"] <= 1
     assert [s["recipe"] for s in doc["summary"]] == ["default", "ema999"] and doc["summary"][0]["gflops"] > 0

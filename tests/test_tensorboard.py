@@ -97,3 +97,15 @@ def test_without_the_tensorboard_package_training_goes_on_with_one_warning(tmp_p
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: no TensorBoard event files: ") and "--no-tensorboard" in lines[0]
     assert os.listdir(tmp_path) == []
+
+
+def test_an_ensembles_members_are_logged_for_both_weights(tmp_path):
+    """--model a+b --ema --compare-raw: each member alone, of the average and of the raw weights, one tag each."""
+    h = [dict(entry(e, 1.0), val_track_acc_raw=0.5, val_track_acc_members=[0.25 * e, 0.5],
+              val_track_acc_raw_members=[0.125 * e, 0.75]) for e in (1, 2)]
+    write(tmp_path, 0, 1, [], h)
+    board = read_board(tmp_path)
+    assert board["accuracy/val_tracks_member1"] == [(1, 0.25), (2, 0.5)]
+    assert board["accuracy/val_tracks_raw_member1"] == [(1, 0.125), (2, 0.25)]
+    assert board["accuracy/val_tracks_raw_member2"] == [(1, 0.75), (2, 0.75)]
+    assert not any(t.startswith("accuracy/val_tracks_member3") for t in board)

@@ -55,8 +55,9 @@ EVENTS = "events.out.tfevents.*"  # the writer's file names
 def scalars(h: dict) -> dict[str, float]:
     """One history entry as {tag: value}; bytes as MB, a rank without cache lookups (hit rate None) left out."""
     out = {tag: float(h[key]) for tag, key in SCALARS.items() if h.get(key) is not None}
-    for i, v in enumerate(h.get("val_track_acc_members") or []):  # an ensemble: each member alone
-        out[f"accuracy/val_tracks_member{i + 1}"] = float(v)
+    for raw in ("", "_raw"):  # an ensemble: each member alone (with --compare-raw, the raw weights' too)
+        for i, v in enumerate(h.get(f"val_track_acc{raw}_members") or []):
+            out[f"accuracy/val_tracks{raw}_member{i + 1}"] = float(v)
     traffic = h.get("storage")
     if traffic:
         for tag, key in STORAGE.items():

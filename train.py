@@ -458,8 +458,7 @@ def finish(trainer: Trainer) -> int:
         if env.is_main:
             report.plot_confusion(test.confusion, trainer.classes, trainer.path("confusion.png"))
         if test.members is not None:  # an ensemble: each member judged alone in the same pass
-            metrics["test_members"] = [{"model": name, "track_acc": acc}
-                                       for name, acc in zip(member_names(args.model), test.members)]
+            metrics["test_members"] = members_alone(args.model, test.members)
     raw_state = trainer.saver.load_best(trainer.model, raw=True) if args.compare_raw else None  # after the test above
     if raw_state is not None:
         metrics["best_epoch_raw"] = raw_state["epoch"]
@@ -468,8 +467,7 @@ def finish(trainer: Trainer) -> int:
             metrics["test_raw"] = {"track_acc": raw.track_acc, "segment_acc": raw.segment_acc, "loss": raw.loss,
                                    "tracks": raw.tracks}
             if raw.members is not None:  # as "test_members" beside "test"
-                metrics["test_raw_members"] = [{"model": name, "track_acc": acc}
-                                               for name, acc in zip(member_names(args.model), raw.members)]
+                metrics["test_raw_members"] = members_alone(args.model, raw.members)
     if env.is_main:
         if trainer.history:
             trainer.board.test(metrics, trainer.history[-1]["epoch"])
@@ -487,16 +485,24 @@ def finish(trainer: Trainer) -> int:
             worst = sorted(m["per_class"].items(), key=lambda kv: kv[1]["f1"])[:3]
             print("lowest F1: " + ", ".join(f"{k} {v['f1']:.2f}" for k, v in worst))
         if "test_members" in metrics:
-            print("each member alone: " + ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in metrics["test_members"]))
+            print("each member alone: " + members_line(metrics["test_members"]))
         if "best_epoch_raw" in metrics:
             r = metrics.get("test_raw")
             print(f"raw weights (no EMA): best val acc {report.best_val(trainer.history, 'val_track_acc_raw'):.3f} "
                   f"(epoch {metrics['best_epoch_raw']})"
                   + (f", test acc {r['track_acc']:.3f} (windows {r['segment_acc']:.3f})" if r else "")
-                  + (", members alone " + ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in metrics["test_raw_members"])
-                     if "test_raw_members" in metrics else ""))
+                  + (", members alone " + members_line(metrics["test_raw_members"]) if "test_raw_members" in metrics else ""))
         print(f"checkpoints: {trainer.path('best.pt')}, {trainer.path('last.pt')} | reports: report.html, metrics.json, curves.png, confusion.png")
     return 0
+
+
+def members_alone(model: str, accs: list[float]) -> list[dict]:
+    """An ensemble's members' test accuracies as metrics.json lists them: [{"model", "track_acc"}, ...]."""
+    return [{"model": name, "track_acc": acc} for name, acc in zip(member_names(model), accs)]
+
+
+def members_line(rows: list[dict]) -> str:
+    return ", ".join(f"{m['model']} {m['track_acc']:.3f}" for m in rows)
 
 
 def resolve_run_dir(args: argparse.Namespace, env: distributed.DistEnv) -> str:

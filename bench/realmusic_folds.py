@@ -33,7 +33,11 @@ by predict.py's ensemble rule (per seed; `default@0+default@1+default@2` combine
 control for a mixed ensemble), scored the same way (last epoch, paired difference against the
 default) as a lead for a recipe that trains several models; `--versus default@0+default@1+default@2`
 also scores each against that control. The JSON also lists the recordings at least half of the
-tabulated runs missed.
+tabulated runs missed, and keeps every run's held-out last-epoch probabilities (`held_out`), so
+`--recorded earlier.json` brings an earlier session's runs (recipe and seed not found under --runs)
+back into the table, the paired differences and the ensembles without their checkpoints; a recorded
+run from before `held_out` was kept joins the table only, and a recipe whose default has no held-out
+rows is compared by the difference of means, in units of the default's seed spread.
 """
 from __future__ import annotations
 
@@ -149,6 +153,44 @@ def read_fold(run_dir: str, raw: bool, shards: str, manifest, cache: str) -> dic
             "members_last": h[-1].get("val_track_acc_raw_members" if raw else "val_track_acc_members")}
 
 
+def held_out(rows: list[dict]) -> list[dict]:
+    """A run's held-out rows as kept in the results JSON: probabilities to 6 decimals (about 40 kB a run)."""
+    return [{"source": r["source"], "label": r["label"], "probs": [round(float(v), 6) for v in r["probs"]]}
+            for r in rows]
+
+
+def recorded_runs(paths: list[str], folds: int, fold_seed: int, sources: set[str]) -> list[dict]:
+    """The runs of earlier results JSONs of this bench (same --folds and --fold-seed, the same held-out
+    excerpts), each a per-seed row as main() builds them; "rows" is None where the file kept no
+    held-out predictions (written before they were kept)."""
+    out = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--recorded {path}: cannot read it ({e})")
+        if doc.get("benchmark") != "realmusic_folds" or (doc.get("folds"), doc.get("fold_seed")) != (folds, fold_seed):
+            raise SystemExit(f"--recorded {path}: not a realmusic_folds result for {folds} folds "
+                             f"(fold seed {fold_seed})")
+        for r in doc.get("runs", []):
+            rows = r.get("held_out")
+            if r.get("excerpts") != len(sources) or (rows is not None and {x["source"] for x in rows} != sources):
+                raise SystemExit(f"--recorded {path}: {r.get('recipe')} seed {r.get('seed')} held out other "
+                                 f"excerpts than this set's folds")
+            out.append({**{k: v for k, v in r.items() if k != "held_out"}, "rows": rows, "recorded": path})
+    return out
+
+
+def unpaired_difference(mine: dict, default: dict) -> dict[str, Any]:
+    """A recipe's mean last-epoch excerpt accuracy minus the default's, over the seeds each ran, in units
+    of the default's seed spread: the issue's rule where no paired comparison is possible."""
+    diff = mine["last_excerpts"]["mean"] - default["last_excerpts"]["mean"]
+    sd = default["last_excerpts"]["sd"]
+    return {"diff": diff, "default_sd": sd, "spreads": diff / sd if sd else None,
+            "seeds": mine["seeds"], "default_seeds": default["seeds"]}
+
+
 def excerpt_accuracy(rows: list[dict]) -> float:
     return sum(top(r["probs"]) == r["label"] for r in rows) / len(rows)
 
@@ -249,7 +291,9 @@ COLUMNS = [
     Col("recipe", text("recipe")),
     Col("last epoch, excerpts", lambda r: pm(r["last_excerpts"])),
     Col("last epoch, recordings", lambda r: pm(r["last_recordings"])),
-    Col("Δ vs default [95% over recordings]", vs_default_cell),
+    Col("Δ vs default [95% over recordings]", lambda r: vs_default_cell(r) if "vs_default_unpaired" not in r else
+        "{diff:+.3f} unpaired ({spreads:.1f} default seed sd)".format(**r["vs_default_unpaired"])
+        if r["vs_default_unpaired"]["spreads"] is not None else f"{r['vs_default_unpaired']['diff']:+.3f} unpaired"),
     Col("selected epoch, excerpts", lambda r: pm(r["selected_excerpts"])),
     Col("val change per epoch: pooled (mean, max after 5), per fold",
         lambda r: f"{r['curve_mean_change']['mean']:.3f}, {r['curve_max_change_after_5']['mean']:.3f}, "
@@ -276,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--versus", default=None, metavar="ENSEMBLE",
                     help="one of --ensembles with every member's seed given (the control, e.g. "
                          "default@0+default@1+default@2): the others are also scored against it")
+    ap.add_argument("--recorded", default="", metavar="JSON[,JSON]",
+                    help="earlier results of this bench: their runs (of --recipes and --seeds) not found under "
+                         "--runs join the table, from their kept held-out predictions")
     ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args(argv)
     names = [r.strip() for r in a.recipes.split(",") if r.strip()]
@@ -303,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(cache, exist_ok=True)
     recordings = recording_of(os.path.join(a.set, "provenance.csv"))
     shards = [shards_dir(p) for p in lists]
+    dev = set()
+    for p in lists:
+        with open(p, newline="", encoding="utf-8") as f:
+            dev |= {r["path"] for r in csv.DictReader(f)}
+    recorded = recorded_runs([x for x in a.recorded.split(",") if x.strip()], a.folds, a.fold_seed, dev)
 
     if a.train:  # --ema twins first: their raw weights are the plain recipe's runs
         for p in lists:
@@ -334,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
                    if row["members_last_excerpts"] else ""))
             per_seed.append(row)
             got.append(row)
+        for row in recorded:
+            if row["recipe"] == recipe and row["seed"] in seeds and row["seed"] not in [r["seed"] for r in got]:
+                log(f"{recipe} s{row['seed']}: recorded in {row['recorded']}"
+                    + ("" if row["rows"] is not None else " (no held-out predictions kept: table only)"))
+                per_seed.append(row)
+                got.append(row)
+        got.sort(key=lambda r: r["seed"])
         if got:
             summary.append({"recipe": recipe, "args": RECIPES[recipe], "seeds": [r["seed"] for r in got],
                             **{k: spread([r[k] for r in got]) for k in
@@ -342,18 +401,24 @@ def main(argv: list[str] | None = None) -> int:
                             "per_fold_last": [statistics.fmean(v) for v in zip(*(r["per_fold_last"] for r in got))],
                             **({"members_last_excerpts": [spread(list(v)) for v in zip(*(r["members_last_excerpts"]
                                                                                          for r in got))]}
-                               if all(r["members_last_excerpts"] for r in got) else {}),
+                               if all(r.get("members_last_excerpts") for r in got) else {}),
                             "train_min_per_fold": statistics.fmean(r["train_min_per_fold"] for r in got)})
-    base = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == "default"}
+    base = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == "default" and r["rows"] is not None}
+    default_row = next((row for row in summary if row["recipe"] == "default"), None)
     for row in summary:
-        if row["recipe"] != "default" and base:
-            mine = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == row["recipe"]}
+        if row["recipe"] == "default":
+            continue
+        mine = {r["seed"]: r["rows"] for r in per_seed if r["recipe"] == row["recipe"] and r["rows"] is not None}
+        if set(mine) & set(base):
             row["vs_default"] = paired_difference(mine, base, recordings)
+        elif default_row is not None:
+            row["vs_default_unpaired"] = unpaired_difference(row, default_row)
+    with_rows = [r for r in per_seed if r["rows"] is not None]
 
-    ensemble_rows = score_ensembles(ensembles, per_seed, recordings, a.versus)
-    hard = missed_recordings(per_seed, recordings, manifest_of(shards[0]).classes) if per_seed else []
+    ensemble_rows = score_ensembles(ensembles, with_rows, recordings, a.versus)
+    hard = missed_recordings(with_rows, recordings, manifest_of(shards[0]).classes) if with_rows else []
     if hard:
-        log(f"missed by at least half of the {len(per_seed)} runs: " + "; ".join(
+        log(f"missed by at least half of the {len(with_rows)} runs: " + "; ".join(
             f"{m['package']} {m['group']} ({m['missed_by']}, called {m['called']})" for m in hard))
 
     from bench.tables import publish
@@ -364,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(stem + ".json", {"benchmark": "realmusic_folds", "date": date, "host": host, "folds": a.folds,
                                 "fold_seed": a.fold_seed, "runs_folder": a.runs, "extra_args": a.extra,
                                 "summary": summary, "ensembles": ensemble_rows, "missed_recordings": hard,
-                                "runs": [{k: v for k, v in r.items() if k != "rows"} for r in per_seed]})
+                                "runs": [{**{k: v for k, v in r.items() if k != "rows"},
+                                          **({"held_out": held_out(r["rows"])} if r["rows"] is not None else {})}
+                                         for r in per_seed]})
     if per_seed:
         plot_curves(per_seed, stem + ".png", f"real-music set, {a.folds} folds: held-out accuracy by epoch", curve="curve",
                     label=lambda r: f"{r['recipe']} (last {r['curve'][-1]:.3f})", mark_selected=False,

@@ -408,6 +408,32 @@ def test_fold_bench_holds_out_every_train_and_val_recording_once(built, tmp_path
     assert "warning" not in p.stderr and "| ema999 |" in p.stdout
     assert next((tmp_path / "res").glob("realmusic-folds2-*.png")).read_bytes()[:4] == b"\x89PNG"
 
+    # --recorded: the results JSON keeps each run's held-out rows, so with no runs on disk (another runs
+    # folder) the same table, paired differences and ensembles come back from the record alone
+    from bench.realmusic_folds import main as folds_main
+    recorded = next((tmp_path / "res").glob("realmusic-folds2-*.json"))
+    assert all(len(r["held_out"]) == len(dev) for r in doc["runs"])
+    assert folds_main(["--set", str(set_dir), "--folds", "2", "--runs", "elsewhere", "--recorded", str(recorded),
+                       "--ensembles", "default+ema999", "--out", str(tmp_path / "again")]) == 0
+    again = json.load(open(next((tmp_path / "again").glob("realmusic-folds2-*.json"))))
+    assert [r["recorded"] for r in again["runs"]] == [str(recorded)] * 2
+    assert again["summary"][1]["vs_default"] == doc["summary"][1]["vs_default"]
+    for key in ("last_excerpts", "last_recordings"):
+        assert [r[key] for r in again["summary"]] == [r[key] for r in doc["summary"]]
+        assert again["ensembles"][0][key] == pytest.approx(doc["ensembles"][0][key])
+    # a record from before the rows were kept: the table only, and the difference of means against the
+    # default's seed spread instead of a paired one (one seed here: no spread)
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({**doc, "runs": [{k: v for k, v in r.items() if k != "held_out"} for r in doc["runs"]]}))
+    assert folds_main(["--set", str(set_dir), "--folds", "2", "--runs", "elsewhere", "--recorded", str(legacy),
+                       "--out", str(tmp_path / "legacy")]) == 0
+    old = json.load(open(next((tmp_path / "legacy").glob("realmusic-folds2-*.json"))))
+    assert "vs_default" not in old["summary"][1] and "held_out" not in old["runs"][0]
+    assert old["summary"][1]["vs_default_unpaired"]["diff"] == pytest.approx(vs["diff"])
+    assert old["summary"][1]["vs_default_unpaired"]["spreads"] is None
+    with pytest.raises(SystemExit, match="not a realmusic_folds result for 3 folds"):
+        folds_main(["--set", str(set_dir), "--folds", "3", "--recorded", str(recorded), "--out", str(tmp_path / "x")])
+
     # bench.eval_windows on the same runs: hop 1 is the product's judgement (the folds bench's score,
     # fp32 here so exactly); quarter-window hops add windows and judge the same excerpts
     from bench.eval_windows import main as eval_windows

@@ -25,3 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the reposi
 BENCH = os.path.join(ROOT, "bench")
 CACHE = os.path.join(BENCH, ".cache")       # generated clips, shards, runs (git-ignored)
 RESULTS = os.path.join(BENCH, "results")    # JSON and PNG, committed when quoted in NOTES.md
+
+
+def pin_ema(args: list[str]) -> list[str]:
+    """train.py arguments of a measured recipe with `--ema 0` where they name no --ema, so a recipe
+    measured without the average stays that run whatever train.py's --ema default is."""
+    return args if "--ema" in args else [*args, "--ema", "0"]

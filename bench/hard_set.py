@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from bench import CACHE, RESULTS, ROOT
+from bench import CACHE, RESULTS, ROOT, pin_ema
 from bench.harness import logger
 from bench.host import describe, host_info, today
 from bench.tables import Col, markdown, num, publish, text
@@ -96,7 +96,7 @@ def run_config(name: str, seed: int, shards: str, runs: str, a: argparse.Namespa
     run_dir = os.path.join(runs, f"{name}-s{seed}")
     args = {**CONFIGS, **SMOKE_CONFIGS}[name]
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards, "--run-dir", run_dir,
-           "--seed", str(seed), "--nproc", str(a.nproc), "--amp", "--epochs", str(a.epochs), *args]
+           "--seed", str(seed), "--nproc", str(a.nproc), "--amp", "--epochs", str(a.epochs), *pin_ema(args)]
     done = os.path.join(run_dir, "wall_s.txt")  # written last: a finished run is reused, not retrained
     if os.path.exists(done):
         log(f"{name} seed {seed}: reusing {run_dir}")

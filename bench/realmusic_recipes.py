@@ -47,14 +47,15 @@ import sys
 from collections import defaultdict
 from typing import Any, Callable
 
-from bench import RESULTS, ROOT
+from bench import RESULTS, ROOT, pin_ema
 from bench.harness import logger
 from bench.host import describe, host_info, today
 from bench.tables import Col, num, publish, text
 
-# recipe -> train.py arguments on top of its defaults (4 crops, 30 epochs, fp32, no EMA or augmentation).
+# recipe -> train.py arguments on top of its defaults (4 crops, 30 epochs, fp32, no augmentation).
 # "default" names the recipe every comparison here is drawn against, as the results files do: the baseline
-# CNN, train.py's default. Recipes pin --model so each keeps meaning what was measured if that default moves.
+# CNN without an average, train.py's default until 2026-12-07 (now base-bandnorm-ema999's). Recipes pin
+# --model, and train_command --ema 0 where they name none (pin_ema), so each keeps meaning what was measured.
 BASELINE = ["--model", "baseline"]
 RECIPES: dict[str, list[str]] = {
     "default": [*BASELINE],
@@ -257,7 +258,8 @@ def train_command(recipe: str, seed: int, run_dir: str, shards: str, extra: list
     end) continues from its last checkpoint (train.py's resume is exact)."""
     started = any(os.path.exists(os.path.join(run_dir, f)) for f in ("last.pt", "prev.pt"))
     return ["nice", "-n", "19", sys.executable, os.path.join(ROOT, "train.py"), "--shards", shards,
-            "--run-dir", run_dir, "--seed", str(seed), *RECIPES[recipe], *extra, *(["--resume"] if started else [])]
+            "--run-dir", run_dir, "--seed", str(seed), *pin_ema(RECIPES[recipe]), *extra,
+            *(["--resume"] if started else [])]
 
 
 def train_missing(recipe: str, seed: int, run_dir: str, shards: str, extra: list[str]) -> None:

@@ -313,8 +313,8 @@ def test_recipe_bench_reads_default_and_ema_from_one_run(built, tmp_path):
     assert d["lo"] == pytest.approx(-1 / 3) and d["hi"] == pytest.approx(1.0)
     # a run stopped part-way (its last.pt there) continues; a finished one is never run again (run_dir_of)
     cmd = train_command("mixup", 1, str(set_dir / "runs" / "ema999-s0"), "S", ["--nproc", "2"])
-    assert cmd[cmd.index("--seed"):] == ["--seed", "1", "--model", "baseline", "--mixup", "0.2", "--nproc", "2",
-                                          "--resume"]
+    assert cmd[cmd.index("--seed"):] == ["--seed", "1", "--model", "baseline", "--mixup", "0.2", "--ema", "0",
+                                          "--nproc", "2", "--resume"]  # no average unless the recipe names one
     assert "--resume" not in train_command("mixup", 1, str(tmp_path / "new"), "S", [])
     assert RAW_TWIN == {"default": "ema999", "specaug-gain": "ema999-specaug-gain", "mixup": "ema999-mixup",
                         "speed": "ema999-speed", "eq": "ema999-eq", "resnet": "resnet-ema999",

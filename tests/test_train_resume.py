@@ -25,7 +25,7 @@ KEYS = ("train_loss", "train_acc", "val_loss", "val_track_acc")
 def train(shards: str, run_dir: str, *extra: str, env: dict | None = None, epochs: int = 4) -> subprocess.CompletedProcess:
     cmd = [sys.executable, TRAIN, "--shards", shards, "--run-dir", run_dir, "--epochs", str(epochs), "--batch-size", "4",
            "--crops-per-track", "1", "--clip-seconds", "2", "--ckpt-every", "3", "--seed", "5", "--model", "tiny",
-           "--lr", "3e-3", *extra]
+           "--lr", "3e-3", "--ema", "0", *extra]  # plain runs (no average) unless extra names --ema
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **(env or {})})
 
 
@@ -98,7 +98,8 @@ def test_resume_refuses_other_classes_feature_spec_or_model(train_shards, killed
                                        "['blues', 'jazz']"),
             (train_shards[0], ["--clip-seconds", "3"], "FeatureSpec differs from this run's in clip_seconds"),
             (train_shards[0], ["--model", "resnet"], "holds model 'tiny', this run asks for 'resnet'"),
-            (train_shards[0], ["--batch-size", "8"], "was trained with --batch-size 4; resume with the same value")):
+            (train_shards[0], ["--batch-size", "8"], "was trained with --batch-size 4; resume with the same value"),
+            (train_shards[0], ["--ema", "0.999"], "was trained without --ema; resume with --ema 0, or start afresh")):
         # in-process: the refusal comes before any data is read, a subprocess would only add start-up time
         argv = ["--shards", shards, "--run-dir", killed, "--resume", "--batch-size", "4", "--crops-per-track", "1",
                 "--clip-seconds", "2", "--model", "tiny", *extra]
@@ -186,7 +187,7 @@ def test_val_every_validates_every_nth_and_the_last_epoch(train_shards, referenc
     assert os.path.getsize(os.path.join(run_dir, "curves.png")) > 0 and "–" in open(os.path.join(run_dir, "report.html")).read()
 
 
-def test_crops_must_divide_the_batch():
+def test_crops_must_divide_the_batch(capsys):
     p = subprocess.run([sys.executable, TRAIN, "--batch-size", "8", "--crops-per-track", "3"], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and "must be >= 1 and divide --batch-size 8" in p.stderr
@@ -196,6 +197,10 @@ def test_crops_must_divide_the_batch():
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--eq-db -3.0: give a value in [0, 40] dB")
     p = subprocess.run([sys.executable, TRAIN, "--val-every", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--val-every 0: give a number of epochs >= 1")
+    with pytest.raises(SystemExit) as e:  # in-process: argument checks only
+        train_py.parse_args(["--ema", "1"])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--ema 1.0: give a decay in [0, 1) (0: no average)")
 
 
 def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, reference, tmp_path):
@@ -242,8 +247,9 @@ def test_ema_runs_resume_exactly_and_predict_with_the_average(train_shards, refe
     assert "accuracy/test_tracks_raw" in read_board(straight)
     assert "val_track_acc_raw" not in plain["history"][0]
 
-    p = train(train_shards[0], straight, "--resume", epochs=5)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(
-        "was trained with --ema 0.9; resume with it"), p.stderr[-2000:]
+    for other in ("0", "0.999"):  # without the average, or with another decay (train.py's default)
+        p = train(train_shards[0], straight, "--resume", "--ema", other, epochs=5)
+        assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(
+            "was trained with --ema 0.9; resume with it"), p.stderr[-2000:]
     p = train(train_shards[0], straight, "--compare-raw", epochs=5)
     assert p.returncode == 2 and "--compare-raw compares the raw weights with --ema's average" in p.stderr

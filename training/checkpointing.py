@@ -85,7 +85,9 @@ class CheckpointSaver:
         checkpoint.load_model_weights(model, state, path)
         if ema is not None:
             if not state.get("ema"):
-                raise CheckpointError(f"{path}: was trained without --ema; resume without it, or start afresh")
+                raise CheckpointError(f"{path}: was trained without --ema; resume with --ema 0, or start afresh")
+            if state["ema"]["decay"] != ema.decay:
+                raise CheckpointError(f"{path}: was trained with --ema {state['ema']['decay']}; resume with it")
             ema.load_state_dict(state["ema"])
         elif state.get("ema"):
             raise CheckpointError(f"{path}: was trained with --ema {state['ema']['decay']}; resume with it")
@@ -159,7 +161,8 @@ def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: a
         diff = [k for k, v in spec.to_dict().items() if saved.get(k) != v]
         raise CheckpointError(f"{path}: FeatureSpec differs from this run's in {', '.join(diff)}")
     if state["model_name"] != args.model:
-        raise CheckpointError(f"{path}: holds model '{state['model_name']}', this run asks for '{args.model}'")
+        raise CheckpointError(f"{path}: holds model '{state['model_name']}', this run asks for '{args.model}'; "
+                              f"resume with --model {state['model_name']}")
     for k in ("batch_size", "crops_per_track"):  # they set the steps per epoch, so the schedule and data position
         if state["args"].get(k) != getattr(args, k):
             flag = "--" + k.replace("_", "-")

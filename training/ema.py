@@ -15,6 +15,10 @@ import copy
 import torch
 
 
+# train.py's --ema default: chosen with its default model on real music (bench/NOTES.md, issue #21)
+DEFAULT_EMA = 0.999
+
+
 class ModelEMA:
     """`module`: the averaged copy of `model` (eval mode, no gradients). `decay`: the weight kept per
     step once warmed up; early steps use (1 + n) / (10 + n) when that is smaller, so the average is

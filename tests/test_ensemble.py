@@ -180,9 +180,10 @@ def test_a_run_trains_an_ensemble_whose_checkpoint_predicts_as_its_members_joine
     assert "model tiny+tiny:" in p.stdout
     state = torch.load(run / "best.pt", weights_only=True)
     assert state["model_name"] == "tiny+tiny"
+    weights = state["ema"]["module"]  # train.py's default keeps an average: what predict.py and the tests use
     members = []
     for i in range(2):
-        w = {k.split(".", 2)[2]: v for k, v in state["model"].items() if k.startswith(f"members.{i}.")}
+        w = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"members.{i}.")}
         members.append(str(tmp_path / f"m{i}.pt"))
         checkpoint.save(members[-1], {"model_name": "tiny", "model": w, "classes": state["classes"],
                                       "feature_spec": state["feature_spec"]})

@@ -83,14 +83,8 @@ class CheckpointSaver:
             raise CheckpointError(f"{self.run_dir}: no valid checkpoint to resume from")
         check_compatible(state, classes, spec, args, path)
         checkpoint.load_model_weights(model, state, path)
-        if ema is not None:
-            if not state.get("ema"):
-                raise CheckpointError(f"{path}: was trained without --ema; resume with --ema 0, or start afresh")
-            if state["ema"]["decay"] != ema.decay:
-                raise CheckpointError(f"{path}: was trained with --ema {state['ema']['decay']}; resume with it")
+        if ema is not None:  # check_compatible made sure the checkpoint has one of the same decay
             ema.load_state_dict(state["ema"])
-        elif state.get("ema"):
-            raise CheckpointError(f"{path}: was trained with --ema {state['ema']['decay']}; resume with it")
         amp.load_state_dict(state["scaler"])
         mine = self._rank_state(state, path)
         start = Start(path=path, optimizer=state["optimizer"], scheduler=state["scheduler"],
@@ -153,7 +147,7 @@ class CheckpointSaver:
 
 
 def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: argparse.Namespace, path: str) -> None:
-    """A checkpoint continues this run only with the same classes, features, model and steps per epoch."""
+    """A checkpoint continues this run only with the same classes, features, model, steps per epoch and --ema."""
     if state["classes"] != classes:
         raise CheckpointError(f"{path}: classes {state['classes']} differ from the shards' {classes}")
     saved = FeatureSpec.from_dict(state["feature_spec"]).to_dict()
@@ -167,3 +161,7 @@ def check_compatible(state: dict, classes: list[str], spec: FeatureSpec, args: a
         if state["args"].get(k) != getattr(args, k):
             flag = "--" + k.replace("_", "-")
             raise CheckpointError(f"{path}: was trained with {flag} {state['args'].get(k)}; resume with the same value")
+    had = state["ema"]["decay"] if state.get("ema") else 0.0  # --ema 0: no average
+    if had != args.ema:
+        raise CheckpointError(f"{path}: was trained with --ema {had}; resume with it" if had else
+                              f"{path}: was trained without --ema; resume with --ema 0, or start afresh")
